@@ -1,0 +1,41 @@
+"""lm-eval-contrans: concept transplantation (ConTrans) as an lm-evaluation-harness model.
+
+The method works from plain Python without lm-eval::
+
+    from lm_eval_contrans import build_transplant, steer
+    transplant = build_transplant(source="src-model", target="tgt-model", concept="sentiment")
+    with steer(target_model, transplant.target_layer, transplant.vector, alpha=2.0):
+        target_model.generate(...)
+
+Heavy modules (torch, transformers) are imported lazily so that `import lm_eval_contrans`
+stays cheap; the lm-eval plugin hook imports this package at every interpreter start.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_transplant": "lm_eval_contrans.build",
+    "Transplant": "lm_eval_contrans.artifact",
+    "save_transplant": "lm_eval_contrans.artifact",
+    "load_transplant": "lm_eval_contrans.artifact",
+    "steer": "lm_eval_contrans.steering",
+    "concept_vector": "lm_eval_contrans.extract",
+    "fit_linear_map": "lm_eval_contrans.alignment",
+    "load_concept_set": "lm_eval_contrans.concepts",
+    "load_anchor_texts": "lm_eval_contrans.anchors",
+    "last_token_states": "lm_eval_contrans.activations",
+    "load_model": "lm_eval_contrans.loading",
+    "ConTransError": "lm_eval_contrans.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lm_eval_contrans' has no attribute {name!r}")

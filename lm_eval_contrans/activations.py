@@ -1,0 +1,127 @@
+"""Recording last-token residual states at chosen decoder blocks.
+
+One no-grad forward per batch, stopped right after the deepest block we need (the LM head and the
+later blocks never run). Texts are sorted by length so batches carry little padding; padding is
+applied on the tokenizer's side, position ids follow the attention mask, and the state taken is
+that of the last *real* token, so results do not depend on batch size or padding side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lm_eval_contrans.blocks import decoder_blocks
+
+
+class _StopForward(Exception):
+    """Raised from the deepest hook to end the forward pass early."""
+
+
+def block_output_tensor(output) -> torch.Tensor:
+    """Decoder blocks return a tensor or a tuple whose first item is the hidden state."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=max_length is not None,
+                        max_length=max_length)["input_ids"]
+    return [list(ids) if len(ids) else [_pad_id(tokenizer)] for ids in encoded]
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
+    """(input_ids, attention_mask, position_ids, last_real_index) for a list of token-id lists."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        ids_tensor = torch.tensor(ids, dtype=torch.long)
+        if side == "left":
+            input_ids[row, width - len(ids):] = ids_tensor
+            attention_mask[row, width - len(ids):] = 1
+        else:
+            input_ids[row, : len(ids)] = ids_tensor
+            attention_mask[row, : len(ids)] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    positions = torch.arange(width).expand_as(attention_mask)
+    last_real_index = (positions * attention_mask).argmax(-1)
+    return input_ids, attention_mask, position_ids, last_real_index
+
+
+@torch.no_grad()
+def last_token_states(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    padding_side: str | None = None,
+    progress: str | None = None,
+) -> dict[int, torch.Tensor]:
+    """Last-real-token output of each block in `layers`: {layer: float32 CPU tensor [len(texts), hidden]}.
+
+    `padding_side` defaults to the tokenizer's own. `progress` is a tqdm description (None: no bar).
+    """
+    if not texts:
+        raise ValueError("no texts to record")
+    blocks = decoder_blocks(model)
+    wanted = sorted(set(int(layer) for layer in layers))
+    deepest = wanted[-1]
+    side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
+    pad_id = _pad_id(tokenizer)
+    device = next(model.parameters()).device
+
+    sequences = tokenize_texts(tokenizer, texts, max_length)
+    order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index]))
+    collected: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
+    current: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, inputs, output):
+            current[layer] = block_output_tensor(output)
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in wanted]
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+            batch_indices = order[start : start + batch_size]
+            input_ids, attention_mask, position_ids, last = pad_batch(
+                [sequences[index] for index in batch_indices], pad_id, side
+            )
+            current.clear()
+            try:
+                model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device),
+                    use_cache=False,
+                )
+            except _StopForward:
+                pass
+            rows = torch.arange(len(batch_indices))
+            for layer in wanted:
+                states = current[layer]
+                collected[layer].append(states[rows.to(states.device), last.to(states.device)].float().cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return {layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}

@@ -1,0 +1,148 @@
+"""Transplant artifacts: the transplanted vector and how it was made, in one safetensors file.
+
+No pickle anywhere. Tensors: `vector` (target hidden size; what is added, before alpha),
+`source_vector` (the concept vector in the source) and `map` (source dim x target dim). Metadata
+(all strings): models, sizes, layers, concept and anchor hashes, map method and held-out R^2,
+package version. The same inputs give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lm_eval_contrans import __version__
+from lm_eval_contrans.errors import ConTransError
+
+FORMAT = "lm_eval_contrans.transplant/1"
+METADATA_KEY = "lm_eval_contrans"
+
+
+@dataclass
+class Transplant:
+    vector: torch.Tensor
+    source_vector: torch.Tensor
+    map_weight: torch.Tensor
+    source: str
+    target: str
+    source_hidden_size: int
+    target_hidden_size: int
+    source_num_layers: int
+    target_num_layers: int
+    source_layer: int
+    target_layer: int
+    target_model_type: str
+    concept: str
+    concept_hash: str
+    concept_pairs: int
+    anchors: str
+    anchors_hash: str
+    anchor_count: int
+    map_method: str
+    ridge: float
+    heldout_r2: float
+    version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+    _TENSORS = ("vector", "source_vector", "map_weight")
+
+    def metadata(self) -> dict[str, str]:
+        # One key holding sorted JSON: safetensors writes several metadata keys in hash order,
+        # which would make identical builds differ byte-wise.
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS}
+        return {METADATA_KEY: json.dumps({"format": FORMAT, **values}, sort_keys=True)}
+
+    def summary(self) -> str:
+        lines = [
+            f"concept        {self.concept} ({self.concept_pairs} pairs, sha256 {self.concept_hash[:12]})",
+            f"source         {self.source}  layer {self.source_layer} of {self.source_num_layers}, hidden {self.source_hidden_size}",
+            f"target         {self.target}  layer {self.target_layer} of {self.target_num_layers}, hidden {self.target_hidden_size} ({self.target_model_type})",
+            f"anchors        {self.anchors} ({self.anchor_count} texts, sha256 {self.anchors_hash[:12]})",
+            f"map            {self.map_method}" + (f" (ridge {self.ridge:g})" if self.ridge else ""),
+            f"held-out R^2   {self.heldout_r2:.3f}",
+            f"|source v|     {self.source_vector.norm():.4g}",
+            f"|transplanted| {self.vector.norm():.4g}",
+            f"version        {self.version}",
+        ]
+        lines += [f"{key:<14} {value}" for key, value in sorted(self.extra.items())]
+        return "\n".join(lines)
+
+
+def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
+    """Write atomically (temporary file, then rename): a killed write leaves no artifact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: getattr(transplant, name).detach().float().cpu().contiguous() for name in Transplant._TENSORS}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=transplant.metadata())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def load_transplant(path: str | os.PathLike, argument: str = "vector") -> Transplant:
+    path = Path(path)
+    if not path.is_file():
+        raise ConTransError(argument, f"artifact not found: {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ConTransError(argument, f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from None
+    try:
+        values = json.loads(metadata[METADATA_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant (no '{METADATA_KEY}' metadata)") from None
+    if values.pop("format", None) != FORMAT:
+        raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant of format {FORMAT!r}")
+    try:
+        transplant = Transplant(**{name: tensors[name] for name in Transplant._TENSORS}, **values)
+    except (KeyError, TypeError) as error:
+        raise ConTransError(argument, f"{path} has incomplete or unreadable metadata: {error}") from None
+    if transplant.vector.shape != (transplant.target_hidden_size,):
+        raise ConTransError(argument, f"{path}: vector shape {tuple(transplant.vector.shape)} does not match its metadata")
+    return transplant
+
+
+def _short_name(name: str) -> str:
+    base = name.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return base[: -len(".gguf")] if base.endswith(".gguf") else base
+
+
+def check_against_target(
+    transplant: Transplant, *, target: str, hidden_size: int, num_layers: int, model_type: str,
+    strict_name: bool = True, argument: str = "vector",
+) -> None:
+    """Refuse an artifact built for another target, with the reason."""
+    problems = []
+    if transplant.target_hidden_size != hidden_size:
+        problems.append(f"hidden size {transplant.target_hidden_size} != {hidden_size}")
+    if transplant.target_num_layers != num_layers:
+        problems.append(f"{transplant.target_num_layers} decoder blocks != {num_layers}")
+    if transplant.target_model_type != model_type:
+        problems.append(f"architecture {transplant.target_model_type} != {model_type}")
+    if strict_name and _short_name(transplant.target) != _short_name(target):
+        problems.append(f"built for {transplant.target!r}, evaluating {target!r} (pass check_target_name=False if they are the same weights)")
+    if problems:
+        raise ConTransError(argument, "this artifact was built for another target: " + "; ".join(problems))
+
+
+def as_dict(transplant: Transplant) -> dict:
+    data = asdict(transplant)
+    for name in Transplant._TENSORS:
+        data.pop(name)
+    return data

@@ -1,0 +1,118 @@
+"""Concept sets: paired positive / negative texts that define a concept in the source model.
+
+A concept set is a YAML file::
+
+    name: sentiment
+    description: Positive (+) versus negative (-) evaluative tone.
+    instruction: Respond in a warm, positive tone.   # optional, for the prompt baseline
+    pairs:
+      - positive: "The soup was rich and comforting."
+        negative: "The soup was bland and disappointing."
+
+or a JSONL file with one `{"positive": ..., "negative": ...}` object per line. Adding the concept
+vector with alpha > 0 moves the target towards the *positive* side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.tasks_path import shipped_dir
+
+ARGUMENT = "concept"
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    name: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+    description: str = ""
+    instruction: str = ""
+    source: str = field(default="", compare=False)
+
+    def __len__(self) -> int:
+        return len(self.positives)
+
+    @property
+    def pairs_hash(self) -> str:
+        """sha256 of the pairs alone (not the name), so renaming a file keeps cache hits."""
+        text = json.dumps([list(self.positives), list(self.negatives)], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shipped_concepts() -> dict[str, Path]:
+    folder = shipped_dir("concept_sets")
+    if not folder.is_dir():
+        return {}
+    return {
+        path.stem: path for path in sorted(folder.iterdir()) if path.suffix in {".yaml", ".yml", ".jsonl"}
+    }
+
+
+def _read_pairs(path: Path) -> tuple[dict, list]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        pairs = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ConTransError(ARGUMENT, f"{path}, line {number}: not valid JSON ({error.msg})") from None
+        return {}, pairs
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConTransError(ARGUMENT, f"{path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict) or "pairs" not in document:
+        raise ConTransError(ARGUMENT, f"{path} must be a mapping with a 'pairs' list")
+    return document, document["pairs"]
+
+
+def load_concept_set(concept: str | Path) -> ConceptSet:
+    """Load a shipped concept by name, or a concept-set file by path; validate it."""
+    shipped = shipped_concepts()
+    if isinstance(concept, str) and concept in shipped:
+        path = shipped[concept]
+    else:
+        path = Path(concept).expanduser()
+        if not path.is_file():
+            known = ", ".join(sorted(shipped)) or "(none installed)"
+            raise ConTransError(
+                ARGUMENT,
+                f"unknown concept {str(concept)!r}: not a shipped concept set and not a file. "
+                f"Shipped concepts: {known}",
+            )
+    header, pairs = _read_pairs(path)
+    if not isinstance(pairs, list) or not pairs:
+        raise ConTransError(ARGUMENT, f"{path} has no pairs")
+    positives, negatives = [], []
+    for number, pair in enumerate(pairs, start=1):
+        if not isinstance(pair, dict) or set(pair) - {"positive", "negative"}:
+            raise ConTransError(
+                ARGUMENT, f"{path}, pair {number}: expected exactly the keys 'positive' and 'negative'"
+            )
+        for side in ("positive", "negative"):
+            value = pair.get(side)
+            if not isinstance(value, str) or not value.strip():
+                raise ConTransError(
+                    ARGUMENT, f"{path}, pair {number}: missing or empty '{side}' text (sets must be paired)"
+                )
+        positives.append(pair["positive"])
+        negatives.append(pair["negative"])
+    return ConceptSet(
+        name=str(header.get("name") or path.stem),
+        positives=tuple(positives),
+        negatives=tuple(negatives),
+        description=str(header.get("description") or ""),
+        instruction=str(header.get("instruction") or ""),
+        source=str(path),
+    )

@@ -1,0 +1,60 @@
+"""Transplant: add alpha * vector to the output of one decoder block, at every position.
+
+The hook lives only inside the `steer` context manager and is removed on every exit path,
+exceptions included. The vector is moved to the block output's own device and dtype, so sharded
+(`device_map`) and half-precision models work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from lm_eval_contrans.blocks import decoder_blocks
+from lm_eval_contrans.errors import ConTransError
+
+
+def check_alpha(alpha) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ConTransError("alpha", f"expected a number, got {alpha!r}") from None
+    if not math.isfinite(value):
+        raise ConTransError("alpha", f"must be finite, got {alpha!r}")
+    return value
+
+
+def add_vector_hook(vector: torch.Tensor):
+    """A forward hook that adds `vector` to a block's hidden-state output."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def hook(module: nn.Module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        key = (hidden.device, hidden.dtype)
+        if key not in cache:
+            cache[key] = vector.to(device=hidden.device, dtype=hidden.dtype)
+        steered = hidden + cache[key]
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    return hook
+
+
+@contextmanager
+def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0) -> Iterator[None]:
+    """Within the block, block `layer` of `model` outputs (its output + alpha * vector)."""
+    alpha = check_alpha(alpha)
+    blocks = decoder_blocks(model)
+    if vector.ndim != 1:
+        raise ValueError(f"steering vector must be 1-D, got shape {tuple(vector.shape)}")
+    if alpha == 0.0:
+        yield  # nothing to add: keep the forward pass bit-for-bit the unhooked one
+        return
+    handle = blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach()))
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,111 @@
+"""Tiny random models built in the test session: two architectures (Llama, GPT-2), two hidden
+sizes (32, 48) and two tokenizers (word-level with BOS, byte-level BPE without), saved as local
+folders so that the lm_eval command line can load them too. No network is used."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _corpus() -> list[str]:
+    texts = (REPO / "lm_eval_contrans" / "data" / "neutral_anchors.txt").read_text().splitlines()
+    texts += (REPO / "concept_sets" / "sentiment.yaml").read_text().splitlines()
+    texts += (REPO / "tests" / "data" / "tiny_task.jsonl").read_text().splitlines()
+    return texts
+
+
+def _word_level_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({word for text in _corpus() for word in re.findall(r"\w+|[^\w\s]", text)})
+    vocab = {token: index for index, token in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+        pad_token="<pad>", padding_side="left", model_max_length=512,
+    )
+
+
+def _byte_bpe_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        padding_side="right", model_max_length=512,
+    )
+
+
+def _save(folder: Path, model, tokenizer) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _word_level_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False,
+        initializer_range=0.3,  # large weights so that states differ visibly between texts and layers
+    )
+    return _save(tmp_path_factory.mktemp("tiny-llama"), LlamaForCausalLM(config).eval(), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _byte_bpe_tokenizer()
+    torch.manual_seed(1)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=48, n_layer=3, n_head=4, n_positions=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.3,
+    )
+    return _save(tmp_path_factory.mktemp("tiny-gpt2"), GPT2LMHeadModel(config).eval(), tokenizer)
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt2"])
+def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
+    return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path_factory.getbasetemp() / "contrans-cache"))
+
+
+def load(folder: Path):
+    from lm_eval_contrans.loading import load_model
+
+    return load_model(str(folder), dtype="float32", device="cpu")

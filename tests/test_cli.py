@@ -1,0 +1,148 @@
+"""End to end through the real command lines (`lm_eval`, `contrans`) in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cli
+BIN = Path(sys.executable).parent
+DATA = Path(__file__).resolve().parent / "data" / "tiny_task.jsonl"
+
+TASKS = """
+task: contrans_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{[positive, negative]}}}}"
+doc_to_target: 0
+metric_list:
+  - metric: acc
+---
+task: contrans_tiny_generate
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{positive}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 4
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tasks")
+    for index, text in enumerate(TASKS.format(data=DATA).split("---")):
+        (folder / f"task{index}.yaml").write_text(text)
+    return folder
+
+
+def run(command: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def lm_eval_results(output: Path) -> dict:
+    files = sorted(output.rglob("results_*.json"))
+    assert files, f"no results under {output}"
+    return json.loads(files[-1].read_text())
+
+
+def test_python_start_up_does_not_import_lm_eval_or_torch(tmp_path):
+    probe = "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lm_eval', 'transformers')))"
+    result = run([sys.executable, "-c", probe], tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_lm_eval_cli_finds_and_runs_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, tmp_path):
+    output = tmp_path / "out"
+    artifact = tmp_path / "tiny.safetensors"
+    model_args = (f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept=sentiment,alpha=50,"
+                  f"save_vector={artifact}")
+    result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", model_args,
+                  "--tasks", "contrans_tiny_choice,contrans_tiny_generate", "--include_path", str(task_dir),
+                  "--limit", "4", "--batch_size", "2", "--device", "cpu", "--output_path", str(output)], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = lm_eval_results(output)
+    assert results["config"]["model"] == "contrans"
+    assert results["config"]["contrans"]["target_hidden_size"] == 48
+    assert set(results["results"]) == {"contrans_tiny_choice", "contrans_tiny_generate"}
+    assert artifact.is_file()
+
+    # the same run through the plain hf model differs: the transplant did something
+    plain_output = tmp_path / "plain"
+    plain = run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}",
+                 "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit", "4",
+                 "--device", "cpu", "--output_path", str(plain_output), "--log_samples"], tmp_path)
+    assert plain.returncode == 0, plain.stderr[-4000:]
+    steered_output = tmp_path / "steered"
+    steered = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args",
+                   f"target={tiny_gpt2_dir},vector={artifact},alpha=50", "--tasks", "contrans_tiny_choice",
+                   "--include_path", str(task_dir), "--limit", "4", "--device", "cpu",
+                   "--output_path", str(steered_output), "--log_samples"], tmp_path)
+    assert steered.returncode == 0, steered.stderr[-4000:]
+
+    def loglikelihoods(folder: Path) -> list:
+        samples = sorted(folder.rglob("samples_contrans_tiny_choice_*.jsonl"))[-1]
+        return [row["resps"] for row in map(json.loads, samples.read_text().splitlines())]
+
+    assert loglikelihoods(plain_output) != loglikelihoods(steered_output)
+
+
+def test_lm_eval_cli_reports_a_clear_error(tiny_gpt2_dir, task_dir, tmp_path):
+    result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", f"target={tiny_gpt2_dir}",
+                  "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit", "1",
+                  "--device", "cpu"], tmp_path)
+    assert result.returncode != 0
+    assert "source: give source=<model> to build the transplant, or vector=" in result.stderr
+
+
+def test_simple_evaluate_finds_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, tmp_path):
+    code = f"""
+import lm_eval
+from lm_eval.tasks import TaskManager
+results = lm_eval.simple_evaluate(model="contrans",
+    model_args="source={tiny_llama_dir},target={tiny_gpt2_dir},alpha=2", tasks=["contrans_tiny_choice"],
+    task_manager=TaskManager(include_path="{task_dir}"), limit=2, device="cpu")
+print("ACC", results["results"]["contrans_tiny_choice"]["acc,none"])
+"""
+    result = run([sys.executable, "-c", code], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ACC " in result.stdout
+
+
+def test_contrans_build_and_inspect(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    artifact = tmp_path / "built.safetensors"
+    build = run([str(BIN / "contrans"), "build", "--source", str(tiny_llama_dir), "--target", str(tiny_gpt2_dir),
+                 "--concept", "sentiment", "--out", str(artifact), "--device", "cpu"], tmp_path)
+    assert build.returncode == 0, build.stderr[-4000:]
+    assert "held-out R^2" in build.stdout and artifact.is_file()
+    inspect = run([str(BIN / "contrans"), "inspect", str(artifact), "--json"], tmp_path)
+    assert inspect.returncode == 0, inspect.stderr
+    metadata = json.loads(inspect.stdout)
+    assert metadata["source_hidden_size"] == 32 and metadata["target_hidden_size"] == 48
+    assert metadata["concept"] == "sentiment" and len(metadata["concept_hash"]) == 64
+
+
+def test_contrans_cli_errors_name_the_argument(tmp_path):
+    result = run([str(BIN / "contrans"), "build", "--source", "nowhere.gguf", "--target", "x",
+                  "--out", str(tmp_path / "x.safetensors")], tmp_path)
+    assert result.returncode == 2 and "source: GGUF file not found: nowhere.gguf" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()

@@ -1,0 +1,179 @@
+"""The lm-eval adapter, in process: building, steering through HFLM's paths, artifacts, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from lm_eval_contrans.artifact import load_transplant, save_transplant
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.lm_eval_model import ConTransLM
+
+PAIRS = [("The hotel room", " was spotless and lovely."), ("The hotel room", " was filthy and awful."),
+         ("The concert last night", " was wonderful."), ("The concert last night", " was terrible."),
+         ("The coffee here", " is rich and smooth."), ("Rice", " and barley."),
+         ("The museum exhibit was", " fascinating."), ("The train journey", " was exhausting.")]
+
+
+def loglikelihoods(lm, pairs=PAIRS):
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
+    return torch.tensor([logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)])
+
+
+def rolling(lm, texts=("The park near our house is peaceful and green.",)):
+    requests = [Instance("loglikelihood_rolling", {}, (text,), index) for index, text in enumerate(texts)]
+    return torch.tensor(lm.loglikelihood_rolling(requests, disable_tqdm=True))
+
+
+def generate(lm, contexts=("The hotel room", "The concert")):
+    requests = [Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}), i)
+                for i, c in enumerate(contexts)]
+    return lm.generate_until(requests, disable_tqdm=True)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
+    """A transplant Llama(32) -> GPT-2(48), built once through the adapter and saved."""
+    path = tmp_path_factory.mktemp("artifact") / "sentiment.safetensors"
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment", alpha=4.0,
+                    save_vector=str(path), device="cpu", batch_size=8)
+    return lm, path
+
+
+def plain_hf(folder, batch_size=8):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(folder), device="cpu", batch_size=batch_size)
+
+
+def test_build_records_a_complete_artifact(built, tiny_llama_dir, tiny_gpt2_dir):
+    lm, path = built
+    transplant = load_transplant(path)
+    assert (transplant.source_hidden_size, transplant.target_hidden_size) == (32, 48)
+    assert (transplant.source_layer, transplant.target_layer) == (3, 2)  # round(0.75 * depth)
+    assert transplant.concept == "sentiment" and transplant.concept_pairs >= 100
+    assert transplant.anchor_count >= 2 * 48 and transplant.map_method == "lstsq"
+    assert -1.0 < transplant.heldout_r2 <= 1.0
+    torch.testing.assert_close(transplant.vector, transplant.source_vector @ transplant.map_weight, atol=1e-4, rtol=1e-4)
+    assert lm.get_model_info()["contrans"]["heldout_r2"] == transplant.heldout_r2
+
+
+def test_steering_reaches_every_request_type_and_leaves_no_hook(built, tiny_gpt2_dir):
+    lm, _ = built
+    plain = plain_hf(tiny_gpt2_dir)
+    assert not torch.allclose(loglikelihoods(lm), loglikelihoods(plain), atol=1e-4)
+    assert not torch.allclose(rolling(lm), rolling(plain), atol=1e-4)
+    ids = plain.tokenizer("The hotel room was", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, plain.model(ids).logits)  # nothing left attached
+    steered_at_call = []
+    block = lm.model.transformer.h[lm.transplant.target_layer]
+    handle = block.register_forward_hook(lambda m, i, o: steered_at_call.append(len(m._forward_hooks) == 2))
+    try:
+        generate(lm)
+    finally:
+        handle.remove()
+    # the prompt and every generated token pass the block while our hook is attached
+    assert len(steered_at_call) > 2 and all(steered_at_call)
+    assert not block._forward_hooks
+
+
+def test_generation_is_steered(built, tiny_gpt2_dir):
+    lm, path = built
+    strong = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha=200.0, device="cpu")
+    plain = plain_hf(tiny_gpt2_dir)
+    assert generate(strong) != generate(plain)
+
+
+def test_batch_sizes_one_and_eight_agree(built, tiny_gpt2_dir):
+    lm, path = built
+    one = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha=4.0, device="cpu", batch_size=1)
+    torch.testing.assert_close(loglikelihoods(one), loglikelihoods(lm), atol=1e-4, rtol=1e-5)
+
+
+def test_alpha_zero_equals_the_plain_model(built, tiny_gpt2_dir):
+    _, path = built
+    zero = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha=0.0, device="cpu", batch_size=8)
+    assert torch.equal(loglikelihoods(zero), loglikelihoods(plain_hf(tiny_gpt2_dir)))
+
+
+def test_saved_and_loaded_artifact_gives_identical_results(built, tiny_gpt2_dir):
+    lm, path = built
+    loaded = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha=4.0, device="cpu", batch_size=8)
+    assert torch.equal(loglikelihoods(loaded), loglikelihoods(lm))
+    assert torch.equal(loaded.transplant.vector, lm.transplant.vector)
+
+
+def test_same_inputs_give_a_byte_identical_artifact(built, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    _, path = built
+    again = tmp_path / "again.safetensors"
+    ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment", alpha=1.0,
+               save_vector=str(again), device="cpu", batch_size=8)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_artifact_for_another_target_is_refused(built, tiny_llama_dir):
+    _, path = built
+    with pytest.raises(ConTransError, match="^vector: this artifact was built for another target: hidden size 48 != 32"):
+        ConTransLM(target=str(tiny_llama_dir), vector=str(path), device="cpu")
+
+
+def test_corrupted_truncated_and_foreign_files_are_refused(built, tmp_path):
+    _, path = built
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(3)}, str(foreign))
+    for bad, message in [(truncated, "truncated or corrupted"), (garbage, "truncated or corrupted"),
+                         (foreign, "not a lm_eval_contrans transplant"), (tmp_path / "missing.safetensors", "not found")]:
+        with pytest.raises(ConTransError, match=f"^vector: .*{message}"):
+            load_transplant(bad)
+
+
+def test_killed_write_leaves_no_artifact(built, tmp_path, monkeypatch):
+    lm, _ = built
+    import lm_eval_contrans.artifact as artifact
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(artifact, "save_file", dies)
+    with pytest.raises(KeyboardInterrupt):
+        save_transplant(lm.transplant, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(target="T"), "^source: give source=<model>"),
+    (dict(source="S"), "^target: name the model"),
+    (dict(source="S", target="T", alpha="nan"), "^alpha: must be finite"),
+    (dict(source="S", target="T", alpha="inf"), "^alpha: must be finite"),
+    (dict(source="S", target="missing.gguf"), "^target: GGUF file not found: missing.gguf"),
+    (dict(source="nowhere/x.gguf", target="T"), "^source: GGUF file not found"),
+    (dict(source="S", target="T", concept="kindness"), "^concept: unknown concept 'kindness'.*Shipped concepts: .*sentiment"),
+    (dict(source="S", target="T", ridge=-2), "^ridge: must be a finite number >= 0"),
+])
+def test_bad_arguments_fail_fast_with_the_argument_named(args, message):
+    with pytest.raises(ConTransError, match=message):
+        ConTransLM(device="cpu", **args)
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(source_layer=7), "^source_layer: layer 7 is out of range for a model with 4 decoder blocks"),
+    (dict(target_layer="deep"), "^target_layer: expected a block index or a depth fraction"),
+])
+def test_bad_layers_are_refused(tiny_llama_dir, tiny_gpt2_dir, args, message):
+    with pytest.raises(ConTransError, match=message):
+        ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), device="cpu", **args)
+
+
+def test_too_few_anchors_is_refused_before_the_target_pass(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    anchors = tmp_path / "few.txt"
+    anchors.write_text("\n".join(f"Sentence number {i}." for i in range(20)))
+    with pytest.raises(ConTransError, match="^anchors: 20 anchor texts are too few .*hidden size 32.*ridge"):
+        ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), device="cpu")
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), ridge=0.1, device="cpu")
+    assert lm.transplant.map_method == "ridge" and lm.transplant.anchor_count == 20

@@ -1,0 +1,173 @@
+"""Unit tests of each pipeline step on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import load
+from lm_eval_contrans.activations import last_token_states
+from lm_eval_contrans.alignment import fit_linear_map
+from lm_eval_contrans.blocks import decoder_blocks, resolve_layer
+from lm_eval_contrans.concepts import load_concept_set
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.extract import concept_vector
+from lm_eval_contrans.steering import steer
+
+
+def reference_last_states(model, tokenizer, texts, layer):
+    """One text at a time, no padding, through the full model: hidden_states[layer + 1]."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            rows.append(model(ids, output_hidden_states=True).hidden_states[layer + 1][0, -1])
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------- layers and blocks
+
+def test_resolve_layer_indices_and_fractions():
+    assert resolve_layer(None, 30, "x") == 22 and resolve_layer(0.75, 18, "x") == 14
+    assert resolve_layer(3, 4, "x") == 3 and resolve_layer(-1, 4, "x") == 3 and resolve_layer("2", 4, "x") == 2
+    assert resolve_layer(1.0, 4, "x") == 3 and resolve_layer("0.5", 4, "x") == 2
+
+
+@pytest.mark.parametrize("bad", [4, -5, 1.5, "deep", True])
+def test_resolve_layer_rejects_bad_values_naming_the_argument(bad):
+    with pytest.raises(ConTransError, match="^target_layer: "):
+        resolve_layer(bad, 4, "target_layer")
+
+
+def test_decoder_blocks_error_lists_paths_tried():
+    with pytest.raises(ConTransError, match="tried the module paths model.layers, .*transformer.h"):
+        decoder_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+# ---------------------------------------------------------------- refine
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_states_match_unpadded_hidden_states(tiny_model_dir, padding_side, batch_size):
+    model, tokenizer = load(tiny_model_dir)
+    texts = ["The hotel room was lovely.", "A stone church", "The capital of the northern province grew slowly after 1700.",
+             "Rice", "Farmers in the river valley have grown barley for several generations."]
+    layer = 1
+    states = last_token_states(model, tokenizer, texts, [layer], batch_size=batch_size, padding_side=padding_side)[layer]
+    torch.testing.assert_close(states, reference_last_states(model, tokenizer, texts, layer), atol=2e-5, rtol=1e-4)
+
+
+def test_refine_is_mean_positive_minus_mean_negative_at_the_chosen_layer(tiny_model_dir):
+    model, tokenizer = load(tiny_model_dir)
+    concept = load_concept_set("sentiment")
+    layer = 1  # not the last block: HF applies the final norm to hidden_states[-1]
+    vector = concept_vector(model, tokenizer, concept, layer, batch_size=8)
+    positives = reference_last_states(model, tokenizer, concept.positives[:], layer)
+    negatives = reference_last_states(model, tokenizer, concept.negatives[:], layer)
+    torch.testing.assert_close(vector, positives.mean(0) - negatives.mean(0), atol=2e-5, rtol=1e-4)
+    other_layer = concept_vector(model, tokenizer, concept, layer - 1, batch_size=8)
+    assert (vector - other_layer).norm() > 0.1 * vector.norm()
+
+
+def test_recording_stops_before_later_blocks_and_lm_head(tiny_llama_dir):
+    model, tokenizer = load(tiny_llama_dir)
+    calls = []
+    handles = [model.lm_head.register_forward_hook(lambda *a: calls.append("lm_head")),
+               decoder_blocks(model)[3].register_forward_hook(lambda *a: calls.append("block3"))]
+    try:
+        last_token_states(model, tokenizer, ["a short text", "another one"], [1, 2], batch_size=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
+
+
+# ---------------------------------------------------------------- reformulate
+
+def test_fit_recovers_a_known_linear_map():
+    generator = torch.Generator().manual_seed(0)
+    true_map = torch.randn(20, 30, generator=generator)
+    source = torch.randn(400, 20, generator=generator)
+    fitted = fit_linear_map(source, source @ true_map)
+    torch.testing.assert_close(fitted.weight, true_map, atol=1e-4, rtol=1e-4)
+    assert fitted.heldout_r2 > 0.999 and fitted.method == "lstsq"
+    noisy = fit_linear_map(source, source @ true_map + 3 * torch.randn(400, 30, generator=generator))
+    assert 0.3 < noisy.heldout_r2 < 0.95
+
+
+def test_ridge_shrinks_and_allows_few_anchors():
+    generator = torch.Generator().manual_seed(1)
+    source, target = torch.randn(30, 40, generator=generator), torch.randn(30, 8, generator=generator)
+    with pytest.raises(ConTransError, match="^anchors: 30 anchor texts are too few .*hidden size 40.*ridge"):
+        fit_linear_map(source, target)
+    small = fit_linear_map(source, target, ridge=10.0)
+    large = fit_linear_map(source, target, ridge=1000.0)
+    assert small.method == "ridge" and large.weight.norm() < small.weight.norm()
+    with pytest.raises(ConTransError, match="^ridge: "):
+        fit_linear_map(source, target, ridge=-1.0)
+
+
+# ---------------------------------------------------------------- transplant
+
+def _block_output(model, layer, ids):
+    captured = {}
+    handle = decoder_blocks(model)[layer].register_forward_hook(
+        lambda module, inputs, output: captured.__setitem__("out", (output[0] if isinstance(output, tuple) else output).clone()))
+    try:
+        with torch.no_grad():
+            logits = model(ids).logits
+    finally:
+        handle.remove()
+    return captured["out"], logits
+
+
+def test_hook_adds_exactly_alpha_v_at_the_chosen_block_only(tiny_model_dir):
+    model, tokenizer = load(tiny_model_dir)
+    ids = tokenizer("The coffee here is rich and smooth.", return_tensors="pt")["input_ids"]
+    hidden = model.get_input_embeddings().embedding_dim
+    vector = torch.randn(hidden, generator=torch.Generator().manual_seed(2))
+    layer, alpha = 1, 2.5
+    before, plain_logits = _block_output(model, layer, ids)
+    previous_before, _ = _block_output(model, layer - 1, ids)
+    with steer(model, layer, vector, alpha):
+        after, steered_logits = _block_output(model, layer, ids)
+        previous_after, _ = _block_output(model, layer - 1, ids)
+    torch.testing.assert_close(after - before, (alpha * vector).expand_as(before), atol=1e-5, rtol=0)
+    torch.testing.assert_close(previous_after, previous_before)
+    assert not torch.allclose(steered_logits, plain_logits)
+    _, logits_afterwards = _block_output(model, layer, ids)
+    assert torch.equal(logits_afterwards, plain_logits)
+
+
+def test_hook_is_removed_when_the_body_raises(tiny_llama_dir):
+    model, tokenizer = load(tiny_llama_dir)
+    ids = tokenizer("The park is peaceful.", return_tensors="pt")["input_ids"]
+    plain = model(ids).logits
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(model, 2, torch.ones(32), 3.0):
+            raise RuntimeError("boom")
+    assert torch.equal(model(ids).logits, plain)
+    assert all(not block._forward_hooks for block in decoder_blocks(model))
+
+
+def test_alpha_zero_changes_nothing_and_bad_alpha_is_refused(tiny_llama_dir):
+    model, tokenizer = load(tiny_llama_dir)
+    ids = tokenizer("The park is peaceful.", return_tensors="pt")["input_ids"]
+    plain = model(ids).logits
+    with steer(model, 2, torch.ones(32) * 100, 0.0):
+        assert torch.equal(model(ids).logits, plain)
+    for bad in (float("nan"), float("inf"), "lots"):
+        with pytest.raises(ConTransError, match="^alpha: "):
+            with steer(model, 2, torch.ones(32), bad):
+                pass
+
+
+def test_steering_follows_the_block_dtype(tiny_llama_dir):
+    model, tokenizer = load(tiny_llama_dir)
+    model = model.to(torch.bfloat16)
+    ids = tokenizer("The park is peaceful.", return_tensors="pt")["input_ids"]
+    before, _ = _block_output(model, 1, ids)
+    with steer(model, 1, torch.ones(32, dtype=torch.float32), 1.0):
+        after, _ = _block_output(model, 1, ids)
+    assert after.dtype == torch.bfloat16
+    torch.testing.assert_close(after.float(), (before + 1.0).float(), atol=0.07, rtol=0.02)
