@@ -55,9 +55,11 @@ def source_side(
 
 
 def free_model(model: nn.Module) -> None:
-    """Drop a model's weights now rather than whenever the garbage collector runs."""
-    model.to("meta") if hasattr(model, "to") else None
-    del model
+    """Release a model's weights now, even while the caller still holds a reference to it."""
+    try:
+        model.to("meta")
+    except Exception:  # some wrappers refuse; the references going out of scope still free it
+        pass
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

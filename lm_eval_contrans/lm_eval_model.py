@@ -23,7 +23,8 @@ from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import default_device, parse_model_spec, pretrained_path
 from lm_eval_contrans.steering import check_alpha, steer
 
-logger = logging.getLogger(__name__)
+# A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
+logger = logging.getLogger("lm_eval.contrans")
 
 
 @register_model("contrans")

