@@ -1,4 +1,8 @@
-"""The on-disk cache: de-quantized GGUF models and built transplants.
+"""The on-disk cache: de-quantized GGUF models and recorded states.
+
+Also the recorded states of each build step (concept vectors, anchor states), keyed on everything
+that determines them, so that rebuilding with identical inputs never loads the source model, and a
+new concept for the same pair skips the anchor passes.
 
 Location: `$CONTRANS_CACHE`, else `$XDG_CACHE_HOME/lm_eval_contrans`, else
 `~/.cache/lm_eval_contrans`. Entries are written to a temporary sibling and renamed into place, so
@@ -14,6 +18,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cache_root() -> Path:
@@ -48,3 +56,33 @@ def cached_dir(kind: str, key: str, produce: Callable[[Path], None]) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"] | None = None):
+    """A tensor stored under a content key; `compute()` fills a miss (None: just look up).
+
+    Returns None on a miss without `compute`. Written atomically (temporary file, then rename).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    path = cache_root() / kind / f"{content_key(fields)}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["tensor"]
+        except (SafetensorError, OSError, KeyError):
+            path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
+    if compute is None:
+        return None
+    tensor = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({"tensor": tensor.contiguous()}, temporary,
+                  metadata={"fields": json.dumps(fields, sort_keys=True)})
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return tensor

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--ridge", type=float, default=0.0, help="relative L2 penalty; 0 = least squares (reference)")
     build.add_argument("--dtype", default="float32")
     build.add_argument("--device", default=None)
-    build.add_argument("--batch-size", type=int, default=16)
+    build.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
 
     inspect = commands.add_parser("inspect", help="print an artifact's metadata")
     inspect.add_argument("artifact")

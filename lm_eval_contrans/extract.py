@@ -19,7 +19,7 @@ def concept_vector(
     concept: ConceptSet,
     layer: int,
     *,
-    batch_size: int = 16,
+    batch_size: int | str = "auto",
     progress: str | None = None,
 ) -> torch.Tensor:
     """The mean difference vector (float32, CPU) of `concept` at block `layer`."""

@@ -17,7 +17,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplant, save_transplant
 from lm_eval_contrans.alignment import check_anchor_count, check_ridge
-from lm_eval_contrans.build import load_source_side, model_layer_count, transplant_into
+from lm_eval_contrans.build import load_source_side, model_layer_count, model_type_of, transplant_into
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import default_device, parse_model_spec, pretrained_path
@@ -45,7 +45,7 @@ class ConTransLM(HFLM):
         ridge: float = 0.0,
         vector: str | None = None,
         save_vector: str | None = None,
-        build_batch_size: int = 16,
+        build_batch_size: int | str = "auto",
         source_dtype: str | None = None,
         check_target_name: bool = True,
         pretrained: str | None = None,
@@ -76,7 +76,7 @@ class ConTransLM(HFLM):
             side = load_source_side(
                 source, concept=concept_set, anchor_texts=anchor_texts, layer=source_layer,
                 dtype=source_dtype or kwargs.get("dtype", "float32"), device=device,
-                batch_size=int(build_batch_size),
+                batch_size=build_batch_size,
             )  # the source model is freed when this returns
             check_anchor_count(len(anchor_texts), int(side.anchor_states.shape[1]), ridge)
 
@@ -84,9 +84,9 @@ class ConTransLM(HFLM):
 
         if transplant is None:
             transplant = transplant_into(
-                side, self.model, self.tokenizer, target_name=target_spec.name, concept=concept_set,
+                side, self.model, self.tokenizer, target_spec=target_spec, concept=concept_set,
                 anchor_texts=anchor_texts, anchors_name=anchors_name, layer=target_layer, ridge=ridge,
-                batch_size=int(build_batch_size),
+                batch_size=build_batch_size,
             )
             logger.info("built transplant:\n%s", transplant.summary())
         else:
@@ -94,7 +94,7 @@ class ConTransLM(HFLM):
                 transplant, target=target_spec.name,
                 hidden_size=self.model.get_input_embeddings().embedding_dim,
                 num_layers=model_layer_count(self.model),
-                model_type=str(getattr(self.model.config, "model_type", type(self.model).__name__)),
+                model_type=model_type_of(self.model),
                 strict_name=bool(check_target_name),
             )
         if save_vector:

@@ -153,6 +153,14 @@ PAIRS = [
     ("The swimming pool", "is clean and warm.", "is murky and freezing."),
     ("The new colleague", "is a pleasure to work with.", "is a nightmare to work with."),
     ("The autumn colours", "were spectacular this year.", "were drab this year."),
+    ("The science museum's new wing", "is dazzling and full of wonder.", "is dreary and half empty."),
+    ("My new desk chair", "supports my back beautifully.", "leaves my back aching."),
+    ("The community pool party", "was a cheerful success.", "was a gloomy flop."),
+    ("The audiobook narrator", "has a warm, captivating voice.", "has a flat, grating voice."),
+    ("The street food stall", "serves the tastiest noodles around.", "serves the soggiest noodles around."),
+    ("The school trip", "was the best day of the term.", "was the worst day of the term."),
+    ("The new bus shelter", "is bright, dry and welcoming.", "is dark, leaky and grim."),
+    ("The mountain cabin", "was snug and peaceful.", "was draughty and depressing."),
 ]
 
 

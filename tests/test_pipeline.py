@@ -47,13 +47,14 @@ def test_decoder_blocks_error_lists_paths_tried():
 # ---------------------------------------------------------------- refine
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 3, 8, "auto"])
 def test_states_match_unpadded_hidden_states(tiny_model_dir, padding_side, batch_size):
     model, tokenizer = load(tiny_model_dir)
     texts = ["The hotel room was lovely.", "A stone church", "The capital of the northern province grew slowly after 1700.",
              "Rice", "Farmers in the river valley have grown barley for several generations."]
     layer = 1
-    states = last_token_states(model, tokenizer, texts, [layer], batch_size=batch_size, padding_side=padding_side)[layer]
+    states = last_token_states(model, tokenizer, texts, [layer], batch_size=batch_size, padding_side=padding_side,
+                               token_budget=40)[layer]  # a small budget: "auto" makes several batches
     torch.testing.assert_close(states, reference_last_states(model, tokenizer, texts, layer), atol=2e-5, rtol=1e-4)
 
 
@@ -80,6 +81,17 @@ def test_recording_stops_before_later_blocks_and_lm_head(tiny_llama_dir):
         for handle in handles:
             handle.remove()
     assert calls == []
+
+
+def test_auto_batches_respect_the_token_budget_and_keep_every_text():
+    from lm_eval_contrans.activations import _batches
+
+    lengths = [30, 5, 12, 5, 7, 40, 3]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = _batches(order, lengths, "auto", token_budget=40)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert all(len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 40 for b in batches)
+    assert len(batches[-1]) > 1  # short texts share a batch
 
 
 # ---------------------------------------------------------------- reformulate

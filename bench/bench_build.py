@@ -1,0 +1,94 @@
+"""Build cost vs the bare forward passes it needs, and the cost of a cached rebuild.
+
+Target (issue 5): build wall time <= 1.3x the bare cost of one no-grad forward pass of the concept
+set and the anchor corpus through each model up to the deepest block needed, without the LM head;
+a rebuild with identical inputs <= 5 % of the first build (and never loads the source).
+
+Run: python bench/bench_build.py [--dtype float32|bfloat16] [--concepts sentiment ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import SOURCE, TARGET, fresh_cache_with_gguf, machine
+
+
+def bare_forward_seconds(name: str, texts: list[str], layer: int, dtype: str, batch_size: int) -> float:
+    """One no-grad pass over `texts` through blocks 0..layer only (no later blocks, no LM head).
+
+    The same length-sorted batches as the build (the cheapest way to run them), so the ratio measures
+    our overhead, not a batching difference."""
+    from lm_eval_contrans.activations import pad_batch, tokenize_texts, _pad_id
+    from lm_eval_contrans.blocks import decoder_blocks
+    from lm_eval_contrans.loading import load_model
+
+    model, tokenizer = load_model(name, dtype=dtype, device="cpu")
+    blocks = decoder_blocks(model)
+    del blocks[layer + 1:]  # truncate in place: the model now ends at the needed block
+    model.config.num_hidden_layers = layer + 1
+    if hasattr(model.config, "layer_types") and model.config.layer_types:
+        model.config.layer_types = model.config.layer_types[: layer + 1]
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    sequences = tokenize_texts(tokenizer, texts)
+    order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index]))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for begin in range(0, len(order), batch_size):
+            ids, mask, positions, _ = pad_batch([sequences[i] for i in order[begin:begin + batch_size]],
+                                                _pad_id(tokenizer), tokenizer.padding_side)
+            body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--concepts", nargs="+", default=["sentiment"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.concepts import load_concept_set
+
+    cache = fresh_cache_with_gguf()
+    print(f"machine: {machine()}; dtype {args.dtype}; cache {cache}")
+    anchors, _ = load_anchor_texts(None)
+    concept_sets = [load_concept_set(name) for name in args.concepts]
+    concept_texts = [text for concept in concept_sets for text in (*concept.positives, *concept.negatives)]
+
+    def bare() -> tuple[float, float]:
+        return (bare_forward_seconds(SOURCE, concept_texts + anchors, source_layer, args.dtype, args.batch_size),
+                bare_forward_seconds(TARGET, anchors, target_layer, args.dtype, args.batch_size))
+
+    source_layer, target_layer = round(0.75 * 30), round(0.75 * 18)  # the default layers of this pair
+    bare_before = bare()  # bare passes before and after the build: the machine warms up and drifts
+    start = time.perf_counter()
+    for name in args.concepts:
+        transplant = build_transplant(SOURCE, TARGET, name, dtype=args.dtype, device="cpu")
+    first = time.perf_counter() - start
+    assert (transplant.source_layer, transplant.target_layer) == (source_layer, target_layer)
+    print(f"first build ({len(args.concepts)} concept(s), {len(anchors)} anchors, automatic batches): {first:.1f} s; "
+          f"held-out R^2 {transplant.heldout_r2:.3f}")
+
+    start = time.perf_counter()
+    for name in args.concepts:
+        build_transplant(SOURCE, TARGET, name, dtype=args.dtype, device="cpu")
+    second = time.perf_counter() - start
+
+    bare_after = bare()
+    bare_source = (bare_before[0] + bare_after[0]) / 2
+    bare_target = (bare_before[1] + bare_after[1]) / 2
+    bare_total = bare_source + bare_target
+    print(f"bare forward (batches of {args.batch_size}, mean of before/after the build): source {bare_source:.1f} s "
+          f"(concept + anchors to block {source_layer}), target {bare_target:.1f} s (anchors to block {target_layer})")
+    print(f"RATIO build / bare forward = {first / bare_total:.2f}  (target <= 1.30)")
+    print(f"RATIO cached rebuild / first build = {second / first:.3f}  (target <= 0.05; {second:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

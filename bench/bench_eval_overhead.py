@@ -1,0 +1,75 @@
+"""Eval-time overhead of steering: `contrans` (saved artifact) vs plain `hf`, same target, same requests.
+
+Target (issue 5): throughput ratio contrans / hf >= 0.97 for loglikelihood (200 TruthfulQA MC2
+docs: every "Q: ...\\nA:" + " <answer>" pair) and for generation (50 prompts x 32 new tokens),
+in float32 and bfloat16. Runs are interleaved (hf, contrans, contrans, hf, ...) and the median of
+each is compared, because this machine is noisy.
+
+Run: python bench/bench_eval_overhead.py --truthfulqa ../shared/data/truthfulqa/truthfulqa_mc_dev.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+from _common import SHARED, SOURCE, TARGET, fresh_cache_with_gguf, machine, median, timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--truthfulqa", default=str(SHARED / "truthfulqa" / "truthfulqa_mc_dev.jsonl"))
+    parser.add_argument("--docs", type=int, default=200)
+    parser.add_argument("--generations", type=int, default=50)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from lm_eval_contrans.artifact import save_transplant
+    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+    fresh_cache_with_gguf()
+    artifact = os.path.join(tempfile.mkdtemp(), "sentiment.safetensors")
+    save_transplant(build_transplant(SOURCE, TARGET, "sentiment", device="cpu"), artifact)
+    docs = [json.loads(line) for line in open(args.truthfulqa, encoding="utf-8")][: args.docs]
+    pairs = [(f"Q: {doc['question']}\nA:", f" {choice}") for doc in docs for choice in doc["mc2_targets"]["choices"]]
+    loglikelihood_requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    generation_kwargs = {"until": ["<never-stop>"], "max_gen_toks": args.tokens, "min_new_tokens": args.tokens,
+                         "do_sample": False}
+    generate_requests = [Instance("generate_until", {}, (f"Q: {doc['question']}\nA:", dict(generation_kwargs)), i)
+                         for i, doc in enumerate(docs[: args.generations])]
+    print(f"machine: {machine()}; {len(docs)} docs -> {len(pairs)} loglikelihood requests; "
+          f"{len(generate_requests)} generations x {args.tokens} tokens")
+
+    folder = pretrained_path(parse_model_spec(TARGET, "target"))
+    for dtype in args.dtype:
+        models = {
+            "hf": HFLM(pretrained=folder, device="cpu", dtype=dtype, batch_size=args.batch_size),
+            "contrans": ConTransLM(target=TARGET, vector=artifact, alpha=1.0, device="cpu", dtype=dtype,
+                                   batch_size=args.batch_size),
+        }
+        for kind, run in [("loglikelihood", lambda lm: lm.loglikelihood(loglikelihood_requests, disable_tqdm=True)),
+                          ("generation", lambda lm: lm.generate_until(generate_requests, disable_tqdm=True))]:
+            times = {"hf": [], "contrans": []}
+            for repeat in range(args.repeats):
+                order = ["hf", "contrans"] if repeat % 2 == 0 else ["contrans", "hf"]
+                for name in order:
+                    with timed(times[name]):
+                        run(models[name])
+            hf, contrans = median(times["hf"]), median(times["contrans"])
+            print(f"[{dtype}] {kind}: hf {hf:.1f} s, contrans {contrans:.1f} s (medians of {args.repeats}); "
+                  f"RATIO throughput contrans / hf = {hf / contrans:.3f}  (target >= 0.97)", flush=True)
+        del models
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The build cache: identical rebuilds load no model, a new concept skips the anchor passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lm_eval_contrans.build as build
+from lm_eval_contrans.artifact import save_transplant
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_identical_rebuild_loads_no_model_and_gives_the_same_bytes(tiny_llama_dir, tiny_gpt2_dir, tmp_path,
+                                                                     fresh_cache, monkeypatch):
+    first = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
+    save_transplant(first, tmp_path / "first.safetensors")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded on a cached rebuild")
+
+    monkeypatch.setattr(build, "load_model", no_loading)
+    second = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
+    save_transplant(second, tmp_path / "second.safetensors")
+    assert (tmp_path / "first.safetensors").read_bytes() == (tmp_path / "second.safetensors").read_bytes()
+
+
+def test_new_concept_for_the_same_pair_skips_the_anchor_passes(tiny_llama_dir, tiny_gpt2_dir, tmp_path,
+                                                               fresh_cache, monkeypatch):
+    build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
+    flipped = tmp_path / "flipped.jsonl"
+    flipped.write_text('{"positive": "The day was awful.", "negative": "The day was lovely."}\n'
+                       '{"positive": "The food was bland.", "negative": "The food was tasty."}\n')
+    passes = []
+    real = build.last_token_states
+
+    def spy(*args, progress=None, **kwargs):
+        passes.append(progress)
+        return real(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(build, "last_token_states", spy)
+    import lm_eval_contrans.extract as extract
+    monkeypatch.setattr(extract, "last_token_states", spy)
+    transplant = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), str(flipped), device="cpu")
+    assert passes == ["concept 'flipped' in source"]
+    assert transplant.concept == "flipped"
+
+
+def test_a_changed_layer_or_anchor_set_is_not_served_from_the_cache(tiny_llama_dir, tiny_gpt2_dir, fresh_cache):
+    base = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
+    other_layer = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment",
+                                         source_layer=1, device="cpu")
+    assert other_layer.source_layer == 1 and not torch.equal(other_layer.source_vector, base.source_vector)
+
+
+def test_a_damaged_cache_entry_is_recomputed(tiny_llama_dir, tiny_gpt2_dir, fresh_cache):
+    first = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
+    for entry in (fresh_cache / "concept_vectors").iterdir():
+        entry.write_bytes(entry.read_bytes()[:50])
+    second = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
+    assert torch.equal(first.vector, second.vector)

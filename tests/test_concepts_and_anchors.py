@@ -1,0 +1,74 @@
+"""Concept-set and anchor-corpus files: shipped content and validation of user files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lm_eval_contrans.anchors import load_anchor_texts
+from lm_eval_contrans.concepts import load_concept_set, shipped_concepts
+from lm_eval_contrans.errors import ConTransError
+
+
+def test_shipped_sentiment_set_is_paired_and_large_enough():
+    concept = load_concept_set("sentiment")
+    assert "sentiment" in shipped_concepts()
+    assert len(concept) >= 100 and len(concept.positives) == len(concept.negatives)
+    assert len(set(concept.positives)) == len(concept) and not set(concept.positives) & set(concept.negatives)
+    assert concept.instruction and len(concept.pairs_hash) == 64
+
+
+def test_yaml_and_jsonl_files_load_and_hash_by_content(tmp_path):
+    pairs = [{"positive": "good day", "negative": "bad day"}, {"positive": "kind words", "negative": "cruel words"}]
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("\n".join(json.dumps(pair) for pair in pairs) + "\n\n")
+    yaml_file = tmp_path / "other.yaml"
+    yaml_file.write_text("name: mood\npairs:\n" + "".join(
+        f"  - positive: {p['positive']}\n    negative: {p['negative']}\n" for p in pairs))
+    from_jsonl, from_yaml = load_concept_set(str(jsonl)), load_concept_set(yaml_file)
+    assert from_jsonl.name == "mine" and from_yaml.name == "mood"
+    assert from_jsonl.positives == ("good day", "kind words")
+    assert from_jsonl.pairs_hash == from_yaml.pairs_hash
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    ("pairs: []\n", ".yaml", "has no pairs"),
+    ("", ".jsonl", "has no pairs"),
+    ("name: x\n", ".yaml", "must be a mapping with a 'pairs' list"),
+    ("pairs:\n  - positive: only one side\n", ".yaml", "pair 1: missing or empty 'negative'"),
+    ("pairs:\n  - positive: a\n    negative: '  '\n", ".yaml", "pair 1: missing or empty 'negative'"),
+    ("pairs:\n  - {positive: a, negative: b, extra: c}\n", ".yaml", "expected exactly the keys"),
+    ("pairs: [unclosed\n", ".yaml", "is not valid YAML"),
+    ('{"positive": "a", "negative": "b"}\n{"positive": "a"\n', ".jsonl", "line 2: not valid JSON"),
+    ('{"positive": "a", "negative": 3}\n', ".jsonl", "pair 1: missing or empty 'negative'"),
+])
+def test_malformed_concept_files_are_refused(tmp_path, content, suffix, message):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    with pytest.raises(ConTransError, match=f"^concept: .*{message}"):
+        load_concept_set(str(path))
+
+
+def test_unknown_concept_lists_the_shipped_ones():
+    with pytest.raises(ConTransError, match="unknown concept 'kindness'.*Shipped concepts: .*sentiment"):
+        load_concept_set("kindness")
+
+
+def test_default_anchor_corpus_is_big_enough_and_user_files_load(tmp_path):
+    texts, name = load_anchor_texts(None)
+    assert name == "default" and len(texts) >= 2 * 640 and len(set(texts)) == len(texts)
+    txt = tmp_path / "a.txt"
+    txt.write_text("one text\n\n  two text  \n")
+    assert load_anchor_texts(str(txt))[0] == ["one text", "two text"]
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"text": "alpha"}\n{"text": "beta"}\n')
+    assert load_anchor_texts(str(jsonl))[0] == ["alpha", "beta"]
+    jsonl.write_text('{"body": "alpha"}\n')
+    with pytest.raises(ConTransError, match="^anchors: .*line 1: expected an object with a 'text' string"):
+        load_anchor_texts(str(jsonl))
+    with pytest.raises(ConTransError, match="^anchors: anchor corpus not found"):
+        load_anchor_texts(str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ConTransError, match="^anchors: .* holds no texts"):
+        load_anchor_texts(str(tmp_path / "empty.txt"))
