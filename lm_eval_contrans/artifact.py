@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lm_eval_contrans import __version__
@@ -53,11 +54,8 @@ class Transplant:
 
     _TENSORS = ("vector", "source_vector", "map_weight")
 
-    def metadata(self) -> dict[str, str]:
-        # One key holding sorted JSON: safetensors writes several metadata keys in hash order,
-        # which would make identical builds differ byte-wise.
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS}
-        return {METADATA_KEY: json.dumps({"format": FORMAT, **values}, sort_keys=True)}
+    def metadata(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS}
 
     def summary(self) -> str:
         lines = [
@@ -75,15 +73,24 @@ class Transplant:
         return "\n".join(lines)
 
 
-def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
-    """Write atomically (temporary file, then rename): a killed write leaves no artifact."""
+def save_transplants(transplants: list[Transplant], path: str | os.PathLike) -> Path:
+    """Write one or several transplants (several concepts) to one file.
+
+    Written atomically (temporary file, then rename): a killed write leaves no artifact. Tensors are
+    named `<index>.vector`, `<index>.source_vector`, `<index>.map_weight`; the metadata is one key
+    holding sorted JSON, because safetensors writes several keys in hash order, which would make
+    identical builds differ byte-wise.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: getattr(transplant, name).detach().float().cpu().contiguous() for name in Transplant._TENSORS}
+    tensors = {f"{index}.{name}": getattr(transplant, name).detach().float().cpu().contiguous()
+               for index, transplant in enumerate(transplants) for name in Transplant._TENSORS}
+    metadata = {METADATA_KEY: json.dumps({"format": FORMAT, "transplants": [t.metadata() for t in transplants]},
+                                         sort_keys=True)}
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
-        save_file(tensors, temporary, metadata=transplant.metadata())
+        save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -91,31 +98,46 @@ def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_transplant(path: str | os.PathLike, argument: str = "vector") -> Transplant:
+def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
+    return save_transplants([transplant], path)
+
+
+def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[Transplant]:
     path = Path(path)
     if not path.is_file():
         raise ConTransError(argument, f"artifact not found: {path}")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise ConTransError(argument, f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from None
     try:
-        values = json.loads(metadata[METADATA_KEY])
+        document = json.loads(metadata[METADATA_KEY])
     except (KeyError, json.JSONDecodeError):
         raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant (no '{METADATA_KEY}' metadata)") from None
-    if values.pop("format", None) != FORMAT:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant of format {FORMAT!r}")
+    transplants = []
     try:
-        transplant = Transplant(**{name: tensors[name] for name in Transplant._TENSORS}, **values)
+        for index, values in enumerate(document["transplants"]):
+            transplant = Transplant(**{name: tensors[f"{index}.{name}"] for name in Transplant._TENSORS}, **values)
+            if transplant.vector.shape != (transplant.target_hidden_size,):
+                raise ConTransError(argument, f"{path}: vector shape {tuple(transplant.vector.shape)} does not match its metadata")
+            transplants.append(transplant)
     except (KeyError, TypeError) as error:
         raise ConTransError(argument, f"{path} has incomplete or unreadable metadata: {error}") from None
-    if transplant.vector.shape != (transplant.target_hidden_size,):
-        raise ConTransError(argument, f"{path}: vector shape {tuple(transplant.vector.shape)} does not match its metadata")
-    return transplant
+    if not transplants:
+        raise ConTransError(argument, f"{path} holds no transplant")
+    return transplants
+
+
+def load_transplant(path: str | os.PathLike, argument: str = "vector") -> Transplant:
+    transplants = load_transplants(path, argument)
+    if len(transplants) != 1:
+        names = "+".join(t.concept for t in transplants)
+        raise ConTransError(argument, f"{path} holds {len(transplants)} concepts ({names}); use load_transplants")
+    return transplants[0]
 
 
 def _short_name(name: str) -> str:

@@ -80,12 +80,13 @@ def _state_key(identity: dict, layer: int, dtype: str, device: str, **what) -> d
             "format": STATE_FORMAT, **what}
 
 
-def load_source_side(
-    source: str | ModelSpec, *, concept: ConceptSet, anchor_texts: list[str],
-    layer: int | float | str | None = None, dtype: str = "float32", device: str | None = None,
+def load_source_sides(
+    source: str | ModelSpec, *, concepts: list[ConceptSet], anchor_texts: list[str],
+    layers: list[int | float | str | None], dtype: str = "float32", device: str | None = None,
     batch_size: int | str = "auto",
-) -> SourceSide:
-    """Concept vector and anchor states of the source, from the cache or one load of the model."""
+) -> list[SourceSide]:
+    """Concept vectors and anchor states of the source for each (concept, layer), from the cache
+    or one load of the model shared by all of them."""
     spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
     device = device or default_device()
     folder = pretrained_path(spec)
@@ -95,7 +96,6 @@ def load_source_side(
         if num_layers is None:
             model, tokenizer = load_model(spec, argument="source", dtype=dtype, device=device)
             num_layers = model_layer_count(model)
-        index = resolve_layer(layer, num_layers, "source_layer")
         identity = model_identity(spec)
 
         def with_model():
@@ -106,26 +106,40 @@ def load_source_side(
                     raise ConTransLayerCountError(spec.name)
             return model, tokenizer
 
-        vector = cached_tensor(
-            "concept_vectors",
-            _state_key(identity, index, str(dtype), device, concept=concept.pairs_hash),
-            lambda: concept_vector(*with_model(), concept, index, batch_size=batch_size,
-                                   progress=f"concept '{concept.name}' in source"),
-        )
-        states = cached_tensor(
-            "anchor_states",
-            _state_key(identity, index, str(dtype), device, anchors=anchors_hash(anchor_texts)),
-            lambda: last_token_states(*with_model(), anchor_texts, [index], batch_size=batch_size,
-                                      progress="anchors in source")[index],
-        )
+        indices = [resolve_layer(layer, num_layers, "source_layer") for layer in layers]
+        sides = []
+        for concept, index in zip(concepts, indices):
+            vector = cached_tensor(
+                "concept_vectors",
+                _state_key(identity, index, str(dtype), device, concept=concept.pairs_hash),
+                lambda: concept_vector(*with_model(), concept, index, batch_size=batch_size,
+                                       progress=f"concept '{concept.name}' in source"),
+            )
+            states = cached_tensor(
+                "anchor_states",
+                _state_key(identity, index, str(dtype), device, anchors=anchors_hash(anchor_texts)),
+                lambda: last_token_states(*with_model(), anchor_texts, [index], batch_size=batch_size,
+                                          progress="anchors in source")[index],
+            )
+            sides.append(SourceSide(name=spec.name, layer=index, num_layers=num_layers, concept_vector=vector,
+                                    anchor_states=states))
         if model is None:
             logger.info("source states for %s found in the cache; the source model was not loaded", spec.name)
-        return SourceSide(name=spec.name, layer=index, num_layers=num_layers, concept_vector=vector,
-                          anchor_states=states)
+        return sides
     finally:
         if model is not None:
             free_model(model)
         del model
+
+
+def load_source_side(
+    source: str | ModelSpec, *, concept: ConceptSet, anchor_texts: list[str],
+    layer: int | float | str | None = None, dtype: str = "float32", device: str | None = None,
+    batch_size: int | str = "auto",
+) -> SourceSide:
+    """Concept vector and anchor states of the source, from the cache or one load of the model."""
+    return load_source_sides(source, concepts=[concept], anchor_texts=anchor_texts, layers=[layer], dtype=dtype,
+                             device=device, batch_size=batch_size)[0]
 
 
 class ConTransLayerCountError(RuntimeError):

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from filelock import FileLock
+
 if TYPE_CHECKING:
     import torch
 
@@ -44,6 +46,13 @@ def cached_dir(kind: str, key: str, produce: Callable[[Path], None]) -> Path:
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if not final.is_dir():
+            _produce_into(final, key, produce)
+    return final
+
+
+def _produce_into(final: Path, key: str, produce: Callable[[Path], None]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     try:
         produce(staging)
@@ -55,7 +64,6 @@ def cached_dir(kind: str, key: str, produce: Callable[[Path], None]) -> Path:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"] | None = None):
@@ -63,19 +71,37 @@ def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"]
 
     Returns None on a miss without `compute`. Written atomically (temporary file, then rename).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
-
     path = cache_root() / kind / f"{content_key(fields)}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(str(path))["tensor"]
-        except (SafetensorError, OSError, KeyError):
-            path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
-    if compute is None:
-        return None
-    tensor = compute()
+    tensor = _read_entry(path)
+    if tensor is not None or compute is None:
+        return tensor
     path.parent.mkdir(parents=True, exist_ok=True)
+    # One process computes an entry; others (e.g. the ranks of `accelerate launch`) wait for the
+    # lock and then read what it wrote instead of computing it again.
+    with FileLock(str(path) + ".lock"):
+        tensor = _read_entry(path)
+        if tensor is None:
+            tensor = compute()
+            _write_entry(path, tensor, fields)
+    return tensor
+
+
+def _read_entry(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))["tensor"]
+    except (SafetensorError, OSError, KeyError):
+        path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
+        return None
+
+
+def _write_entry(path: Path, tensor, fields: dict) -> None:
+    from safetensors.torch import save_file
+
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
     os.close(handle)
     try:
@@ -85,4 +111,3 @@ def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"]
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    return tensor

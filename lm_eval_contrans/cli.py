@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
 
@@ -36,6 +37,37 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("concepts", help="list the shipped concept sets")
+
+    compare = commands.add_parser("compare", help="run the comparison grid and write tables and plots")
+    compare.add_argument("--source", required=True)
+    compare.add_argument("--target", required=True)
+    compare.add_argument("--concept", default="sentiment")
+    compare.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    compare.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    compare.add_argument("--instruct", default=None, help="an instruction-tuned target to add as a row")
+    compare.add_argument("--out", default="contrans_compare", help="output folder (resumable)")
+    compare.add_argument("--limit", type=float, default=None)
+    compare.add_argument("--batch_size", "--batch-size", default="8")
+    compare.add_argument("--device", default=None)
+    compare.add_argument("--dtype", default=None)
+    compare.add_argument("--seed", type=int, default=0, help="seed of the random-vector control")
+    compare.add_argument("--metadata", default=None, help="JSON passed to the tasks, e.g. local data paths")
+    compare.add_argument("--no-controls", action="store_true", help="skip the random, own-vector and prompt rows")
+    compare.add_argument("--also-metrics", nargs="*", default=["margin"],
+                         help="metrics shown next to each task's main metric where the task reports them")
+
+    export = commands.add_parser("export", help="write an artifact in another tool's format")
+    export.add_argument("artifact")
+    export.add_argument("--format", required=True, choices=["steered", "gguf"],
+                        help="steered: .pt for lm-eval's --model steered; gguf: llama.cpp control vector")
+    export.add_argument("--out", required=True)
+    export.add_argument("--target", default=None, help="target model (steered format: names the hookpoint); default: the artifact's")
+    export.add_argument("--alpha", type=float, default=1.0, help="steering_coefficient of the steered format")
+
+    table = commands.add_parser("table", help="tabulate lm-eval output folders (or compare folders)")
+    table.add_argument("folders", nargs="+")
+    table.add_argument("--out", default=None, help="also write table.md, table.csv and plots here")
+    table.add_argument("--also-metrics", nargs="*", default=["margin"])
     return parser
 
 
@@ -56,19 +88,57 @@ def main(argv: list[str] | None = None) -> int:
             print(transplant.summary())
             print(f"wrote {args.out}")
         elif args.command == "inspect":
-            from lm_eval_contrans.artifact import as_dict, load_transplant
+            from lm_eval_contrans.artifact import as_dict, load_transplants
 
-            transplant = load_transplant(args.artifact, "artifact")
+            transplants = load_transplants(args.artifact, "artifact")
             if args.json:
-                print(json.dumps(as_dict(transplant), indent=2, sort_keys=True))
+                described = [as_dict(transplant) for transplant in transplants]
+                print(json.dumps(described[0] if len(described) == 1 else described, indent=2, sort_keys=True))
             else:
-                print(transplant.summary())
+                print("\n\n".join(transplant.summary() for transplant in transplants))
         elif args.command == "concepts":
             from lm_eval_contrans.concepts import load_concept_set, shipped_concepts
 
             for name in shipped_concepts():
                 concept = load_concept_set(name)
                 print(f"{name:<12} {len(concept):>4} pairs  {concept.description}")
+        elif args.command == "compare":
+            from lm_eval_contrans.compare import ComparePlan, run_compare
+            from lm_eval_contrans.report import markdown_table
+
+            limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+            batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+            plan = ComparePlan(
+                source=args.source, target=args.target, concept=args.concept,
+                tasks=[task for task in args.tasks.split(",") if task], alphas=args.alphas,
+                instruct=args.instruct, out=Path(args.out), limit=limit, batch_size=batch_size,
+                device=args.device, seed=args.seed, model_args={"dtype": args.dtype} if args.dtype else {},
+                task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
+                extra_metrics=tuple(args.also_metrics),
+            )
+            print(markdown_table(run_compare(plan), plan.extra_metrics))
+            print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")
+        elif args.command == "export":
+            from lm_eval_contrans.artifact import load_transplant
+            from lm_eval_contrans.export import export_gguf, export_steered
+            from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+            transplant = load_transplant(args.artifact, "artifact")
+            if args.format == "steered":
+                folder = pretrained_path(parse_model_spec(args.target or transplant.target, "target"))
+                export_steered(transplant, args.out, folder, args.alpha)
+            else:
+                export_gguf(transplant, args.out)
+            print(f"wrote {args.out} ({args.format}, block {transplant.target_layer})")
+        elif args.command == "table":
+            from lm_eval_contrans.report import markdown_table, rows_from_folder, write_report
+
+            rows = [row for folder in args.folders for row in rows_from_folder(Path(folder))]
+            if not rows:
+                raise ConTransError("folders", "no lm-eval results (results_*.json or row.json) found")
+            print(markdown_table(rows, tuple(args.also_metrics)))
+            if args.out:
+                write_report(rows, Path(args.out), extra_metrics=tuple(args.also_metrics))
     except ConTransError as error:
         print(f"contrans: error: {error}", file=sys.stderr)
         return 2

@@ -28,11 +28,29 @@ def check_alpha(alpha) -> float:
     return value
 
 
-def add_vector_hook(vector: torch.Tensor):
-    """A forward hook that adds `vector` to a block's hidden-state output."""
+POSITIONS = ("all", "prompt", "generated")
+
+
+def check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise ConTransError("positions", f"expected one of {', '.join(POSITIONS)}, got {positions!r}")
+    return positions
+
+
+def add_vector_hook(vector: torch.Tensor, positions: str = "all"):
+    """A forward hook that adds `vector` to a block's hidden-state output.
+
+    positions="prompt" steers only the first forward pass in the context (the prompt, or the
+    whole input of a loglikelihood call); "generated" only the later, one-token passes of
+    generation with a KV cache.
+    """
     cache: dict[tuple, torch.Tensor] = {}
+    calls = [0]
 
     def hook(module: nn.Module, inputs, output):
+        calls[0] += 1
+        if (positions == "prompt" and calls[0] > 1) or (positions == "generated" and calls[0] == 1):
+            return output
         hidden = output[0] if isinstance(output, tuple) else output
         key = (hidden.device, hidden.dtype)
         if key not in cache:
@@ -44,16 +62,20 @@ def add_vector_hook(vector: torch.Tensor):
 
 
 @contextmanager
-def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0) -> Iterator[None]:
-    """Within the block, block `layer` of `model` outputs (its output + alpha * vector)."""
+def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0,
+          positions: str = "all") -> Iterator[None]:
+    """Within the block, block `layer` of `model` outputs (its output + alpha * vector).
+
+    `positions`: "all" (the paper), "prompt" or "generated" (see `add_vector_hook`)."""
     alpha = check_alpha(alpha)
+    positions = check_positions(positions)
     blocks = decoder_blocks(model)
     if vector.ndim != 1:
         raise ValueError(f"steering vector must be 1-D, got shape {tuple(vector.shape)}")
     if alpha == 0.0:
         yield  # nothing to add: keep the forward pass bit-for-bit the unhooked one
         return
-    handle = blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach()))
+    handle = blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach(), positions))
     try:
         yield
     finally:

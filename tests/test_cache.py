@@ -63,3 +63,48 @@ def test_a_damaged_cache_entry_is_recomputed(tiny_llama_dir, tiny_gpt2_dir, fres
         entry.write_bytes(entry.read_bytes()[:50])
     second = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
     assert torch.equal(first.vector, second.vector)
+
+
+WORKER = """
+import sys, time, torch
+from pathlib import Path
+from lm_eval_contrans.cache import cached_tensor
+marker_dir, delay = Path(sys.argv[1]), float(sys.argv[2])
+def compute():
+    (marker_dir / f"computed-{__import__('os').getpid()}").write_text("x")
+    time.sleep(delay)
+    return torch.arange(5.0)
+print(cached_tensor("race", {"entry": 1}, compute).tolist())
+"""
+
+
+def test_two_processes_building_one_entry_compute_it_once(tmp_path, fresh_cache):
+    import subprocess
+    import sys
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", WORKER, str(markers), "2"], stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [process.communicate(timeout=120)[0].strip() for process in processes]
+    assert outputs == ["[0.0, 1.0, 2.0, 3.0, 4.0]"] * 2
+    assert len(list(markers.iterdir())) == 1
+    assert len(list((fresh_cache / "race").glob("*.safetensors"))) == 1
+
+
+def test_a_build_killed_half_way_leaves_no_entry(tmp_path, fresh_cache):
+    import subprocess
+    import sys
+    import time
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", WORKER, str(markers), "60"])
+    deadline = time.time() + 60
+    while not list(markers.iterdir()) and time.time() < deadline:
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    assert not list((fresh_cache / "race").glob("*.safetensors"))
+    finished = subprocess.run([sys.executable, "-c", WORKER, str(markers), "0"], capture_output=True, text=True, timeout=120)
+    assert finished.stdout.strip() == "[0.0, 1.0, 2.0, 3.0, 4.0]"

@@ -146,3 +146,45 @@ def test_contrans_cli_errors_name_the_argument(tmp_path):
                   "--out", str(tmp_path / "x.safetensors")], tmp_path)
     assert result.returncode == 2 and "source: GGUF file not found: nowhere.gguf" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+ENTRY_COUNTING_SOURCE_LOADS = """
+import os, sys
+import lm_eval_contrans.build as build
+real_load_model = build.load_model
+def counting_load_model(*args, **kwargs):
+    open(os.path.join(os.environ["SOURCE_LOADS_DIR"], f"load-{os.getpid()}-{id(args)}"), "w").close()
+    return real_load_model(*args, **kwargs)
+build.load_model = counting_load_model
+from lm_eval.__main__ import cli_evaluate
+sys.exit(cli_evaluate())
+"""
+
+
+def test_accelerate_data_parallel_matches_one_process_and_builds_once(tiny_llama_dir, tiny_gpt2_dir, task_dir, tmp_path):
+    entry = tmp_path / "lm_eval_counting_source_loads.py"  # lm_eval's CLI, counting source-model loads
+    entry.write_text(ENTRY_COUNTING_SOURCE_LOADS)
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    model_args = f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept=sentiment,alpha=30"
+    common = ["--model", "contrans", "--model_args", model_args, "--tasks", "contrans_tiny_choice",
+              "--include_path", str(task_dir), "--limit", "8", "--device", "cpu", "--log_samples"]
+    parallel = run([str(BIN / "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", str(entry), *common,
+                    "--output_path", str(tmp_path / "parallel")], tmp_path,
+                   {"CONTRANS_CACHE": str(tmp_path / "cache"), "SOURCE_LOADS_DIR": str(loads)})
+    assert parallel.returncode == 0, parallel.stderr[-4000:]
+    # one rank loaded the source and recorded the states; the other waited for the cache entries
+    assert len(list(loads.iterdir())) == 1
+    single = run([str(BIN / "lm_eval"), *common, "--output_path", str(tmp_path / "single")], tmp_path,
+                 {"CONTRANS_CACHE": str(tmp_path / "other-cache")})
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    def loglikelihoods(folder: Path) -> list:
+        samples = sorted(folder.rglob("samples_contrans_tiny_choice_*.jsonl"))[-1]
+        rows = sorted((row["doc_id"], row["resps"]) for row in map(json.loads, samples.read_text().splitlines()))
+        return [float(choice[0][0]) for _, resps in rows for choice in resps]
+
+    # equal up to float32 summation order (each process runs with its own thread count)
+    assert loglikelihoods(tmp_path / "parallel") == pytest.approx(loglikelihoods(tmp_path / "single"), rel=1e-5)
+    assert lm_eval_results(tmp_path / "parallel")["results"] == lm_eval_results(tmp_path / "single")["results"]

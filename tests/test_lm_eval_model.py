@@ -179,7 +179,7 @@ def test_too_few_anchors_is_refused_before_the_target_pass(tiny_llama_dir, tiny_
     assert lm.transplant.map_method == "ridge" and lm.transplant.anchor_count == 20
 
 
-def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_dir, monkeypatch):
+def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_dir, monkeypatch, tmp_path):
     import gc
     import weakref
 
@@ -199,7 +199,32 @@ def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_d
         alive_at_target_load.append([ref() is not None for ref in sources])
         return real_pretrained_path(spec)
 
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path / "cache"))  # a cold cache: the source must be loaded
     monkeypatch.setattr(build, "load_model", recording_load_model)
     monkeypatch.setattr(adapter, "pretrained_path", checking_pretrained_path)
     ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), device="cpu")
     assert alive_at_target_load == [[False]]
+
+
+def test_several_concepts_at_once(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    from lm_eval_contrans.artifact import load_transplants
+    from lm_eval_contrans.steering import steer
+
+    path = tmp_path / "two.safetensors"
+    both = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment+honesty",
+                      alpha="2+-3", target_layer="1+2", save_vector=str(path), device="cpu", batch_size=8)
+    first, second = load_transplants(path)
+    assert (first.concept, second.concept) == ("sentiment", "honesty")
+    assert (first.target_layer, second.target_layer) == (1, 2) and both.alphas == [2.0, -3.0]
+    # the same as adding both vectors by hand
+    plain = plain_hf(tiny_gpt2_dir)
+    with steer(plain.model, 1, first.vector, 2.0), steer(plain.model, 2, second.vector, -3.0):
+        by_hand = loglikelihoods(plain)
+    torch.testing.assert_close(loglikelihoods(both), by_hand, atol=1e-5, rtol=1e-6)
+    loaded = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha="2+-3", device="cpu", batch_size=8)
+    assert torch.equal(loglikelihoods(loaded), loglikelihoods(both))
+    assert loaded.get_model_info()["contrans"]["alpha"] == [2.0, -3.0]
+    with pytest.raises(ConTransError, match="^alpha: 3 values"):
+        ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha="1+2+3", device="cpu")
+    with pytest.raises(ConTransError, match="holds 2 concepts"):
+        load_transplant(path)

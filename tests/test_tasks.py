@@ -101,3 +101,51 @@ def test_toxicity_task_on_a_local_toxigen_layout(tiny_gpt2_dir, tmp_path):
     for doc in docs:  # candidates never repeat a statement of their own prompt
         assert doc["neutral"] not in doc["prompt"] and doc["hateful"] not in doc["prompt"]
     assert docs[0]["prompt"] == "- statement a1\n- statement a2\n-"
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tmp_path_factory, tiny_llama_dir):
+    """A tiny random sentiment classifier (labels NEGATIVE / POSITIVE) with the word-level tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, num_labels=2,
+                         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+                         initializer_range=0.5)
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_generation_task_scores_continuations_with_the_classifier(tiny_llama_dir, tiny_classifier_dir, tmp_path):
+    from transformers import pipeline
+
+    output = tmp_path / "out"
+    metadata = {"classifier": str(tiny_classifier_dir), "classifier_label": "POSITIVE"}
+    result = run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={tiny_llama_dir}",
+                  "--tasks", "contrans_sentiment_gen", "--limit", "3", "--metadata", json.dumps(metadata),
+                  "--gen_kwargs", "max_gen_toks=6", "--device", "cpu", "--output_path", str(output),
+                  "--log_samples"], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    samples = [json.loads(line) for line in
+               sorted(output.rglob("samples_contrans_sentiment_gen_*.jsonl"))[-1].read_text().splitlines()]
+    classify = pipeline("text-classification", model=str(tiny_classifier_dir), top_k=None, device="cpu")
+    for sample in samples:
+        text = sample["filtered_resps"][0]
+        scores = classify([text if text.strip() else "."])[0]  # one input -> its list of label scores
+        expected = {s["label"]: s["score"] for s in scores}["POSITIVE"]
+        assert sample["positive"] == pytest.approx(expected, abs=1e-6)
+    mean = lm_eval_results(output)["results"]["contrans_sentiment_gen"]["positive,none"]
+    assert mean == pytest.approx(sum(s["positive"] for s in samples) / len(samples))
+
+
+def test_generation_task_names_a_missing_label(tiny_llama_dir, tiny_classifier_dir, tmp_path):
+    metadata = {"classifier": str(tiny_classifier_dir), "classifier_label": "JOYFUL"}
+    result = run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={tiny_llama_dir}",
+                  "--tasks", "contrans_sentiment_gen", "--limit", "1", "--metadata", json.dumps(metadata),
+                  "--gen_kwargs", "max_gen_toks=2", "--device", "cpu"], tmp_path)
+    assert result.returncode != 0 and "has no label 'JOYFUL'" in result.stderr

@@ -4,7 +4,7 @@ statement about that group over a hateful one?
 Documents: ToxiGen prompt lists (several statements about one group, each line of
 prompts/{hate,neutral}_<group>_1k.txt, statements joined by a literal "\\n- "). Choices: one neutral
 and one hateful demonstration sentence about the same group, neither of them in the prompt,
-picked deterministically. Metrics: acc_norm (main: per-byte log-likelihood, because the candidates
+picked deterministically (a prompt that already uses every candidate of one kind is skipped). Metrics: acc_norm (main: per-byte log-likelihood, because the candidates
 differ in length), acc (raw sums) and margin (log p(neutral) - log p(hateful)).
 
 Data: the public ToxiGen files (github.com/microsoft/TOXIGEN, MIT) fetched once into the cache;
@@ -86,6 +86,8 @@ def load(toxigen_data: str | None = None, prompts_per_file: int = PROMPTS_PER_FI
                 statements = [s.lstrip("- ").strip() for s in statements if s.strip("- ").strip()]
                 unused_neutral = [s for s in neutral if s not in statements]
                 unused_hateful = [s for s in hateful if s not in statements]
+                if not unused_neutral or not unused_hateful:
+                    continue  # small groups: the prompt already uses every candidate of one kind
                 rows.append({
                     "index": index, "group": group, "prompt_kind": kind,
                     "prompt": "".join(f"- {s}\n" for s in statements) + "-",

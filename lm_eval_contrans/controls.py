@@ -1,0 +1,40 @@
+"""Control vectors that every steering result is asked for, as transplant artifacts.
+
+- random: a seeded Gaussian direction with the transplanted vector's norm, at the same target block;
+- own: the target's own concept vector from the same concept set at the same block (the
+  no-transfer upper bound: what steering could do if no map were needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.build import load_source_side
+from lm_eval_contrans.concepts import ConceptSet
+
+
+def random_control(transplant: Transplant, seed: int = 0) -> Transplant:
+    direction = torch.randn(transplant.vector.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    vector = (direction / direction.norm() * transplant.vector.double().norm()).float()
+    return dataclasses.replace(transplant, vector=vector, extra={**transplant.extra, "control": f"random (seed {seed})"})
+
+
+def target_own_vector(
+    transplant: Transplant, concept: ConceptSet, anchor_texts: list[str], *, dtype: str = "float32",
+    device: str | None = None,
+) -> torch.Tensor:
+    """The target's own concept vector at the transplant's target block (cached like any source side)."""
+    side = load_source_side(transplant.target, concept=concept, anchor_texts=anchor_texts,
+                            layer=transplant.target_layer, dtype=dtype, device=device)
+    return side.concept_vector
+
+
+def own_control(transplant: Transplant, own_vector: torch.Tensor) -> Transplant:
+    return dataclasses.replace(transplant, vector=own_vector.float(), extra={**transplant.extra, "control": "target's own vector"})
+
+
+def cosine(first: torch.Tensor, second: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(first.double(), second.double(), dim=0))

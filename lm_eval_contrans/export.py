@@ -1,0 +1,75 @@
+"""Exporting a transplant for use outside this tool.
+
+- `steered`: the `.pt` file that lm-eval's own `--model steered` reads
+  (`{hookpoint: {"steering_vector", "steering_coefficient", "action", "bias", "head_index"}}`),
+  with hookpoint the steered block's name under the model's `base_model`.
+- `gguf`: a llama.cpp control vector (`--control-vector-scaled file.gguf <alpha>`): tensor
+  `direction.<block>` holding the transplanted vector, metadata `controlvector.model_hint` and
+  `controlvector.layer_count`, written with the `gguf` package. The block index is ours (0-based
+  output of decoder block i); llama.cpp adds `direction.i` after block i and has no slot for block 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.errors import ConTransError
+
+FORMATS = ("steered", "gguf")
+
+
+def steered_hookpoint(target_folder: str, layer: int) -> str:
+    """The block's module name under `model.base_model`, from an empty (meta) copy of the model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lm_eval_contrans.blocks import decoder_blocks
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(target_folder))
+    block = decoder_blocks(model)[layer]
+    for name, module in model.base_model.named_modules():
+        if module is block:
+            return name
+    raise ConTransError("format", f"block {layer} is not under the model's base_model; cannot name a hookpoint")
+
+
+def export_steered(transplant: Transplant, path: str | Path, target_folder: str, alpha: float = 1.0) -> Path:
+    hookpoint = steered_hookpoint(target_folder, transplant.target_layer)
+    config = {hookpoint: {"steering_vector": transplant.vector.clone(), "steering_coefficient": float(alpha),
+                          "action": "add", "bias": None, "head_index": None}}
+    torch.save(config, path)  # lm-eval's steered model reads a pickled .pt; it is its format, not ours
+    return Path(path)
+
+
+def export_gguf(transplant: Transplant, path: str | Path) -> Path:
+    import gguf
+
+    if transplant.target_layer == 0:
+        raise ConTransError("format", "llama.cpp control vectors cannot steer block 0; rebuild with target_layer >= 1")
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", transplant.target_model_type.removesuffix("_text"))
+    writer.add_uint32("controlvector.layer_count", 1)
+    writer.add_tensor(f"direction.{transplant.target_layer}", transplant.vector.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+def read_gguf_control_vector(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a control-vector GGUF, read back with the gguf package."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    metadata = {}
+    for name, field in reader.fields.items():
+        if name.startswith("controlvector.") or name == "general.architecture":
+            value = field.parts[field.data[0]]
+            metadata[name] = bytes(value).decode() if field.types[0] == gguf.GGUFValueType.STRING else value.item()
+    tensors = {tensor.name: torch.from_numpy(tensor.data.copy()) for tensor in reader.tensors}
+    return metadata, tensors

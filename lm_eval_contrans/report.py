@@ -1,0 +1,174 @@
+"""Comparison tables and plots from lm-eval results: Markdown, CSV and one PNG per task.
+
+A row is one evaluated model configuration: `{"name", "kind", "alpha", "diagnostics", "results"}`
+where `results` is lm-eval's per-task results mapping. Rows come from `contrans compare` (one
+`row.json` per row) or from any lm-eval `--output_path` folder (`results_*.json`), e.g. runs made
+on GPUs elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The main metric of each shipped task (others: the first of FALLBACK_METRICS present).
+MAIN_METRICS = {
+    "contrans_sentiment": "acc_norm", "contrans_toxicity": "acc_norm", "contrans_honesty_mc1": "acc",
+    "contrans_honesty_mc2": "acc", "contrans_sentiment_gen": "positive", "contrans_toxicity_gen": "non_toxic",
+}
+FALLBACK_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2", "word_perplexity")
+
+
+@dataclass
+class Row:
+    name: str
+    results: dict
+    kind: str = "other"  # base | contrans | random | own | prompt | source | instruct | other
+    alpha: float | None = None
+    diagnostics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "alpha": self.alpha, "diagnostics": self.diagnostics,
+                "results": self.results}
+
+
+def main_metric(task: str, values: dict) -> str | None:
+    wanted = [MAIN_METRICS[task]] if task in MAIN_METRICS else []
+    for metric in (*wanted, *FALLBACK_METRICS):
+        if f"{metric},none" in values:
+            return metric
+    numeric = [key.split(",")[0] for key, value in values.items()
+               if isinstance(value, (int, float)) and "_stderr" not in key and key != "alias"]
+    return numeric[0] if numeric else None
+
+
+def score(row: Row, task: str, metric: str | None = None) -> tuple[float | None, float | None, str | None]:
+    """(value, stderr, metric name) of `metric`, or of the task's main metric when None."""
+    values = row.results.get(task, {})
+    metric = metric or main_metric(task, values)
+    if metric is not None and f"{metric},none" not in values:
+        return None, None, metric
+    if metric is None:
+        return None, None, None
+    stderr = values.get(f"{metric}_stderr,none")
+    return values[f"{metric},none"], stderr if isinstance(stderr, (int, float)) else None, metric
+
+
+def tasks_of(rows: list[Row]) -> list[str]:
+    return sorted({task for row in rows for task in row.results})
+
+
+def _cell(value: float | None, stderr: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
+
+
+def columns_of(rows: list[Row], extra_metrics: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(task, metric) columns: each task's main metric, then any `extra_metrics` it reports."""
+    columns = []
+    for task in tasks_of(rows):
+        main = next((score(row, task)[2] for row in rows if score(row, task)[2]), None)
+        columns.append((task, main))
+        for metric in extra_metrics:
+            if metric != main and any(f"{metric},none" in row.results.get(task, {}) for row in rows):
+                columns.append((task, metric))
+    return columns
+
+
+def markdown_table(rows: list[Row], extra_metrics: tuple[str, ...] = ()) -> str:
+    columns = columns_of(rows, extra_metrics)
+    diagnostics = sorted({key for row in rows for key in row.diagnostics})
+    header = ["model", *(f"{task} ({metric})" for task, metric in columns), *diagnostics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.name, *(_cell(*score(row, task, metric)[:2]) for task, metric in columns)]
+        cells += [f"{row.diagnostics[key]:.3f}" if isinstance(row.diagnostics.get(key), float) else "" for key in diagnostics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path, extra_metrics: tuple[str, ...] = ()) -> None:
+    columns = columns_of(rows, extra_metrics)
+    diagnostics = sorted({key for row in rows for key in row.diagnostics})
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "kind", "alpha", *(f"{t}/{suffix}" for t, _ in columns for suffix in ("metric", "value", "stderr")), *diagnostics])
+        for row in rows:
+            cells = [row.name, row.kind, "" if row.alpha is None else row.alpha]
+            for task, wanted in columns:
+                value, stderr, metric = score(row, task, wanted)
+                cells += [metric or "", "" if value is None else value, "" if stderr is None else stderr]
+            cells += [row.diagnostics.get(key, "") for key in diagnostics]
+            writer.writerow(cells)
+
+
+def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = None) -> None:
+    """Score vs alpha for the steered rows (one line per kind), other rows as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    metric = None
+    for kind, style in (("contrans", "o-"), ("random", "s--"), ("own", "^:")):
+        points = sorted((row.alpha, score(row, task, metric_name)) for row in rows if row.kind == kind
+                        and row.alpha is not None and score(row, task, metric_name)[0] is not None)
+        if points:
+            alphas = [alpha for alpha, _ in points]
+            values = [value for _, (value, _, _) in points]
+            errors = [stderr or 0.0 for _, (_, stderr, _) in points]
+            axes.errorbar(alphas, values, yerr=errors, fmt=style, capsize=3,
+                          label={"contrans": "target + ConTrans", "random": "random vector, same norm",
+                                 "own": "target's own vector"}[kind])
+            metric = points[0][1][2]
+    for index, row in enumerate(row for row in rows if row.kind not in ("contrans", "random", "own")):
+        value, _, row_metric = score(row, task, metric_name)
+        if value is not None:
+            axes.axhline(value, linestyle="--", color=f"C{(index + 3) % 10}", label=row.name)
+            metric = metric or row_metric
+    axes.set_xlabel("alpha")
+    axes.set_ylabel(metric or "score")
+    axes.set_title(f"{task} ({metric})" if metric else task)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def rows_from_folder(folder: Path) -> list[Row]:
+    """Rows from `contrans compare` output (row.json files) or lm-eval output folders (results_*.json)."""
+    folder = Path(folder)
+    row_files = sorted(folder.rglob("row.json"))
+    if row_files:
+        index = folder / "rows" / "index.json"
+        order = json.loads(index.read_text()) if index.is_file() else []
+        row_files.sort(key=lambda path: order.index(path.parent.name) if path.parent.name in order else len(order))
+        return [Row(**json.loads(path.read_text())) for path in row_files]
+    for path in sorted(folder.rglob("results_*.json")):
+        data = json.loads(path.read_text())
+        config = data.get("config", {})
+        model_args = config.get("model_args", "")
+        if isinstance(model_args, dict):
+            model_args = ",".join(f"{k}={v}" for k, v in model_args.items())
+        name = f"{config.get('model', '?')}({model_args})" if model_args else str(config.get("model", path.parent.name))
+        contrans = config.get("contrans") or {}
+        rows.append(Row(name=name, results=data.get("results", {}),
+                        kind="contrans" if contrans else "other", alpha=contrans.get("alpha"),
+                        diagnostics={"heldout_r2": contrans["heldout_r2"]} if "heldout_r2" in contrans else {}))
+    return rows
+
+
+def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: tuple[str, ...] = ()) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown_table(rows, extra_metrics), encoding="utf-8")
+    write_csv(rows, out / "table.csv", extra_metrics)
+    if plots:
+        (out / "plots").mkdir(exist_ok=True)
+        for task, metric in columns_of(rows, extra_metrics):
+            suffix = "" if metric == main_metric(task, next((r.results[task] for r in rows if task in r.results), {})) else f"_{metric}"
+            plot_task(rows, task, out / "plots" / f"{task}{suffix}.png", metric)
+    return out / "table.md"
