@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lm_eval_contrans import __version__
+from lm_eval_contrans.cache import publish
 from lm_eval_contrans.errors import ConTransError
 
 FORMAT = "lm_eval_contrans.transplant/1"
@@ -91,7 +92,7 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike) -> 
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
+        publish(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)

@@ -40,6 +40,15 @@ def content_key(fields: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def publish(temporary: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Atomically move a finished temporary file into place, readable as a normal new file would be
+    (mkstemp creates files only their owner can read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, final)
+
+
 def cached_dir(kind: str, key: str, produce: Callable[[Path], None]) -> Path:
     """Return the folder for (kind, key), calling `produce(tmp_folder)` to fill it if missing."""
     final = cache_root() / kind / key
@@ -107,7 +116,7 @@ def _write_entry(path: Path, tensor, fields: dict) -> None:
     try:
         save_file({"tensor": tensor.contiguous()}, temporary,
                   metadata={"fields": json.dumps(fields, sort_keys=True)})
-        os.replace(temporary, path)
+        publish(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
