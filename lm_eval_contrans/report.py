@@ -148,6 +148,7 @@ def rows_from_folder(folder: Path) -> list[Row]:
         order = json.loads(index.read_text()) if index.is_file() else []
         row_files.sort(key=lambda path: order.index(path.parent.name) if path.parent.name in order else len(order))
         return [Row(**json.loads(path.read_text())) for path in row_files]
+    rows = []
     for path in sorted(folder.rglob("results_*.json")):
         data = json.loads(path.read_text())
         config = data.get("config", {})
