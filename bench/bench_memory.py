@@ -4,7 +4,7 @@ Target (issue 5): peak RSS(contrans, building) <= 1.15 x peak RSS(hf). Each eval
 child process (`lm_eval` Python API on contrans_sentiment); peak RSS is the child's ru_maxrss.
 The state cache starts empty, so the contrans child really loads the source and builds.
 
-Run: python bench/bench_memory.py
+Run: python bench/bench_memory.py [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -34,13 +34,18 @@ def peak_rss_mib(model: str, model_args: str) -> float:
 
 
 def main() -> None:
+    import argparse
+
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
     fresh_cache_with_gguf()  # the GGUF folders exist; the state cache is empty
     folder = pretrained_path(parse_model_spec(TARGET, "target"))
-    print(f"machine: {machine()}")
-    hf = peak_rss_mib("hf", f"pretrained={folder}")
-    contrans = peak_rss_mib("contrans", f"source={SOURCE},target={TARGET},concept=sentiment")
+    print(f"machine: {machine()}; dtype {args.dtype}")
+    hf = peak_rss_mib("hf", f"pretrained={folder},dtype={args.dtype}")
+    contrans = peak_rss_mib("contrans", f"source={SOURCE},target={TARGET},concept=sentiment,dtype={args.dtype}")
     print(f"peak RSS: hf {hf:.0f} MiB, contrans (building) {contrans:.0f} MiB; "
           f"RATIO contrans / hf = {contrans / hf:.3f}  (target <= 1.15)")
 
