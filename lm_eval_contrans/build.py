@@ -71,8 +71,20 @@ def free_model(model: nn.Module) -> None:
     except Exception:  # some wrappers refuse; the references going out of scope still free it
         pass
     gc.collect()
+    _return_freed_memory_to_the_os()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _return_freed_memory_to_the_os() -> None:
+    # glibc keeps freed heap pages for reuse; the target (loaded next) may not fit in them, so
+    # without this the source's pages stay in the process's resident set on top of the target's.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _state_key(identity: dict, layer: int, dtype: str, device: str, **what) -> dict:
