@@ -11,10 +11,6 @@ from pathlib import Path
 from lm_eval_contrans.errors import ConTransError
 
 
-def _layer(text: str):
-    return text  # resolved against the model's depth later (index or fraction)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contrans", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -24,8 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--target", required=True, help="target model: hub id, folder or .gguf")
     build.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file")
     build.add_argument("--out", required=True, help="where to write the .safetensors artifact")
-    build.add_argument("--source-layer", type=_layer, default=None, help="block index or depth fraction (default 0.75)")
-    build.add_argument("--target-layer", type=_layer, default=None, help="block index or depth fraction (default 0.75)")
+    build.add_argument("--source-layer", default=None, help="block index or depth fraction (default 0.75)")
+    build.add_argument("--target-layer", default=None, help="block index or depth fraction (default 0.75)")
     build.add_argument("--anchors", default=None, help="anchor corpus .txt/.jsonl (default: shipped corpus)")
     build.add_argument("--ridge", type=float, default=0.0, help="relative L2 penalty; 0 = least squares (reference)")
     build.add_argument("--dtype", default="float32")

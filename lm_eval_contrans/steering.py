@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from lm_eval_contrans.activations import block_output_tensor
 from lm_eval_contrans.blocks import decoder_blocks
 from lm_eval_contrans.errors import ConTransError
 
@@ -51,7 +52,7 @@ def add_vector_hook(vector: torch.Tensor, positions: str = "all"):
         calls[0] += 1
         if (positions == "prompt" and calls[0] > 1) or (positions == "generated" and calls[0] == 1):
             return output
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = block_output_tensor(output)
         key = (hidden.device, hidden.dtype)
         if key not in cache:
             cache[key] = vector.to(device=hidden.device, dtype=hidden.dtype)
