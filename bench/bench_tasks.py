@@ -25,6 +25,7 @@ CONCEPT_TASKS = {  # concept: [(task, main metric), ...]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=str(SHARED))
+    parser.add_argument("--recipe", default="default", choices=["default", "reference"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPT_TASKS))
@@ -60,7 +61,7 @@ def main() -> None:
     rows["base target (Gemma-3-270M)"] = evaluate(base, tasks)
     diagnostics = {}
     for concept in args.concepts:
-        transplant = build_transplant(SOURCE, TARGET, concept, device="cpu")
+        transplant = build_transplant(SOURCE, TARGET, concept, device="cpu", recipe=args.recipe)
         path = Path("/tmp") / f"contrans-bench-{concept}.safetensors"
         save_transplant(transplant, path)
         diagnostics[concept] = transplant.heldout_r2

@@ -19,6 +19,7 @@ from _common import SHARED, SOURCE, TARGET, machine
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=str(SHARED))
+    parser.add_argument("--recipe", default="default", choices=["default", "reference"])
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--alphas", type=float, nargs=2, default=[1.0, 1.0], metavar=("SENTIMENT", "TOXICITY"))
     args = parser.parse_args()
@@ -30,7 +31,7 @@ def main() -> None:
     from lm_eval_contrans.build import build_transplant
     from lm_eval_contrans.lm_eval_model import ConTransLM
 
-    transplants = [build_transplant(SOURCE, TARGET, concept, device="cpu") for concept in ("sentiment", "toxicity")]
+    transplants = [build_transplant(SOURCE, TARGET, concept, device="cpu", recipe=args.recipe) for concept in ("sentiment", "toxicity")]
     path = os.path.join(tempfile.mkdtemp(), "two.safetensors")
     save_transplants(transplants, path)
     lm = ConTransLM(target=TARGET, vector=path, alpha=0.0, device="cpu", batch_size=8)

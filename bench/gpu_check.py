@@ -10,7 +10,9 @@ It checks, on the GPU:
    block's own device and dtype (logits equal adding by hand);
 3. forward throughput, steered vs not, interleaved (the ratio of issue 5's eval-overhead target).
 
-Run: python bench/gpu_check.py
+Run: python bench/gpu_check.py                                  (random weights, the pair's shapes)
+     python bench/gpu_check.py --source S.gguf --target T.gguf    (the packaged pair itself, when its
+     files have been carried to the machine; any model ids or folders work too)
 """
 
 from __future__ import annotations
@@ -29,15 +31,20 @@ os.environ.setdefault("CONTRANS_CACHE", tempfile.mkdtemp(prefix="contrans-gpu-")
 
 
 def main() -> None:
-    from transformers import (AutoModelForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
-                              LlamaForCausalLM)
+    import argparse
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     from conftest import _word_level_tokenizer
-    from lm_eval_contrans.blocks import decoder_blocks
-    from lm_eval_contrans.build import build_transplant
-    from lm_eval_contrans.steering import steer
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", default=None)
+    parser.add_argument("--target", default=None)
+    args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
+    if args.source and args.target:
+        real_check(args.source, args.target)
+        return
     tokenizer = _word_level_tokenizer()
     root = Path(tempfile.mkdtemp())
     torch.manual_seed(0)
@@ -52,17 +59,40 @@ def main() -> None:
         tokenizer.save_pretrained(root / name)
     del source, target
 
+    checks(str(root / "source"), str(root / "target"), root / "target", tokenizer)
+
+
+def real_check(source: str, target: str) -> None:
+    from transformers import AutoTokenizer
+
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
     start = time.perf_counter()
-    transplant = build_transplant(str(root / "source"), str(root / "target"), "sentiment", dtype="bfloat16", device="cuda")
+    folder = Path(pretrained_path(parse_model_spec(target, "target")))  # de-quantizes a GGUF file once
+    pretrained_path(parse_model_spec(source, "source"))
+    print(f"0. de-quantized both GGUF files in {time.perf_counter() - start:.1f} s", flush=True)
+    checks(source, target, folder, AutoTokenizer.from_pretrained(folder))
+
+
+def checks(source: str, target: str, target_folder: Path, tokenizer) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_contrans.blocks import decoder_blocks
+    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.steering import steer
+
+    start = time.perf_counter()
+    transplant = build_transplant(source, target, "sentiment", dtype="bfloat16", device="cuda")
     print(f"1. build on cuda, bfloat16: {time.perf_counter() - start:.1f} s; blocks {transplant.source_layer} -> "
           f"{transplant.target_layer}; held-out R^2 {transplant.heldout_r2:.3f}", flush=True)
+    vector_to_add = transplant.steering_vector()  # alpha in the artifact's unit, as ConTransLM adds it
 
     ids = tokenizer(["The hotel room was lovely and the staff were kind ."] * 4, return_tensors="pt")["input_ids"]
     layer, alpha = transplant.target_layer, 2.0
     split_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": "cpu", "lm_head": "cpu",
                  **{f"model.layers.{i}": (0 if i < 9 else "cpu") for i in range(18)}}
     for label, device_map in (("device_map=auto", "auto"), ("blocks split cuda:0 / cpu", split_map)):
-        model = AutoModelForCausalLM.from_pretrained(root / "target", device_map=device_map, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(target_folder, device_map=device_map, dtype=torch.bfloat16)
         block = decoder_blocks(model)[layer]
         placed = getattr(model, "hf_device_map", {}).get(f"model.layers.{layer}", str(next(block.parameters()).device))
         captured = {}
@@ -75,22 +105,22 @@ def main() -> None:
             plain = model(ids.to(model.device)).logits.float()
             before = captured["out"]
             handle.remove()
-            with steer(model, layer, transplant.vector, alpha):
+            with steer(model, layer, vector_to_add, alpha):
                 handle = block.register_forward_hook(capture)  # after the steering hook: sees its result
                 steered = model(ids.to(model.device)).logits.float()
                 handle.remove()
             after = captured["out"]
         added = (after.float() - before.float())[0, 0]
-        expected = (alpha * transplant.vector).to(torch.bfloat16).float().to(added.device)
+        expected = (alpha * vector_to_add).to(torch.bfloat16).float().to(added.device)
         error = float((added - expected).abs().max() / expected.abs().max())
         print(f"2. {label}: block {layer} on {placed}, output dtype {after.dtype}; added vector matches "
               f"alpha*v to {error:.1e} (relative, bfloat16); logits changed by {float((steered - plain).abs().mean()):.3f}",
               flush=True)
         del model
 
-    model = AutoModelForCausalLM.from_pretrained(root / "target", device_map="auto", dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(target_folder, device_map="auto", dtype=torch.bfloat16)
     batch = torch.randint(4, len(tokenizer), (32, 256), device="cuda")
-    vector = transplant.vector.cuda()  # placed once, as ConTransLM does: no host-to-device copy per pass
+    vector = vector_to_add.cuda()  # placed once, as ConTransLM does: no host-to-device copy per pass
     times = {"plain": [], "steered": []}
     with torch.no_grad():
         for repeat in range(12):

@@ -1,4 +1,4 @@
-"""Recording last-token residual states at chosen decoder blocks.
+"""Recording residual states at chosen decoder blocks: of the last token, or of every token.
 
 One no-grad forward per batch, stopped right after the deepest block we need (the LM head and the
 later blocks never run). Texts are sorted by length so batches carry little padding; padding is
@@ -85,6 +85,52 @@ def default_token_budget(device: torch.device) -> int:
 
 
 @torch.no_grad()
+def _record(model, tokenizer, sequences, layers, *, batch_size, padding_side, progress, token_budget, keep):
+    """Run `sequences` (token-id lists) through the model, stopping after the deepest wanted block;
+    `keep(states [batch, width, hidden], rows, last_real_index, batch_indices)` takes what it needs."""
+    blocks = decoder_blocks(model)
+    wanted = sorted(set(int(layer) for layer in layers))
+    deepest = wanted[-1]
+    side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
+    pad_id = _pad_id(tokenizer)
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index]))
+    current: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, inputs, output):
+            current[layer] = block_output_tensor(output)
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in wanted]
+    try:
+        batches = _batches(order, [len(ids) for ids in sequences], batch_size,
+                           token_budget or default_token_budget(device))
+        for batch_indices in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+            batch = [sequences[index] for index in batch_indices]
+            input_ids, attention_mask, position_ids, last = pad_batch(batch, pad_id, side)
+            current.clear()
+            try:
+                model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device),
+                    use_cache=False,
+                )
+            except _StopForward:
+                pass
+            for layer in wanted:
+                keep(layer, current[layer], batch_indices, batch, attention_mask, last)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+@torch.no_grad()
 def last_token_states(
     model: nn.Module,
     tokenizer,
@@ -104,52 +150,41 @@ def last_token_states(
     """
     if not texts:
         raise ValueError("no texts to record")
-    blocks = decoder_blocks(model)
-    wanted = sorted(set(int(layer) for layer in layers))
-    deepest = wanted[-1]
-    side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
-    pad_id = _pad_id(tokenizer)
-    device = next(model.parameters()).device
+    collected: dict[int, list[torch.Tensor]] = {int(layer): [] for layer in layers}
 
-    sequences = tokenize_texts(tokenizer, texts, max_length)
-    order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index]))
-    collected: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
-    current: dict[int, torch.Tensor] = {}
+    def keep(layer, states, batch_indices, batch, attention_mask, last):
+        rows = torch.arange(len(batch_indices), device=states.device)
+        collected[layer].append(states[rows, last.to(states.device)].float().cpu())
 
-    def make_hook(layer: int):
-        def hook(module, inputs, output):
-            current[layer] = block_output_tensor(output)
-            if layer == deepest:
-                raise _StopForward
-
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in wanted]
-    try:
-        batches = _batches(order, [len(ids) for ids in sequences], batch_size,
-                           token_budget or default_token_budget(device))
-        for batch_indices in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-            input_ids, attention_mask, position_ids, last = pad_batch(
-                [sequences[index] for index in batch_indices], pad_id, side
-            )
-            current.clear()
-            try:
-                model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    position_ids=position_ids.to(device),
-                    use_cache=False,
-                )
-            except _StopForward:
-                pass
-            rows = torch.arange(len(batch_indices))
-            for layer in wanted:
-                states = current[layer]
-                collected[layer].append(states[rows.to(states.device), last.to(states.device)].float().cpu())
-    finally:
-        for handle in handles:
-            handle.remove()
-
+    order = _record(model, tokenizer, tokenize_texts(tokenizer, texts, max_length), layers, batch_size=batch_size,
+                    padding_side=padding_side, progress=progress, token_budget=token_budget, keep=keep)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return {layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}
+
+
+@torch.no_grad()
+def token_states(
+    model: nn.Module,
+    tokenizer,
+    sequences: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    batch_size: int | str = "auto",
+    progress: str | None = None,
+    token_budget: int | None = None,
+) -> dict[int, torch.Tensor]:
+    """Every real token's output of each block: {layer: float32 CPU tensor [sum of lengths, hidden]},
+    the tokens of sequence 0 first, then those of sequence 1, and so on."""
+    if not sequences:
+        raise ValueError("no texts to record")
+    per_sequence: dict[int, list] = {int(layer): [None] * len(sequences) for layer in layers}
+
+    def keep(layer, states, batch_indices, batch, attention_mask, last):
+        for row, index in enumerate(batch_indices):
+            real = attention_mask[row].bool().to(states.device)
+            per_sequence[layer][index] = states[row][real].float().cpu()
+
+    _record(model, tokenizer, [list(ids) for ids in sequences], layers, batch_size=batch_size, padding_side=None,
+            progress=progress, token_budget=token_budget, keep=keep)
+    return {layer: torch.cat(parts) for layer, parts in per_sequence.items()}

@@ -46,3 +46,45 @@ def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str
 
 def anchors_hash(texts: list[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
+ANCHOR_TOKENS = ("dense", "last")
+
+
+def check_anchor_tokens(value: str) -> str:
+    if value not in ANCHOR_TOKENS:
+        raise ConTransError("anchor_tokens", f"expected one of {', '.join(ANCHOR_TOKENS)}, got {value!r}")
+    return value
+
+
+def tokenize_with_ends(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each text and, per token, the character offset where it ends in the text
+    (-1 for tokens that cover no text, such as BOS): the key that pairs tokens across tokenizers."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConTransError(
+            "anchor_tokens",
+            f"anchor_tokens=dense pairs tokens by character offsets, which needs a fast (Rust) tokenizer; "
+            f"{type(tokenizer).__name__} is not one. Use anchor_tokens=last.",
+        )
+    encoded = tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True)
+    ends = [[end if end > start else -1 for start, end in offsets] for offsets in encoded["offset_mapping"]]
+    return [list(ids) for ids in encoded["input_ids"]], ends
+
+
+def matched_token_pairs(source_ends: list[list[int]], target_ends: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Flat token indices (into the texts' tokens laid end to end) of source and target tokens
+    that end at the same character of the same text. Where several tokens of one model end at the
+    same character (pieces of one multi-byte character), the last of them stands for the span."""
+    if len(source_ends) != len(target_ends):
+        raise ValueError("source and target must tokenize the same anchor texts")
+    source_index, target_index = [], []
+    source_start = target_start = 0
+    for source_text, target_text in zip(source_ends, target_ends):
+        source_at = {end: source_start + position for position, end in enumerate(source_text) if end >= 0}
+        target_at = {end: target_start + position for position, end in enumerate(target_text) if end >= 0}
+        for end in sorted(source_at.keys() & target_at.keys()):
+            source_index.append(source_at[end])
+            target_index.append(target_at[end])
+        source_start += len(source_text)
+        target_start += len(target_text)
+    return source_index, target_index

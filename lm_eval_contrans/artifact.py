@@ -50,6 +50,10 @@ class Transplant:
     map_method: str
     ridge: float
     heldout_r2: float
+    anchor_tokens: str = "last"
+    center: bool = False
+    alpha_unit: str = "raw"
+    residual_norm: float = 0.0  # median norm of the target block's anchor states: the alpha unit's scale
     version: str = __version__
     extra: dict = field(default_factory=dict)
 
@@ -58,16 +62,26 @@ class Transplant:
     def metadata(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS}
 
+    def steering_vector(self) -> torch.Tensor:
+        """What alpha multiplies when steering (see `steering.unit_vector`)."""
+        from lm_eval_contrans.steering import unit_vector
+
+        return unit_vector(self.vector, self.alpha_unit, self.residual_norm)
+
     def summary(self) -> str:
         lines = [
             f"concept        {self.concept} ({self.concept_pairs} pairs, sha256 {self.concept_hash[:12]})",
             f"source         {self.source}  layer {self.source_layer} of {self.source_num_layers}, hidden {self.source_hidden_size}",
             f"target         {self.target}  layer {self.target_layer} of {self.target_num_layers}, hidden {self.target_hidden_size} ({self.target_model_type})",
-            f"anchors        {self.anchors} ({self.anchor_count} texts, sha256 {self.anchors_hash[:12]})",
-            f"map            {self.map_method}" + (f" (ridge {self.ridge:g})" if self.ridge else ""),
+            f"anchors        {self.anchors} ({self.anchor_count} texts, {self.anchor_tokens} tokens, sha256 {self.anchors_hash[:12]})",
+            f"map            {self.map_method}" + (f" (ridge {self.ridge:g})" if self.ridge else "")
+            + (", centred" if self.center else ", no centring"),
             f"held-out R^2   {self.heldout_r2:.3f}",
             f"|source v|     {self.source_vector.norm():.4g}",
             f"|transplanted| {self.vector.norm():.4g}",
+            f"alpha unit     {self.alpha_unit}" + (f" (alpha 1 = norm {self.steering_vector().norm():.4g}; "
+                                                   f"median residual norm {self.residual_norm:.4g})"
+                                                   if self.alpha_unit == "residual" else ""),
             f"version        {self.version}",
         ]
         lines += [f"{key:<14} {value}" for key, value in sorted(self.extra.items())]

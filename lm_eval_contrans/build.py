@@ -1,7 +1,9 @@
 """The whole pipeline from plain Python: refine in the source, fit the map, transplant the vector.
 
 The source model is loaded, used for the concept vector and the anchor states, and freed before
-the target is touched, so the two are never resident at once. Every recorded state is cached
+the target is touched, so the two are never resident at once. How the map is fitted is a `Recipe`:
+the default (dense token anchors, centred least squares, source block chosen by held-out R^2,
+alpha in units of the target's residual norm) or `REFERENCE`, the paper's recipe. Every recorded state is cached
 (`cache.cached_tensor`) under a key of everything that determines it: a rebuild with identical
 inputs loads neither model's weights for the build, and a new concept for the same pair runs only
 the concept pass in the source.
@@ -11,37 +13,112 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lm_eval_contrans.activations import last_token_states
-from lm_eval_contrans.alignment import check_anchor_count, check_ridge, fit_linear_map
-from lm_eval_contrans.anchors import anchors_hash, load_anchor_texts
+from lm_eval_contrans.activations import last_token_states, token_states
+from lm_eval_contrans.alignment import check_anchor_count, check_map_method, check_ridge, fit_linear_map
+from lm_eval_contrans.anchors import (
+    anchors_hash, check_anchor_tokens, load_anchor_texts, matched_token_pairs, tokenize_with_ends,
+)
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.blocks import decoder_blocks, resolve_layer
 from lm_eval_contrans.cache import cached_tensor
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
+from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.extract import concept_vector
 from lm_eval_contrans.loading import (
     ModelSpec, default_device, load_model, model_identity, parse_model_spec, pretrained_path,
 )
+from lm_eval_contrans.steering import check_alpha_unit
 
 logger = logging.getLogger(__name__)
 STATE_FORMAT = 1  # bump when the way states are recorded changes
+SOURCE_LAYER_BAND = 0.15  # source_layer=auto tries blocks within this relative depth of the target's
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the transplant is made (everything but the models, concept and layers)."""
+
+    anchor_tokens: str = "dense"  # "dense": every token pair ending at the same character; "last": last tokens
+    map_method: str = "lstsq"
+    ridge: float | str = 0.0
+    center: bool = True
+    alpha_unit: str = "residual"  # alpha 1 = ALPHA_UNIT_FRACTION of the target block's median residual norm
+    source_layer: int | float | str | None = "auto"
+    target_layer: int | float | str | None = 0.75
+
+    def checked(self) -> Recipe:
+        check_anchor_tokens(self.anchor_tokens)
+        check_map_method(self.map_method)
+        check_alpha_unit(self.alpha_unit)
+        return replace(self, ridge=check_ridge(self.ridge), center=_as_bool(self.center, "center"))
+
+
+DEFAULT = Recipe()
+# The paper's recipe (Dong et al. 2024; willowdong/ConTrans): last-token anchors, least squares
+# without bias, both blocks at 75 % depth, alpha multiplies the transplanted vector as it is.
+REFERENCE = Recipe(anchor_tokens="last", map_method="lstsq", ridge=0.0, center=False, alpha_unit="raw",
+                   source_layer=0.75, target_layer=0.75)
+RECIPES = {"default": DEFAULT, "reference": REFERENCE}
+
+
+def _as_bool(value, argument: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConTransError(argument, f"expected true or false, got {value!r}")
+
+
+def make_recipe(recipe: str | Recipe | None = None, **overrides) -> Recipe:
+    """A named recipe ("default", "reference") with the given fields replaced (None: keep)."""
+    if isinstance(recipe, Recipe):
+        base = recipe
+    else:
+        name = recipe or "default"
+        if name not in RECIPES:
+            raise ConTransError("recipe", f"expected one of {', '.join(RECIPES)}, got {name!r}")
+        base = RECIPES[name]
+    return replace(base, **{key: value for key, value in overrides.items() if value is not None}).checked()
 
 
 @dataclass
 class SourceSide:
-    """Everything the build needs from the source model, so the model itself can be freed."""
+    """Everything the build needs from the source model, so the model itself can be freed.
+
+    With source_layer=auto it holds several candidate blocks; `make_transplant` keeps the best."""
 
     name: str
-    layer: int
     num_layers: int
-    concept_vector: torch.Tensor
-    anchor_states: torch.Tensor
+    concept_vectors: dict[int, torch.Tensor]
+    anchor_states: dict[int, torch.Tensor]  # rows: anchor texts ("last") or their tokens ("dense")
+    anchor_ends: list[list[int]] | None = None  # "dense": character end of every token of every text
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.concept_vectors)
+
+    @property
+    def layer(self) -> int:
+        if len(self.concept_vectors) != 1:
+            raise AttributeError(f"{len(self.concept_vectors)} candidate source blocks; no single layer yet")
+        return self.layers[0]
+
+    @property
+    def concept_vector(self) -> torch.Tensor:
+        return self.concept_vectors[self.layer]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.concept_vectors.values())).shape[0])
 
 
 def model_layer_count(model: nn.Module) -> int:
@@ -92,14 +169,67 @@ def _state_key(identity: dict, layer: int, dtype: str, device: str, **what) -> d
             "format": STATE_FORMAT, **what}
 
 
+def relative_depth(index: int, num_layers: int) -> float:
+    return index / max(1, num_layers - 1)
+
+
+def source_layer_candidates(num_layers: int, target_depth: float | None) -> list[int]:
+    """Source blocks whose relative depth lies within SOURCE_LAYER_BAND of the target block's (in a
+    shallow model, at least the neighbouring blocks)."""
+    if target_depth is None:
+        target_depth = 0.75
+    band = max(SOURCE_LAYER_BAND, 1 / max(1, num_layers - 1))
+    candidates = [index for index in range(num_layers)
+                  if abs(relative_depth(index, num_layers) - target_depth) <= band + 1e-9]
+    return candidates or [round(target_depth * (num_layers - 1))]
+
+
+def _resolve_source_layers(layer, num_layers: int, target_depth: float | None) -> list[int]:
+    if isinstance(layer, str) and layer.strip() == "auto":
+        return source_layer_candidates(num_layers, target_depth)
+    return [resolve_layer(layer, num_layers, "source_layer")]
+
+
+def anchor_tokenization(tokenizer, anchor_texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    return tokenize_with_ends(tokenizer, anchor_texts)
+
+
+def _anchor_states(spec: ModelSpec, identity: dict, anchor_texts: list[str], layers: list[int], *, anchor_tokens: str,
+                   dtype: str, device: str, with_model, progress: str, batch_size) -> dict[int, torch.Tensor]:
+    """Anchor states at `layers`, cached one entry per layer; one forward pass fills every miss."""
+    keys = {layer: _state_key(identity, layer, str(dtype), device, anchors=anchors_hash(anchor_texts),
+                              **({"tokens": "dense"} if anchor_tokens == "dense" else {}))
+            for layer in layers}
+    found = {layer: cached_tensor("anchor_states", key) for layer, key in keys.items()}
+    missing = [layer for layer, states in found.items() if states is None]
+    if missing:
+        model, tokenizer = with_model()
+        if anchor_tokens == "dense":
+            sequences, _ = anchor_tokenization(tokenizer, anchor_texts)
+            recorded = token_states(model, tokenizer, sequences, missing, batch_size=batch_size, progress=progress)
+        else:
+            recorded = last_token_states(model, tokenizer, anchor_texts, missing, batch_size=batch_size, progress=progress)
+        for layer in missing:
+            found[layer] = cached_tensor("anchor_states", keys[layer], lambda layer=layer: recorded[layer])
+    return found
+
+
+def _tokenizer_only(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(pretrained_path(spec))
+
+
 def load_source_sides(
     source: str | ModelSpec, *, concepts: list[ConceptSet], anchor_texts: list[str],
     layers: list[int | float | str | None], dtype: str = "float32", device: str | None = None,
-    batch_size: int | str = "auto",
+    batch_size: int | str = "auto", anchor_tokens: str = "last", target_depth: float | None = None,
 ) -> list[SourceSide]:
     """Concept vectors and anchor states of the source for each (concept, layer), from the cache
-    or one load of the model shared by all of them."""
+    or one load of the model shared by all of them. A layer "auto" gives the candidate blocks
+    around `target_depth` (the target block's relative depth)."""
     spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
+    anchor_tokens = check_anchor_tokens(anchor_tokens)
     device = device or default_device()
     folder = pretrained_path(spec)
     num_layers = config_layer_count(folder)
@@ -118,40 +248,58 @@ def load_source_sides(
                     raise ConTransLayerCountError(spec.name)
             return model, tokenizer
 
-        indices = [resolve_layer(layer, num_layers, "source_layer") for layer in layers]
+        per_concept = [_resolve_source_layers(layer, num_layers, target_depth) for layer in layers]
+        every_layer = sorted({index for indices in per_concept for index in indices})
+        anchor_states = _anchor_states(spec, identity, anchor_texts, every_layer, anchor_tokens=anchor_tokens,
+                                       dtype=dtype, device=device, with_model=with_model,
+                                       progress="anchors in source", batch_size=batch_size)
+        anchor_ends = None
+        if anchor_tokens == "dense":
+            anchor_ends = anchor_tokenization(tokenizer if tokenizer is not None else _tokenizer_only(spec), anchor_texts)[1]
         sides = []
-        for concept, index in zip(concepts, indices):
-            vector = cached_tensor(
-                "concept_vectors",
-                _state_key(identity, index, str(dtype), device, concept=concept.pairs_hash),
-                lambda: concept_vector(*with_model(), concept, index, batch_size=batch_size,
-                                       progress=f"concept '{concept.name}' in source"),
-            )
-            states = cached_tensor(
-                "anchor_states",
-                _state_key(identity, index, str(dtype), device, anchors=anchors_hash(anchor_texts)),
-                lambda: last_token_states(*with_model(), anchor_texts, [index], batch_size=batch_size,
-                                          progress="anchors in source")[index],
-            )
-            sides.append(SourceSide(name=spec.name, layer=index, num_layers=num_layers, concept_vector=vector,
-                                    anchor_states=states))
+        for concept, indices in zip(concepts, per_concept):
+            vectors = {}
+            for index in indices:
+                vectors[index] = cached_tensor(
+                    "concept_vectors",
+                    _state_key(identity, index, str(dtype), device, concept=concept.pairs_hash),
+                    lambda index=index: concept_vectors_at(*with_model(), concept, indices, batch_size)[index],
+                )
+            sides.append(SourceSide(name=spec.name, num_layers=num_layers, concept_vectors=vectors,
+                                    anchor_states={index: anchor_states[index] for index in indices},
+                                    anchor_ends=anchor_ends))
         if model is None:
             logger.info("source states for %s found in the cache; the source model was not loaded", spec.name)
         return sides
     finally:
+        _CONCEPT_PASS.clear()
         if model is not None:
             free_model(model)
         del model
 
 
+_CONCEPT_PASS: dict = {}
+
+
+def concept_vectors_at(model, tokenizer, concept: ConceptSet, layers: list[int], batch_size) -> dict[int, torch.Tensor]:
+    """Concept vectors at several blocks from one pass (remembered for the model it ran on)."""
+    key = (id(model), concept.pairs_hash, tuple(layers))
+    if key not in _CONCEPT_PASS:
+        _CONCEPT_PASS.clear()
+        _CONCEPT_PASS[key] = concept_vector(model, tokenizer, concept, layers, batch_size=batch_size,
+                                            progress=f"concept '{concept.name}' in source")
+    return _CONCEPT_PASS[key]
+
+
 def load_source_side(
     source: str | ModelSpec, *, concept: ConceptSet, anchor_texts: list[str],
     layer: int | float | str | None = None, dtype: str = "float32", device: str | None = None,
-    batch_size: int | str = "auto",
+    batch_size: int | str = "auto", anchor_tokens: str = "last", target_depth: float | None = None,
 ) -> SourceSide:
     """Concept vector and anchor states of the source, from the cache or one load of the model."""
     return load_source_sides(source, concepts=[concept], anchor_texts=anchor_texts, layers=[layer], dtype=dtype,
-                             device=device, batch_size=batch_size)[0]
+                             device=device, batch_size=batch_size, anchor_tokens=anchor_tokens,
+                             target_depth=target_depth)[0]
 
 
 class ConTransLayerCountError(RuntimeError):
@@ -159,45 +307,101 @@ class ConTransLayerCountError(RuntimeError):
         super().__init__(f"{name}: the config's layer count disagrees with the model's decoder blocks")
 
 
-def target_anchor_states(
-    spec: ModelSpec, anchor_texts: list[str], layer: int, *, dtype: str, device: str,
-    model: nn.Module | None = None, tokenizer=None, batch_size: int | str = "auto",
-) -> torch.Tensor | None:
+@dataclass
+class TargetSide:
+    layer: int
+    num_layers: int
+    model_type: str
+    anchor_states: torch.Tensor
+    anchor_ends: list[list[int]] | None
+
+
+def target_anchor_side(
+    spec: ModelSpec, anchor_texts: list[str], layer: int, *, num_layers: int, model_type: str, dtype: str,
+    device: str, anchor_tokens: str, model: nn.Module | None = None, tokenizer=None,
+    batch_size: int | str = "auto",
+) -> TargetSide | None:
     """Anchor states at a target block: cached, or recorded with `model` (None if neither)."""
-    compute = None
-    if model is not None:
-        def compute():
-            return last_token_states(model, tokenizer, anchor_texts, [layer], batch_size=batch_size,
-                                     progress="anchors in target")[layer]
-    return cached_tensor(
-        "anchor_states",
-        _state_key(model_identity(spec), layer, str(dtype), device, anchors=anchors_hash(anchor_texts)),
-        compute,
-    )
+
+    def with_model():
+        if model is None:
+            raise _NotCached
+        return model, tokenizer
+
+    try:
+        states = _anchor_states(spec, model_identity(spec), anchor_texts, [layer], anchor_tokens=anchor_tokens,
+                                dtype=dtype, device=device, with_model=with_model, progress="anchors in target",
+                                batch_size=batch_size)[layer]
+    except _NotCached:
+        return None
+    ends = None
+    if anchor_tokens == "dense":
+        ends = anchor_tokenization(tokenizer if tokenizer is not None else _tokenizer_only(spec), anchor_texts)[1]
+    return TargetSide(layer=layer, num_layers=num_layers, model_type=model_type, anchor_states=states, anchor_ends=ends)
+
+
+class _NotCached(Exception):
+    pass
+
+
+def paired_rows(source: SourceSide, target: TargetSide, source_layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source rows, target rows, anchor text of each row) of the states the map is fitted on."""
+    source_states = source.anchor_states[source_layer]
+    if source.anchor_ends is None:
+        return source_states, target.anchor_states, torch.arange(len(source_states))
+    source_index, target_index = matched_token_pairs(source.anchor_ends, target.anchor_ends)
+    groups = torch.repeat_interleave(torch.arange(len(target.anchor_ends)),
+                                     torch.tensor([len(ends) for ends in target.anchor_ends]))
+    target_index = torch.tensor(target_index)
+    return source_states[torch.tensor(source_index)], target.anchor_states[target_index], groups[target_index]
+
+
+_FITS: dict = {}
+
+
+def _fingerprint(states: torch.Tensor) -> tuple:
+    values = states.double()
+    return tuple(states.shape), float(values.sum()), float(values.square().sum()), float(values[::7].abs().sum())
 
 
 def make_transplant(
-    source: SourceSide, target_states: torch.Tensor, *, target_name: str, target_layer: int,
-    target_num_layers: int, target_model_type: str, concept: ConceptSet, anchor_texts: list[str],
-    anchors_name: str, ridge: float = 0.0,
+    source: SourceSide, target: TargetSide, *, target_name: str, concept: ConceptSet, anchor_texts: list[str],
+    anchors_name: str, recipe: Recipe = REFERENCE,
 ) -> Transplant:
-    """Fit the map on paired anchor states and transplant the source concept vector."""
-    linear_map = fit_linear_map(source.anchor_states, target_states, ridge=ridge)
-    logger.info("source block %d -> target block %d: held-out R^2 %.3f", source.layer, target_layer,
-                linear_map.heldout_r2)
+    """Fit the map on paired anchor states (choosing the source block if several are candidates)
+    and transplant the source concept vector."""
+    fits = {}
+    for layer in source.layers:
+        source_rows, target_rows, groups = paired_rows(source, target, layer)
+        # the map does not depend on the concept: several concepts on the same states share one fit
+        key = (recipe.map_method, recipe.ridge, recipe.center, _fingerprint(source_rows), _fingerprint(target_rows))
+        if key not in _FITS:
+            if len(_FITS) >= 64:
+                _FITS.pop(next(iter(_FITS)))
+            _FITS[key] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
+                                        center=recipe.center, groups=groups)
+        fits[layer] = _FITS[key]
+    layer = max(fits, key=lambda index: fits[index].heldout_r2)
+    linear_map = fits[layer]
+    extra = {}
+    if len(fits) > 1:
+        extra["source_layer_sweep"] = {str(index): round(fit.heldout_r2, 4) for index, fit in fits.items()}
+        logger.info("source block chosen by held-out R^2: %s", ", ".join(f"{i}: {f.heldout_r2:.3f}" for i, f in fits.items()))
+    logger.info("source block %d -> target block %d: held-out R^2 %.3f", layer, target.layer, linear_map.heldout_r2)
+    rows = paired_rows(source, target, layer)[1]
     return Transplant(
-        vector=linear_map(source.concept_vector[None])[0].float(),
-        source_vector=source.concept_vector.float(),
+        vector=linear_map.transplant(source.concept_vectors[layer][None])[0].float(),
+        source_vector=source.concept_vectors[layer].float(),
         map_weight=linear_map.weight.float(),
         source=source.name,
         target=target_name,
-        source_hidden_size=int(source.anchor_states.shape[1]),
-        target_hidden_size=int(target_states.shape[1]),
+        source_hidden_size=source.hidden_size,
+        target_hidden_size=int(target.anchor_states.shape[1]),
         source_num_layers=source.num_layers,
-        target_num_layers=target_num_layers,
-        source_layer=source.layer,
-        target_layer=target_layer,
-        target_model_type=target_model_type,
+        target_num_layers=target.num_layers,
+        source_layer=layer,
+        target_layer=target.layer,
+        target_model_type=target.model_type,
         concept=concept.name,
         concept_hash=concept.pairs_hash,
         concept_pairs=len(concept),
@@ -207,6 +411,11 @@ def make_transplant(
         map_method=linear_map.method,
         ridge=linear_map.ridge,
         heldout_r2=linear_map.heldout_r2,
+        anchor_tokens="dense" if source.anchor_ends is not None else "last",
+        center=linear_map.center,
+        alpha_unit=recipe.alpha_unit,
+        residual_norm=float(rows.double().norm(dim=1).median()),
+        extra=extra,
     )
 
 
@@ -215,22 +424,26 @@ def model_type_of(model_or_config) -> str:
     return str(getattr(config, "model_type", type(model_or_config).__name__))
 
 
+def target_block(layer, num_layers: int) -> int:
+    return resolve_layer(layer, num_layers, "target_layer")
+
+
 def transplant_into(
     source: SourceSide, target_model: nn.Module, target_tokenizer, *, target_spec: ModelSpec,
-    concept: ConceptSet, anchor_texts: list[str], anchors_name: str,
-    layer: int | float | str | None = None, ridge: float = 0.0, batch_size: int | str = "auto",
+    concept: ConceptSet, anchor_texts: list[str], anchors_name: str, recipe: Recipe = REFERENCE,
+    layer: int | float | str | None = None, batch_size: int | str = "auto",
 ) -> Transplant:
     """Transplant into an already-loaded target (what the lm-eval adapter does)."""
     num_layers = model_layer_count(target_model)
-    index = resolve_layer(layer, num_layers, "target_layer")
-    check_anchor_count(len(anchor_texts), int(source.anchor_states.shape[1]), ridge)
+    index = target_block(layer if layer is not None else recipe.target_layer, num_layers)
     parameter = next(target_model.parameters())
-    states = target_anchor_states(target_spec, anchor_texts, index, dtype=str(parameter.dtype).removeprefix("torch."),
-                                  device=str(parameter.device), model=target_model, tokenizer=target_tokenizer,
-                                  batch_size=batch_size)
-    return make_transplant(source, states, target_name=target_spec.name, target_layer=index,
-                           target_num_layers=num_layers, target_model_type=model_type_of(target_model),
-                           concept=concept, anchor_texts=anchor_texts, anchors_name=anchors_name, ridge=ridge)
+    side = target_anchor_side(target_spec, anchor_texts, index, num_layers=num_layers,
+                              model_type=model_type_of(target_model),
+                              dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
+                              anchor_tokens=recipe.anchor_tokens, model=target_model, tokenizer=target_tokenizer,
+                              batch_size=batch_size)
+    return make_transplant(source, side, target_name=target_spec.name, concept=concept, anchor_texts=anchor_texts,
+                           anchors_name=anchors_name, recipe=recipe)
 
 
 def build_transplant(
@@ -238,39 +451,50 @@ def build_transplant(
     target: str,
     concept: str | Path = "sentiment",
     *,
+    recipe: str | Recipe | None = None,
     source_layer: int | float | str | None = None,
     target_layer: int | float | str | None = None,
     anchors: str | Path | None = None,
-    ridge: float = 0.0,
+    anchor_tokens: str | None = None,
+    map_method: str | None = None,
+    ridge: float | str | None = None,
+    center: bool | None = None,
+    alpha_unit: str | None = None,
     dtype: str = "float32",
     device: str | None = None,
     batch_size: int | str = "auto",
 ) -> Transplant:
-    """Build a transplant from model names/paths alone (what `contrans build` runs)."""
+    """Build a transplant from model names/paths alone (what `contrans build` runs).
+
+    `recipe` is "default" or "reference" (the paper's); the other arguments override its fields."""
     from transformers import AutoConfig
 
+    recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map_method, ridge=ridge, center=center,
+                         alpha_unit=alpha_unit, source_layer=source_layer, target_layer=target_layer)
     concept_set = load_concept_set(concept)
     anchor_texts, anchors_name = load_anchor_texts(anchors)
-    ridge = check_ridge(ridge)
     device = device or default_device()
     target_spec = parse_model_spec(target, "target")  # fail on a bad target before the slow part
-    side = load_source_side(source, concept=concept_set, anchor_texts=anchor_texts, layer=source_layer,
-                            dtype=dtype, device=device, batch_size=batch_size)
-    check_anchor_count(len(anchor_texts), int(side.anchor_states.shape[1]), ridge)
     folder = pretrained_path(target_spec)
     num_layers = config_layer_count(folder)
-    if num_layers is not None:
-        index = resolve_layer(target_layer, num_layers, "target_layer")
-        states = target_anchor_states(target_spec, anchor_texts, index, dtype=dtype, device=device)
-        if states is not None:
+    index = target_block(recipe.target_layer, num_layers) if num_layers is not None else None
+    side = load_source_side(source, concept=concept_set, anchor_texts=anchor_texts, layer=recipe.source_layer,
+                            dtype=dtype, device=device, batch_size=batch_size, anchor_tokens=recipe.anchor_tokens,
+                            target_depth=None if index is None else relative_depth(index, num_layers))
+    if recipe.anchor_tokens == "last":
+        check_anchor_count(len(anchor_texts), side.hidden_size, recipe.ridge, recipe.map_method)
+    if index is not None:
+        cached = target_anchor_side(target_spec, anchor_texts, index, num_layers=num_layers,
+                                    model_type=model_type_of(AutoConfig.from_pretrained(folder)), dtype=dtype,
+                                    device=device, anchor_tokens=recipe.anchor_tokens)
+        if cached is not None:
             logger.info("target states for %s found in the cache; the target model was not loaded", target_spec.name)
-            return make_transplant(side, states, target_name=target_spec.name, target_layer=index,
-                                   target_num_layers=num_layers, target_model_type=model_type_of(AutoConfig.from_pretrained(folder)),
-                                   concept=concept_set, anchor_texts=anchor_texts, anchors_name=anchors_name, ridge=ridge)
+            return make_transplant(side, cached, target_name=target_spec.name, concept=concept_set,
+                                   anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe)
     target_model, target_tokenizer = load_model(target_spec, argument="target", dtype=dtype, device=device)
     try:
         return transplant_into(side, target_model, target_tokenizer, target_spec=target_spec,
                                concept=concept_set, anchor_texts=anchor_texts, anchors_name=anchors_name,
-                               layer=target_layer, ridge=ridge, batch_size=batch_size)
+                               recipe=recipe, batch_size=batch_size)
     finally:
         free_model(target_model)

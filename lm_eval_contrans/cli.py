@@ -20,10 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--target", required=True, help="target model: hub id, folder or .gguf")
     build.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file")
     build.add_argument("--out", required=True, help="where to write the .safetensors artifact")
-    build.add_argument("--source-layer", default=None, help="block index or depth fraction (default 0.75)")
-    build.add_argument("--target-layer", default=None, help="block index or depth fraction (default 0.75)")
-    build.add_argument("--anchors", default=None, help="anchor corpus .txt/.jsonl (default: shipped corpus)")
-    build.add_argument("--ridge", type=float, default=0.0, help="relative L2 penalty; 0 = least squares (reference)")
+    _recipe_arguments(build)
     build.add_argument("--dtype", default="float32")
     build.add_argument("--device", default=None)
     build.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
@@ -40,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--concept", default="sentiment")
     compare.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     compare.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    _recipe_arguments(compare)
     compare.add_argument("--instruct", default=None, help="an instruction-tuned target to add as a row")
     compare.add_argument("--out", default="contrans_compare", help="output folder (resumable)")
     compare.add_argument("--limit", type=float, default=None)
@@ -67,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="default", choices=["default", "reference"],
+                        help="default: dense anchors, centred fit, source block by R^2, alpha in residual units; "
+                             "reference: the paper's recipe")
+    parser.add_argument("--source-layer", default=None, help="block index, depth fraction, or auto (recipe's default)")
+    parser.add_argument("--target-layer", default=None, help="block index or depth fraction (default 0.75)")
+    parser.add_argument("--anchors", default=None, help="anchor corpus .txt/.jsonl (default: shipped corpus)")
+    parser.add_argument("--anchor-tokens", default=None, choices=["dense", "last"])
+    parser.add_argument("--map", default=None, choices=["lstsq", "ridge", "procrustes"])
+    parser.add_argument("--ridge", default=None, help="relative L2 penalty, or auto (best held-out R^2)")
+    parser.add_argument("--center", default=None, choices=["true", "false"])
+    parser.add_argument("--alpha-unit", default=None, choices=["residual", "raw"])
+
+
+def _recipe_options(args) -> dict:
+    return dict(recipe=args.recipe, source_layer=args.source_layer, target_layer=args.target_layer,
+                anchors=args.anchors, anchor_tokens=args.anchor_tokens, map_method=args.map, ridge=args.ridge,
+                center=args.center, alpha_unit=args.alpha_unit)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -75,11 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             from lm_eval_contrans.artifact import save_transplant
             from lm_eval_contrans.build import build_transplant
 
-            transplant = build_transplant(
-                args.source, args.target, args.concept, source_layer=args.source_layer,
-                target_layer=args.target_layer, anchors=args.anchors, ridge=args.ridge,
-                dtype=args.dtype, device=args.device, batch_size=args.batch_size,
-            )
+            transplant = build_transplant(args.source, args.target, args.concept, **_recipe_options(args),
+                                          dtype=args.dtype, device=args.device, batch_size=args.batch_size)
             save_transplant(transplant, args.out)
             print(transplant.summary())
             print(f"wrote {args.out}")
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 instruct=args.instruct, out=Path(args.out), limit=limit, batch_size=batch_size,
                 device=args.device, seed=args.seed, model_args={"dtype": args.dtype} if args.dtype else {},
                 task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
-                extra_metrics=tuple(args.also_metrics),
+                extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
             )
             print(markdown_table(run_compare(plan), plan.extra_metrics))
             print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")

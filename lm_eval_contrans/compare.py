@@ -46,6 +46,7 @@ class ComparePlan:
     task_metadata: dict = field(default_factory=dict)  # --metadata for the tasks (local data paths)
     controls: bool = True
     extra_metrics: tuple[str, ...] = ("margin",)  # shown next to each task's main metric when reported
+    build_options: dict = field(default_factory=dict)  # build_transplant's recipe and its overrides
 
 
 def _slug(name: str) -> str:
@@ -71,7 +72,8 @@ def run_compare(plan: ComparePlan) -> list[Row]:
     concept = load_concept_set(plan.concept)
     artifact = out / "artifacts" / f"{_slug(concept.name)}.safetensors"
     if not artifact.exists():
-        save_transplant(build_transplant(plan.source, plan.target, plan.concept, device=device), artifact)
+        save_transplant(build_transplant(plan.source, plan.target, plan.concept, device=device,
+                                         **plan.build_options), artifact)
     transplant = load_transplant(artifact)
     own_path, random_path = out / "artifacts" / "own.safetensors", out / "artifacts" / "random.safetensors"
     if plan.controls:

@@ -4,7 +4,7 @@
   (`{hookpoint: {"steering_vector", "steering_coefficient", "action", "bias", "head_index"}}`),
   with hookpoint the steered block's name under the model's `base_model`.
 - `gguf`: a llama.cpp control vector (`--control-vector-scaled file.gguf <alpha>`): tensor
-  `direction.<block>` holding the transplanted vector, metadata `controlvector.model_hint` and
+  `direction.<block>` holding the vector that alpha multiplies (`Transplant.steering_vector`), metadata `controlvector.model_hint` and
   `controlvector.layer_count`, written with the `gguf` package. The block index is ours (0-based
   output of decoder block i); llama.cpp adds `direction.i` after block i and has no slot for block 0.
 """
@@ -39,7 +39,7 @@ def steered_hookpoint(target_folder: str, layer: int) -> str:
 
 def export_steered(transplant: Transplant, path: str | Path, target_folder: str, alpha: float = 1.0) -> Path:
     hookpoint = steered_hookpoint(target_folder, transplant.target_layer)
-    config = {hookpoint: {"steering_vector": transplant.vector.clone(), "steering_coefficient": float(alpha),
+    config = {hookpoint: {"steering_vector": transplant.steering_vector().clone(), "steering_coefficient": float(alpha),
                           "action": "add", "bias": None, "head_index": None}}
     torch.save(config, path)  # lm-eval's steered model reads a pickled .pt; it is its format, not ours
     return Path(path)
@@ -53,7 +53,7 @@ def export_gguf(transplant: Transplant, path: str | Path) -> Path:
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", transplant.target_model_type.removesuffix("_text"))
     writer.add_uint32("controlvector.layer_count", 1)
-    writer.add_tensor(f"direction.{transplant.target_layer}", transplant.vector.float().numpy())
+    writer.add_tensor(f"direction.{transplant.target_layer}", transplant.steering_vector().float().numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

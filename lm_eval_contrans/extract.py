@@ -17,15 +17,17 @@ def concept_vector(
     model: nn.Module,
     tokenizer,
     concept: ConceptSet,
-    layer: int,
+    layer: int | list[int],
     *,
     batch_size: int | str = "auto",
     progress: str | None = None,
-) -> torch.Tensor:
-    """The mean difference vector (float32, CPU) of `concept` at block `layer`."""
+) -> torch.Tensor | dict[int, torch.Tensor]:
+    """The mean difference vector (float32, CPU) of `concept` at block `layer`; given a list of
+    blocks, {block: vector} from one pass."""
+    layers = layer if isinstance(layer, list) else [layer]
     texts = [*concept.positives, *concept.negatives]
-    states = last_token_states(
-        model, tokenizer, texts, [layer], batch_size=batch_size, progress=progress
-    )[layer].double()
+    recorded = last_token_states(model, tokenizer, texts, layers, batch_size=batch_size, progress=progress)
     count = len(concept)
-    return (states[:count] - states[count:]).mean(0).float()
+    vectors = {index: (states.double()[:count] - states.double()[count:]).mean(0).float()
+               for index, states in recorded.items()}
+    return vectors if isinstance(layer, list) else vectors[layer]

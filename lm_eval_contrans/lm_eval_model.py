@@ -8,6 +8,7 @@ generate_until).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import ExitStack, contextmanager
 
@@ -17,12 +18,15 @@ from lm_eval.models.huggingface import HFLM
 
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplants, save_transplants
-from lm_eval_contrans.alignment import check_anchor_count, check_ridge
-from lm_eval_contrans.build import load_source_sides, model_layer_count, model_type_of, transplant_into
+from lm_eval_contrans.alignment import check_anchor_count
+from lm_eval_contrans.build import (
+    config_layer_count, load_source_sides, make_recipe, model_layer_count, model_type_of, relative_depth,
+    target_block, transplant_into,
+)
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import default_device, parse_model_spec, pretrained_path
-from lm_eval_contrans.steering import check_alpha, check_positions, steer
+from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions, steer
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
 logger = logging.getLogger("lm_eval.contrans")
@@ -51,10 +55,11 @@ def split_per_concept(value, count: int, argument: str) -> list:
 
 @register_model("contrans")
 class ConTransLM(HFLM):
-    """Model args: target (alias pretrained), source, concept, alpha, source_layer, target_layer,
-    anchors, ridge, vector, save_vector, build_batch_size, source_dtype, check_target_name, positions;
-    every other arg goes to HFLM unchanged. Several concepts at once: concept=a+b, with alpha,
-    source_layer and target_layer either one value for all or `x+y`, one per concept."""
+    """Model args: target (alias pretrained), source, concept, alpha, recipe, source_layer,
+    target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, save_vector,
+    build_batch_size, source_dtype, check_target_name, positions; every other arg goes to HFLM
+    unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
+    either one value for all or `x+y`, one per concept."""
 
     def __init__(
         self,
@@ -62,10 +67,15 @@ class ConTransLM(HFLM):
         source: str | None = None,
         concept: str = "sentiment",
         alpha: float | str = 1.0,
+        recipe: str | None = None,
         source_layer: int | float | str | None = None,
         target_layer: int | float | str | None = None,
         anchors: str | None = None,
-        ridge: float = 0.0,
+        anchor_tokens: str | None = None,
+        map: str | None = None,  # noqa: A002 - the model arg users write: map=lstsq|ridge|procrustes
+        ridge: float | str | None = None,
+        center: bool | str | None = None,
+        alpha_unit: str | None = None,
         vector: str | None = None,
         save_vector: str | None = None,
         build_batch_size: int | str = "auto",
@@ -93,29 +103,45 @@ class ConTransLM(HFLM):
             transplants = load_transplants(vector, "vector")
             if source is not None:
                 logger.warning("vector= given: the source model %s is not loaded", source)
+            if alpha_unit is not None:
+                transplants = [dataclasses.replace(t, alpha_unit=check_alpha_unit(alpha_unit)) for t in transplants]
             self.alphas = [check_alpha(value) for value in split_per_concept(alpha, len(transplants), "alpha")]
         else:
-            ridge = check_ridge(ridge)
+            recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map, ridge=ridge, center=center,
+                                 alpha_unit=alpha_unit)
             concept_names = str(concept).split("+")
             concept_sets = [load_concept_set(name.strip()) for name in concept_names]
             self.alphas = [check_alpha(value) for value in split_per_concept(alpha, len(concept_sets), "alpha")]
             anchor_texts, anchors_name = load_anchor_texts(anchors)
-            sides = load_source_sides(
-                source, concepts=concept_sets, anchor_texts=anchor_texts,
-                layers=split_per_concept(source_layer, len(concept_sets), "source_layer"),
-                dtype=source_dtype or kwargs.get("dtype", "float32"), device=device, batch_size=build_batch_size,
-            )  # the source model is freed when this returns
-            for side in sides:
-                check_anchor_count(len(anchor_texts), int(side.anchor_states.shape[1]), ridge)
+            target_layers = [value if value is not None else recipe.target_layer
+                             for value in split_per_concept(target_layer, len(concept_sets), "target_layer")]
+            target_count = config_layer_count(pretrained_path(target_spec))
+            depths = [None if target_count is None else relative_depth(target_block(layer, target_count), target_count)
+                      for layer in target_layers]
+            source_layers = [value if value is not None else recipe.source_layer
+                             for value in split_per_concept(source_layer, len(concept_sets), "source_layer")]
+            # one source load serves every concept whose target block is at the same depth
+            sides = [None] * len(concept_sets)
+            for depth in dict.fromkeys(depths):
+                indices = [index for index, value in enumerate(depths) if value == depth]
+                loaded = load_source_sides(
+                    source, concepts=[concept_sets[i] for i in indices], anchor_texts=anchor_texts,
+                    layers=[source_layers[i] for i in indices], dtype=source_dtype or kwargs.get("dtype", "float32"),
+                    device=device, batch_size=build_batch_size, anchor_tokens=recipe.anchor_tokens, target_depth=depth,
+                )  # the source model is freed when this returns
+                for index, side in zip(indices, loaded):
+                    sides[index] = side
+            if recipe.anchor_tokens == "last":
+                for side in sides:
+                    check_anchor_count(len(anchor_texts), side.hidden_size, recipe.ridge, recipe.map_method)
 
         super().__init__(pretrained=pretrained_path(target_spec), device=device, **kwargs)
 
         if not transplants:
-            for side, concept_set, layer in zip(sides, concept_sets,
-                                                split_per_concept(target_layer, len(concept_sets), "target_layer")):
+            for side, concept_set, layer in zip(sides, concept_sets, target_layers):
                 transplants.append(transplant_into(
                     side, self.model, self.tokenizer, target_spec=target_spec, concept=concept_set,
-                    anchor_texts=anchor_texts, anchors_name=anchors_name, layer=layer, ridge=ridge,
+                    anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe, layer=layer,
                     batch_size=build_batch_size,
                 ))
                 logger.info("built transplant:\n%s", transplants[-1].summary())
@@ -153,20 +179,19 @@ class ConTransLM(HFLM):
     def alpha(self, value: float) -> None:
         self.alphas = [check_alpha(value)] * max(1, len(getattr(self, "transplants", [None])))
 
-    def _on_device(self, vector: torch.Tensor) -> torch.Tensor:
+    def _on_device(self, transplant: Transplant) -> torch.Tensor:
         # Placed once: a host-to-device copy inside every forward pass would stall the GPU.
-        placed = getattr(self, "_placed_vectors", {})
-        self._placed_vectors = placed
-        key = id(vector)
-        if key not in placed or placed[key][0] is not vector:
-            placed[key] = (vector, vector.to(self.device))
+        placed = self.__dict__.setdefault("_placed_vectors", {})
+        key = (id(transplant.vector), transplant.alpha_unit, transplant.residual_norm)
+        if key not in placed or placed[key][0] is not transplant.vector:
+            placed[key] = (transplant.vector, transplant.steering_vector().to(self.device))
         return placed[key][1]
 
     @contextmanager
     def _steering(self):
         with ExitStack() as stack:
             for transplant, alpha in zip(self.transplants, self.alphas):
-                stack.enter_context(steer(self.model, transplant.target_layer, self._on_device(transplant.vector),
+                stack.enter_context(steer(self.model, transplant.target_layer, self._on_device(transplant),
                                           alpha, self.positions))
             yield
 

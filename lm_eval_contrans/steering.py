@@ -30,6 +30,29 @@ def check_alpha(alpha) -> float:
 
 
 POSITIONS = ("all", "prompt", "generated")
+ALPHA_UNITS = ("residual", "raw")
+# alpha_unit=residual: alpha 1 adds a vector of this fraction of the steered block's median
+# residual-state norm (measured on the anchors), whatever the concept or model; see docs/RESULTS.md.
+ALPHA_UNIT_FRACTION = 0.1
+
+
+def check_alpha_unit(unit: str) -> str:
+    if unit not in ALPHA_UNITS:
+        raise ConTransError("alpha_unit", f"expected one of {', '.join(ALPHA_UNITS)}, got {unit!r}")
+    return unit
+
+
+def unit_vector(vector: torch.Tensor, alpha_unit: str, residual_norm: float) -> torch.Tensor:
+    """The vector that alpha multiplies: as transplanted ("raw"), or rescaled so that alpha 1 has
+    norm ALPHA_UNIT_FRACTION * residual_norm ("residual"), which means the same for every concept."""
+    check_alpha_unit(alpha_unit)
+    if alpha_unit == "raw":
+        return vector
+    norm = vector.double().norm()
+    if not (residual_norm > 0 and norm > 0):
+        raise ConTransError("alpha_unit", "alpha_unit=residual needs a non-zero vector and a recorded residual norm; "
+                                          "this artifact has none (rebuild it, or use alpha_unit=raw)")
+    return (vector.double() * (ALPHA_UNIT_FRACTION * residual_norm / norm)).to(vector.dtype)
 
 
 def check_positions(positions: str) -> str:

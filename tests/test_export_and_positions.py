@@ -47,7 +47,7 @@ def test_gguf_export_reads_back(artifact, tmp_path):
     assert metadata["general.architecture"] == "controlvector"
     assert metadata["controlvector.model_hint"] == "gpt2" and metadata["controlvector.layer_count"] == 1
     assert list(tensors) == [f"direction.{transplant.target_layer}"]
-    torch.testing.assert_close(tensors[f"direction.{transplant.target_layer}"], transplant.vector)
+    torch.testing.assert_close(tensors[f"direction.{transplant.target_layer}"], transplant.steering_vector())
 
 
 def test_gguf_export_refuses_block_zero(artifact, tmp_path):

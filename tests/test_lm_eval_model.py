@@ -173,10 +173,22 @@ def test_bad_layers_are_refused(tiny_llama_dir, tiny_gpt2_dir, args, message):
 def test_too_few_anchors_is_refused_before_the_target_pass(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     anchors = tmp_path / "few.txt"
     anchors.write_text("\n".join(f"Sentence number {i}." for i in range(20)))
-    with pytest.raises(ConTransError, match="^anchors: 20 anchor texts are too few .*hidden size 32.*ridge"):
-        ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), device="cpu")
-    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), ridge=0.1, device="cpu")
+    with pytest.raises(ConTransError, match="^anchors: 20 anchor rows are too few .*hidden size 32.*dense.*ridge"):
+        ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), recipe="reference",
+                   device="cpu")
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), recipe="reference",
+                    ridge=0.1, device="cpu")
     assert lm.transplant.map_method == "ridge" and lm.transplant.anchor_count == 20
+
+
+def test_dense_anchors_fit_where_last_tokens_are_too_few(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    # 20 texts give 20 last-token rows (< hidden size 32) but every token that ends at the same
+    # character in both tokenizers is a row: enough for least squares without a penalty
+    anchors = tmp_path / "few.txt"
+    anchors.write_text("\n".join(f"Sentence number {i} of the small anchor corpus." for i in range(20)))
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), anchors=str(anchors), device="cpu")
+    assert lm.transplant.anchor_tokens == "dense" and lm.transplant.map_method == "lstsq"
+    assert lm.transplant.center and lm.transplant.alpha_unit == "residual"
 
 
 def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_dir, monkeypatch, tmp_path):
@@ -203,7 +215,8 @@ def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_d
     monkeypatch.setattr(build, "load_model", recording_load_model)
     monkeypatch.setattr(adapter, "pretrained_path", checking_pretrained_path)
     ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), device="cpu")
-    assert alive_at_target_load == [[False]]
+    # the last lookup of the target's folder is the load itself (an earlier one reads its config)
+    assert len(sources) == 1 and alive_at_target_load[-1] == [False]
 
 
 def test_several_concepts_at_once(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
@@ -218,7 +231,7 @@ def test_several_concepts_at_once(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     assert (first.target_layer, second.target_layer) == (1, 2) and both.alphas == [2.0, -3.0]
     # the same as adding both vectors by hand
     plain = plain_hf(tiny_gpt2_dir)
-    with steer(plain.model, 1, first.vector, 2.0), steer(plain.model, 2, second.vector, -3.0):
+    with steer(plain.model, 1, first.steering_vector(), 2.0), steer(plain.model, 2, second.steering_vector(), -3.0):
         by_hand = loglikelihoods(plain)
     torch.testing.assert_close(loglikelihoods(both), by_hand, atol=1e-5, rtol=1e-6)
     loaded = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha="2+-3", device="cpu", batch_size=8)

@@ -110,7 +110,7 @@ def test_fit_recovers_a_known_linear_map():
 def test_ridge_shrinks_and_allows_few_anchors():
     generator = torch.Generator().manual_seed(1)
     source, target = torch.randn(30, 40, generator=generator), torch.randn(30, 8, generator=generator)
-    with pytest.raises(ConTransError, match="^anchors: 30 anchor texts are too few .*hidden size 40.*ridge"):
+    with pytest.raises(ConTransError, match="^anchors: 30 anchor rows are too few .*hidden size 40.*ridge"):
         fit_linear_map(source, target)
     small = fit_linear_map(source, target, ridge=10.0)
     large = fit_linear_map(source, target, ridge=1000.0)

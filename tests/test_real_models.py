@@ -35,7 +35,9 @@ def test_build_diagnostics(artifact):
     transplant, _ = artifact
     assert (transplant.source_num_layers, transplant.source_hidden_size) == (30, 576)
     assert (transplant.target_num_layers, transplant.target_hidden_size) == (18, 640)
-    assert (transplant.source_layer, transplant.target_layer) == (22, 14)
+    sweep = {int(layer): r2 for layer, r2 in transplant.extra["source_layer_sweep"].items()}
+    assert transplant.target_layer == 14 and sorted(sweep) == list(range(20, 29))  # within 0.15 of 14/17 depth
+    assert transplant.source_layer == max(sweep, key=sweep.get)
     assert transplant.target_model_type == "gemma3_text"
     assert 0.2 < transplant.heldout_r2 < 1.0
 
@@ -76,12 +78,12 @@ def test_transplanted_sentiment_moves_gemma_and_a_random_vector_does_not(artifac
     transplant, _ = artifact
     model, tokenizer = load_model(TARGET, device="cpu")
     rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()[:12]]
-    layer = transplant.target_layer
+    layer, vector = transplant.target_layer, transplant.steering_vector()  # alpha 1 in residual units
     base = _margins(model, tokenizer, rows)
-    plus = _margins(model, tokenizer, rows, layer, transplant.vector, 1.0)
-    minus = _margins(model, tokenizer, rows, layer, transplant.vector, -1.0)
+    plus = _margins(model, tokenizer, rows, layer, vector, 1.0)
+    minus = _margins(model, tokenizer, rows, layer, vector, -1.0)
     random_vector = torch.randn(640, generator=torch.Generator().manual_seed(0))
-    random_vector *= transplant.vector.norm() / random_vector.norm()
+    random_vector *= vector.norm() / random_vector.norm()
     random = _margins(model, tokenizer, rows, layer, random_vector, 1.0)
     assert plus.mean() > base.mean() + 1.0 > minus.mean() + 2.0
     # the transplant pushes (nearly) every prompt the same way; an equal-norm random vector

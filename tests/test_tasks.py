@@ -73,10 +73,13 @@ def test_emotion_tasks_hold_other_and_own_scenarios(tiny_llama_dir, tmp_path):
     results = lm_eval_results(output)
     assert results["n-samples"]["contrans_emotion_sadness"]["effective"] == 50  # 10 scenarios x 5 other emotions
     assert results["n-samples"]["contrans_emotion_sadness_own"]["effective"] == 10
-    docs = [json.loads(line)["doc"] for line in
-            sorted(output.rglob("samples_contrans_emotion_sadness_2*.jsonl"))[-1].read_text().splitlines()]
-    assert {doc["emotion"] for doc in docs} == {"happiness", "anger", "fear", "disgust", "surprise"}
-    assert all(doc["target"] == 1 for doc in docs)
+    samples = [json.loads(line) for line in
+               sorted(output.rglob("samples_contrans_emotion_sadness_2*.jsonl"))[-1].read_text().splitlines()]
+    docs = [sample["doc"] for sample in sorted(samples, key=lambda sample: sample["doc_id"])]
+    others = {"happiness", "anger", "fear", "disgust", "surprise"}
+    assert {doc["emotion"] for doc in docs} == others and all(doc["target"] == 1 for doc in docs)
+    # interleaved: any --limit prefix is a balanced mix of the other emotions
+    assert {doc["emotion"] for doc in docs[:5]} == others
 
 
 def test_toxicity_task_on_a_local_toxigen_layout(tiny_gpt2_dir, tmp_path):
@@ -149,3 +152,22 @@ def test_generation_task_names_a_missing_label(tiny_llama_dir, tiny_classifier_d
                   "--tasks", "contrans_sentiment_gen", "--limit", "1", "--metadata", json.dumps(metadata),
                   "--gen_kwargs", "max_gen_toks=2", "--device", "cpu"], tmp_path)
     assert result.returncode != 0 and "has no label 'JOYFUL'" in result.stderr
+
+
+def test_facts_task_runs_and_takes_a_local_file(tiny_gpt2_dir, tmp_path):
+    shipped = [json.loads(line) for line in
+               (Path(__file__).resolve().parents[1] / "tasks" / "contrans_facts" / "facts.jsonl").read_text().splitlines()]
+    assert len(shipped) >= 100
+    assert all(len(set(item["choices"])) == 4 and 0 <= item["answer"] < 4 for item in shipped)
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"prompt": "The capital of France is", "choices": ["Paris", "Rome", "Oslo", "Lima"],
+                                "answer": 0}) + "\n")
+    for metadata, expected in (({}, 5), ({"facts_data": str(data)}, 1)):
+        output = tmp_path / f"out{expected}"
+        result = run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}",
+                      "--tasks", "contrans_facts", "--limit", "5", "--metadata", json.dumps(metadata),
+                      "--device", "cpu", "--output_path", str(output)], tmp_path)
+        assert result.returncode == 0, result.stderr[-4000:]
+        results = lm_eval_results(output)
+        assert results["n-samples"]["contrans_facts"]["effective"] == expected
+        assert 0.0 <= results["results"]["contrans_facts"]["acc,none"] <= 1.0

@@ -27,6 +27,9 @@ def load(emotion: str, own: bool = False, emotion_data: str | None = None, **met
     if missing:
         raise ValueError(f"emotion_data lacks scenarios for: {', '.join(sorted(missing))}")
     sources = [emotion] if own else [other for other in EMOTIONS if other != emotion]
-    rows = [{"scenario": text, "emotion": source, "target": EMOTIONS.index(emotion)}
-            for source in sources for text in scenarios[source]]
+    # round-robin over the source emotions, so that `--limit N` takes a balanced mix of them
+    columns = [scenarios[source] for source in sources]
+    rows = [{"scenario": column[index], "emotion": source, "target": EMOTIONS.index(emotion)}
+            for index in range(max(map(len, columns)))
+            for source, column in zip(sources, columns) if index < len(column)]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
