@@ -190,8 +190,13 @@ def _resolve_source_layers(layer, num_layers: int, target_depth: float | None) -
     return [resolve_layer(layer, num_layers, "source_layer")]
 
 
-def anchor_tokenization(tokenizer, anchor_texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-    return tokenize_with_ends(tokenizer, anchor_texts)
+def _anchor_ends(spec: ModelSpec, tokenizer, anchor_texts: list[str]) -> list[list[int]]:
+    """Character end of every anchor token; the tokenizer alone is loaded if the model was not."""
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_path(spec))
+    return tokenize_with_ends(tokenizer, anchor_texts)[1]
 
 
 def _anchor_states(spec: ModelSpec, identity: dict, anchor_texts: list[str], layers: list[int], *, anchor_tokens: str,
@@ -205,19 +210,13 @@ def _anchor_states(spec: ModelSpec, identity: dict, anchor_texts: list[str], lay
     if missing:
         model, tokenizer = with_model()
         if anchor_tokens == "dense":
-            sequences, _ = anchor_tokenization(tokenizer, anchor_texts)
+            sequences, _ = tokenize_with_ends(tokenizer, anchor_texts)
             recorded = token_states(model, tokenizer, sequences, missing, batch_size=batch_size, progress=progress)
         else:
             recorded = last_token_states(model, tokenizer, anchor_texts, missing, batch_size=batch_size, progress=progress)
         for layer in missing:
             found[layer] = cached_tensor("anchor_states", keys[layer], lambda layer=layer: recorded[layer])
     return found
-
-
-def _tokenizer_only(spec: ModelSpec):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(pretrained_path(spec))
 
 
 def load_source_sides(
@@ -255,16 +254,11 @@ def load_source_sides(
                                        progress="anchors in source", batch_size=batch_size)
         anchor_ends = None
         if anchor_tokens == "dense":
-            anchor_ends = anchor_tokenization(tokenizer if tokenizer is not None else _tokenizer_only(spec), anchor_texts)[1]
+            anchor_ends = _anchor_ends(spec, tokenizer, anchor_texts)
         sides = []
         for concept, indices in zip(concepts, per_concept):
-            vectors = {}
-            for index in indices:
-                vectors[index] = cached_tensor(
-                    "concept_vectors",
-                    _state_key(identity, index, str(dtype), device, concept=concept.pairs_hash),
-                    lambda index=index: concept_vectors_at(*with_model(), concept, indices, batch_size)[index],
-                )
+            vectors = _concept_vectors(identity, concept, indices, dtype=dtype, device=device, with_model=with_model,
+                                       batch_size=batch_size)
             sides.append(SourceSide(name=spec.name, num_layers=num_layers, concept_vectors=vectors,
                                     anchor_states={index: anchor_states[index] for index in indices},
                                     anchor_ends=anchor_ends))
@@ -272,23 +266,23 @@ def load_source_sides(
             logger.info("source states for %s found in the cache; the source model was not loaded", spec.name)
         return sides
     finally:
-        _CONCEPT_PASS.clear()
         if model is not None:
             free_model(model)
         del model
 
 
-_CONCEPT_PASS: dict = {}
-
-
-def concept_vectors_at(model, tokenizer, concept: ConceptSet, layers: list[int], batch_size) -> dict[int, torch.Tensor]:
-    """Concept vectors at several blocks from one pass (remembered for the model it ran on)."""
-    key = (id(model), concept.pairs_hash, tuple(layers))
-    if key not in _CONCEPT_PASS:
-        _CONCEPT_PASS.clear()
-        _CONCEPT_PASS[key] = concept_vector(model, tokenizer, concept, layers, batch_size=batch_size,
-                                            progress=f"concept '{concept.name}' in source")
-    return _CONCEPT_PASS[key]
+def _concept_vectors(identity: dict, concept: ConceptSet, layers: list[int], *, dtype: str, device: str, with_model,
+                     batch_size) -> dict[int, torch.Tensor]:
+    """Concept vectors at `layers`, cached one entry per layer; one pass fills every miss."""
+    keys = {layer: _state_key(identity, layer, str(dtype), device, concept=concept.pairs_hash) for layer in layers}
+    found = {layer: cached_tensor("concept_vectors", key) for layer, key in keys.items()}
+    missing = [layer for layer, vector in found.items() if vector is None]
+    if missing:
+        recorded = concept_vector(*with_model(), concept, missing, batch_size=batch_size,
+                                  progress=f"concept '{concept.name}' in source")
+        for layer in missing:
+            found[layer] = cached_tensor("concept_vectors", keys[layer], lambda layer=layer: recorded[layer])
+    return found
 
 
 def load_source_side(
@@ -336,7 +330,7 @@ def target_anchor_side(
         return None
     ends = None
     if anchor_tokens == "dense":
-        ends = anchor_tokenization(tokenizer if tokenizer is not None else _tokenizer_only(spec), anchor_texts)[1]
+        ends = _anchor_ends(spec, tokenizer, anchor_texts)
     return TargetSide(layer=layer, num_layers=num_layers, model_type=model_type, anchor_states=states, anchor_ends=ends)
 
 
@@ -344,16 +338,16 @@ class _NotCached(Exception):
     pass
 
 
-def paired_rows(source: SourceSide, target: TargetSide, source_layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(source rows, target rows, anchor text of each row) of the states the map is fitted on."""
-    source_states = source.anchor_states[source_layer]
+def paired_indices(source: SourceSide, target: TargetSide) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source row index, target row index, anchor text of each pair) of the states the map is fitted on."""
     if source.anchor_ends is None:
-        return source_states, target.anchor_states, torch.arange(len(source_states))
+        rows = torch.arange(len(target.anchor_states))
+        return rows, rows, rows
     source_index, target_index = matched_token_pairs(source.anchor_ends, target.anchor_ends)
     groups = torch.repeat_interleave(torch.arange(len(target.anchor_ends)),
                                      torch.tensor([len(ends) for ends in target.anchor_ends]))
     target_index = torch.tensor(target_index)
-    return source_states[torch.tensor(source_index)], target.anchor_states[target_index], groups[target_index]
+    return torch.tensor(source_index), target_index, groups[target_index]
 
 
 _FITS: dict = {}
@@ -370,9 +364,11 @@ def make_transplant(
 ) -> Transplant:
     """Fit the map on paired anchor states (choosing the source block if several are candidates)
     and transplant the source concept vector."""
+    source_index, target_index, groups = paired_indices(source, target)
+    target_rows = target.anchor_states[target_index]
     fits = {}
     for layer in source.layers:
-        source_rows, target_rows, groups = paired_rows(source, target, layer)
+        source_rows = source.anchor_states[layer][source_index]
         # the map does not depend on the concept: several concepts on the same states share one fit
         key = (recipe.map_method, recipe.ridge, recipe.center, _fingerprint(source_rows), _fingerprint(target_rows))
         if key not in _FITS:
@@ -388,7 +384,6 @@ def make_transplant(
         extra["source_layer_sweep"] = {str(index): round(fit.heldout_r2, 4) for index, fit in fits.items()}
         logger.info("source block chosen by held-out R^2: %s", ", ".join(f"{i}: {f.heldout_r2:.3f}" for i, f in fits.items()))
     logger.info("source block %d -> target block %d: held-out R^2 %.3f", layer, target.layer, linear_map.heldout_r2)
-    rows = paired_rows(source, target, layer)[1]
     return Transplant(
         vector=linear_map.transplant(source.concept_vectors[layer][None])[0].float(),
         source_vector=source.concept_vectors[layer].float(),
@@ -414,7 +409,7 @@ def make_transplant(
         anchor_tokens="dense" if source.anchor_ends is not None else "last",
         center=linear_map.center,
         alpha_unit=recipe.alpha_unit,
-        residual_norm=float(rows.double().norm(dim=1).median()),
+        residual_norm=float(target_rows.double().norm(dim=1).median()),
         extra=extra,
     )
 
