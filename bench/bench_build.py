@@ -4,7 +4,15 @@ Target (issue 5): build wall time <= 1.3x the bare cost of one no-grad forward p
 set and the anchor corpus through each model up to the deepest block needed, without the LM head;
 a rebuild with identical inputs <= 5 % of the first build (and never loads the source).
 
-Run: python bench/bench_build.py [--dtype float32|bfloat16] [--concepts sentiment ...]
+Under the default recipe (source block chosen by held-out R^2 among several) the bare pass goes
+up to the deepest candidate source block, which the build must reach too.
+
+With --target-layer auto (several target blocks scored) the bare passes go to the deepest
+candidate block of each model, and the target's includes the concept texts (its held-out pairs are
+read there); the 1.3 target is for a fixed target block.
+
+Run: python bench/bench_build.py [--dtype float32|bfloat16] [--concepts sentiment ...] [--recipe reference]
+                                 [--target-layer auto]
 """
 
 from __future__ import annotations
@@ -49,10 +57,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--concepts", nargs="+", default=["sentiment"])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--recipe", default="default", choices=["default", "reference"])
+    parser.add_argument("--target-layer", default=None, help="e.g. auto (default: the recipe's, 0.75)")
     args = parser.parse_args()
 
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.build import (
+        build_transplant, make_recipe, relative_depth, source_layer_candidates, target_layer_candidates,
+    )
     from lm_eval_contrans.concepts import load_concept_set
 
     cache = fresh_cache_with_gguf()
@@ -63,21 +75,27 @@ def main() -> None:
 
     def bare() -> tuple[float, float]:
         return (bare_forward_seconds(SOURCE, concept_texts + anchors, source_layer, args.dtype, args.batch_size),
-                bare_forward_seconds(TARGET, anchors, target_layer, args.dtype, args.batch_size))
+                bare_forward_seconds(TARGET, anchors + (concept_texts if len(target_blocks) > 1 else []), target_layer,
+                                     args.dtype, args.batch_size))
 
-    source_layer, target_layer = round(0.75 * 30), round(0.75 * 18)  # the default layers of this pair
+    recipe = make_recipe(args.recipe, target_layer=args.target_layer)
+    target_blocks = target_layer_candidates(18) if recipe.target_layer == "auto" else [round(0.75 * 18)]
+    target_layer = max(target_blocks)  # the deepest blocks the build runs to, in each model
+    source_layer = (max(index for block in target_blocks for index in source_layer_candidates(30, relative_depth(block, 18)))
+                    if recipe.source_layer == "auto" else round(0.75 * 30))
     bare_before = bare()  # bare passes before and after the build: the machine warms up and drifts
     start = time.perf_counter()
     for name in args.concepts:
-        transplant = build_transplant(SOURCE, TARGET, name, dtype=args.dtype, device="cpu")
+        transplant = build_transplant(SOURCE, TARGET, name, recipe=recipe, dtype=args.dtype, device="cpu")
     first = time.perf_counter() - start
-    assert (transplant.source_layer, transplant.target_layer) == (source_layer, target_layer)
-    print(f"first build ({len(args.concepts)} concept(s), {len(anchors)} anchors, automatic batches): {first:.1f} s; "
+    assert transplant.target_layer in target_blocks and transplant.source_layer <= source_layer
+    print(f"first build, recipe {args.recipe}, target_layer {recipe.target_layer} ({len(args.concepts)} concept(s), {len(anchors)} anchors, automatic "
+          f"batches): {first:.1f} s; blocks {transplant.source_layer} -> {transplant.target_layer}, "
           f"held-out R^2 {transplant.heldout_r2:.3f}")
 
     start = time.perf_counter()
     for name in args.concepts:
-        build_transplant(SOURCE, TARGET, name, dtype=args.dtype, device="cpu")
+        build_transplant(SOURCE, TARGET, name, recipe=recipe, dtype=args.dtype, device="cpu")
     second = time.perf_counter() - start
 
     bare_after = bare()

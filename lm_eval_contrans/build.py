@@ -38,6 +38,8 @@ from lm_eval_contrans.steering import check_alpha_unit
 logger = logging.getLogger(__name__)
 STATE_FORMAT = 1  # bump when the way states are recorded changes
 SOURCE_LAYER_BAND = 0.15  # source_layer=auto tries blocks within this relative depth of the target's
+TARGET_LAYER_RANGE = (0.4, 0.85)  # target_layer=auto tries the blocks in this range of relative depth
+VALIDATION_FRACTION = 0.2  # of the concept pairs, held out to score target blocks (target_layer=auto)
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,24 @@ def source_layer_candidates(num_layers: int, target_depth: float | None) -> list
     return candidates or [round(target_depth * (num_layers - 1))]
 
 
-def _resolve_source_layers(layer, num_layers: int, target_depth: float | None) -> list[int]:
-    if isinstance(layer, str) and layer.strip() == "auto":
-        return source_layer_candidates(num_layers, target_depth)
+def target_layer_candidates(num_layers: int) -> list[int]:
+    """Target blocks that target_layer=auto scores: relative depth within TARGET_LAYER_RANGE, and
+    the fixed default's block (0.75) in any case, so a shallow model still gets a choice."""
+    low, high = TARGET_LAYER_RANGE
+    candidates = {index for index in range(num_layers) if low - 1e-9 <= relative_depth(index, num_layers) <= high + 1e-9}
+    return sorted(candidates | {resolve_layer(0.75, num_layers, "target_layer")})
+
+
+def is_auto(layer) -> bool:
+    return isinstance(layer, str) and layer.strip() == "auto"
+
+
+def _resolve_source_layers(layer, num_layers: int, target_depth: float | list[float] | None) -> list[int]:
+    if isinstance(layer, (list, tuple)):
+        return sorted({resolve_layer(value, num_layers, "source_layer") for value in layer})
+    if is_auto(layer):
+        depths = target_depth if isinstance(target_depth, list) else [target_depth]
+        return sorted({index for depth in depths for index in source_layer_candidates(num_layers, depth)})
     return [resolve_layer(layer, num_layers, "source_layer")]
 
 
@@ -221,12 +238,13 @@ def _anchor_states(spec: ModelSpec, identity: dict, anchor_texts: list[str], lay
 
 def load_source_sides(
     source: str | ModelSpec, *, concepts: list[ConceptSet], anchor_texts: list[str],
-    layers: list[int | float | str | None], dtype: str = "float32", device: str | None = None,
-    batch_size: int | str = "auto", anchor_tokens: str = "last", target_depth: float | None = None,
+    layers: list[int | float | str | list | None], dtype: str = "float32", device: str | None = None,
+    batch_size: int | str = "auto", anchor_tokens: str = "last", target_depth: float | list[float] | None = None,
+    role: str = "source",
 ) -> list[SourceSide]:
     """Concept vectors and anchor states of the source for each (concept, layer), from the cache
     or one load of the model shared by all of them. A layer "auto" gives the candidate blocks
-    around `target_depth` (the target block's relative depth)."""
+    around `target_depth` (the target block's relative depth, or several); a list gives those blocks."""
     spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
     anchor_tokens = check_anchor_tokens(anchor_tokens)
     device = device or default_device()
@@ -251,14 +269,14 @@ def load_source_sides(
         every_layer = sorted({index for indices in per_concept for index in indices})
         anchor_states = _anchor_states(spec, identity, anchor_texts, every_layer, anchor_tokens=anchor_tokens,
                                        dtype=dtype, device=device, with_model=with_model,
-                                       progress="anchors in source", batch_size=batch_size)
+                                       progress=f"anchors in {role}", batch_size=batch_size)
         anchor_ends = None
         if anchor_tokens == "dense":
             anchor_ends = _anchor_ends(spec, tokenizer, anchor_texts)
         sides = []
         for concept, indices in zip(concepts, per_concept):
             vectors = _concept_vectors(identity, concept, indices, dtype=dtype, device=device, with_model=with_model,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, role=role)
             sides.append(SourceSide(name=spec.name, num_layers=num_layers, concept_vectors=vectors,
                                     anchor_states={index: anchor_states[index] for index in indices},
                                     anchor_ends=anchor_ends))
@@ -272,14 +290,14 @@ def load_source_sides(
 
 
 def _concept_vectors(identity: dict, concept: ConceptSet, layers: list[int], *, dtype: str, device: str, with_model,
-                     batch_size) -> dict[int, torch.Tensor]:
+                     batch_size, role: str = "source") -> dict[int, torch.Tensor]:
     """Concept vectors at `layers`, cached one entry per layer; one pass fills every miss."""
     keys = {layer: _state_key(identity, layer, str(dtype), device, concept=concept.pairs_hash) for layer in layers}
     found = {layer: cached_tensor("concept_vectors", key) for layer, key in keys.items()}
     missing = [layer for layer, vector in found.items() if vector is None]
     if missing:
         recorded = concept_vector(*with_model(), concept, missing, batch_size=batch_size,
-                                  progress=f"concept '{concept.name}' in source")
+                                  progress=f"concept '{concept.name}' in {role}")
         for layer in missing:
             found[layer] = cached_tensor("concept_vectors", keys[layer], lambda layer=layer: recorded[layer])
     return found
@@ -289,11 +307,12 @@ def load_source_side(
     source: str | ModelSpec, *, concept: ConceptSet, anchor_texts: list[str],
     layer: int | float | str | None = None, dtype: str = "float32", device: str | None = None,
     batch_size: int | str = "auto", anchor_tokens: str = "last", target_depth: float | None = None,
+    role: str = "source",
 ) -> SourceSide:
     """Concept vector and anchor states of the source, from the cache or one load of the model."""
     return load_source_sides(source, concepts=[concept], anchor_texts=anchor_texts, layers=[layer], dtype=dtype,
                              device=device, batch_size=batch_size, anchor_tokens=anchor_tokens,
-                             target_depth=target_depth)[0]
+                             target_depth=target_depth, role=role)[0]
 
 
 class ConTransLayerCountError(RuntimeError):
@@ -350,11 +369,14 @@ def paired_indices(source: SourceSide, target: TargetSide) -> tuple[torch.Tensor
     return torch.tensor(source_index), target_index, groups[target_index]
 
 
-_FITS: dict = {}
+_FITS: dict = {}  # fitted maps by state fingerprint, shared across concepts in one process
+FITS_KEPT = 256  # one auto target sweep fits ~70 maps; each holds a source x target matrix
 
 
 def _fingerprint(states: torch.Tensor) -> tuple:
-    values = states.double()
+    # a sample of rows is enough to tell apart the states of different models, blocks or corpora,
+    # and costs a hundredth of hashing every row (this runs for every candidate map of every build)
+    values = states[::97].double()
     return tuple(states.shape), float(values.sum()), float(values.square().sum()), float(values[::7].abs().sum())
 
 
@@ -372,7 +394,7 @@ def make_transplant(
         # the map does not depend on the concept: several concepts on the same states share one fit
         key = (recipe.map_method, recipe.ridge, recipe.center, _fingerprint(source_rows), _fingerprint(target_rows))
         if key not in _FITS:
-            if len(_FITS) >= 64:
+            if len(_FITS) >= FITS_KEPT:
                 _FITS.pop(next(iter(_FITS)))
             _FITS[key] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
                                         center=recipe.center, groups=groups)
@@ -412,6 +434,65 @@ def make_transplant(
         residual_norm=float(target_rows.double().norm(dim=1).median()),
         extra=extra,
     )
+
+
+def choose_target_layer(
+    source: str | ModelSpec, target: str | ModelSpec, *, concept: ConceptSet, anchor_texts: list[str],
+    anchors_name: str, recipe: Recipe, dtype: str = "float32", source_dtype: str | None = None,
+    device: str | None = None, batch_size: int | str = "auto",
+) -> tuple[int, dict]:
+    """target_layer=auto: the candidate target block where the transplanted direction best carries
+    the concept in the target, scored on concept pairs the direction was not made from.
+
+    The pairs are split (VALIDATION_FRACTION held out, seeded). At each candidate block the map is
+    fitted as the recipe says and the source vector of the training pairs is transplanted; the
+    score is the target's own mean (positive - negative) state on the held-out pairs projected on
+    that direction, over the spread of the anchor states along it: how far the concept moves the
+    target along the direction, in units of the direction's natural variation. Both models are
+    loaded (one after the other) only for states the cache lacks. Returns (block, sweep record)."""
+    source_spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
+    target_spec = target if isinstance(target, ModelSpec) else parse_model_spec(target, "target")
+    device = device or default_device()
+    num_layers = config_layer_count(pretrained_path(target_spec))
+    if num_layers is None:
+        model, _ = load_model(target_spec, argument="target", dtype=dtype, device=device)
+        num_layers = model_layer_count(model)
+        free_model(model)
+        del model
+    if len(concept) < 5:
+        raise ConTransError("target_layer", f"auto holds out concept pairs to score blocks; needs at least 5 pairs, "
+                                            f"'{concept.name}' has {len(concept)}. Give a block index or fraction.")
+    training, held_out = concept.split(VALIDATION_FRACTION)
+    candidates = target_layer_candidates(num_layers)
+    depths = [relative_depth(index, num_layers) for index in candidates]
+    # the whole set's vectors are recorded in the same source load, for the build at the chosen block
+    source_side = load_source_sides(source_spec, concepts=[training, concept], anchor_texts=anchor_texts,
+                                    layers=[recipe.source_layer] * 2, dtype=source_dtype or dtype, device=device,
+                                    batch_size=batch_size, anchor_tokens=recipe.anchor_tokens, target_depth=depths)[0]
+    # the target read like a source: its own held-out concept vector and anchor states at every candidate
+    target_own = load_source_sides(target_spec, concepts=[held_out], anchor_texts=anchor_texts, layers=[candidates],
+                                   dtype=dtype, device=device, batch_size=batch_size,
+                                   anchor_tokens=recipe.anchor_tokens, role="target")[0]
+    sweep = {}
+    for index, depth in zip(candidates, depths):
+        band = (source_layer_candidates(source_side.num_layers, depth) if is_auto(recipe.source_layer)
+                else source_side.layers)
+        restricted = replace(source_side, concept_vectors={i: source_side.concept_vectors[i] for i in band},
+                             anchor_states={i: source_side.anchor_states[i] for i in band})
+        side = TargetSide(layer=index, num_layers=num_layers, model_type="", anchor_states=target_own.anchor_states[index],
+                          anchor_ends=target_own.anchor_ends)
+        transplant = make_transplant(restricted, side, target_name=target_spec.name, concept=training,
+                                     anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe)
+        direction = transplant.vector.double() / transplant.vector.double().norm()
+        _, target_rows, _ = paired_indices(restricted, side)
+        spread = float((side.anchor_states[target_rows].double() @ direction).std())
+        score = float(target_own.concept_vectors[index].double() @ direction) / max(spread, 1e-12)
+        sweep[str(index)] = {"source_layer": transplant.source_layer, "heldout_r2": round(transplant.heldout_r2, 4),
+                             "score": round(score, 4)}
+    best = max(candidates, key=lambda index: sweep[str(index)]["score"])
+    logger.info("target block chosen by held-out concept separation: %s (%s)", best,
+                ", ".join(f"{i}: {v['score']:.2f}" for i, v in sweep.items()))
+    return best, {"target_layer_sweep": sweep, "held_out_pairs": len(held_out)}
 
 
 def model_type_of(model_or_config) -> str:
@@ -470,6 +551,14 @@ def build_transplant(
     anchor_texts, anchors_name = load_anchor_texts(anchors)
     device = device or default_device()
     target_spec = parse_model_spec(target, "target")  # fail on a bad target before the slow part
+    if is_auto(recipe.target_layer):
+        index, sweep = choose_target_layer(source, target_spec, concept=concept_set, anchor_texts=anchor_texts,
+                                           anchors_name=anchors_name, recipe=recipe, dtype=dtype, device=device,
+                                           batch_size=batch_size)
+        transplant = build_transplant(source, target, concept, recipe=replace(recipe, target_layer=index),
+                                      anchors=anchors, dtype=dtype, device=device, batch_size=batch_size)
+        transplant.extra.update(sweep)
+        return transplant
     folder = pretrained_path(target_spec)
     num_layers = config_layer_count(folder)
     index = target_block(recipe.target_layer, num_layers) if num_layers is not None else None

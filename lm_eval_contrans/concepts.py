@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -45,6 +46,19 @@ class ConceptSet:
         """sha256 of the pairs alone (not the name), so renaming a file keeps cache hits."""
         text = json.dumps([list(self.positives), list(self.negatives)], ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[ConceptSet, ConceptSet]:
+        """(training pairs, held-out pairs): a seeded share `fraction` of the pairs held out."""
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        held = set(order[: max(1, round(fraction * len(self)))])
+
+        def subset(keep, suffix):
+            indices = [index for index in range(len(self)) if keep(index)]
+            return replace(self, name=f"{self.name} ({suffix})", positives=tuple(self.positives[i] for i in indices),
+                           negatives=tuple(self.negatives[i] for i in indices))
+
+        return subset(lambda index: index not in held, "training"), subset(lambda index: index in held, "held out")
 
 
 def shipped_concepts() -> dict[str, Path]:

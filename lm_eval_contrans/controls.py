@@ -28,7 +28,7 @@ def target_own_vector(
 ) -> torch.Tensor:
     """The target's own concept vector at the transplant's target block (cached like any source side)."""
     side = load_source_side(transplant.target, concept=concept, anchor_texts=anchor_texts,
-                            layer=transplant.target_layer, dtype=dtype, device=device)
+                            layer=transplant.target_layer, dtype=dtype, device=device, role="target")
     return side.concept_vector
 
 

@@ -20,8 +20,8 @@ from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplants, save_transplants
 from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.build import (
-    config_layer_count, load_source_sides, make_recipe, model_layer_count, model_type_of, relative_depth,
-    target_block, transplant_into,
+    choose_target_layer, config_layer_count, is_auto, load_source_sides, make_recipe, model_layer_count,
+    model_type_of, relative_depth, target_block, transplant_into,
 )
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
@@ -115,6 +115,13 @@ class ConTransLM(HFLM):
             anchor_texts, anchors_name = load_anchor_texts(anchors)
             target_layers = [value if value is not None else recipe.target_layer
                              for value in split_per_concept(target_layer, len(concept_sets), "target_layer")]
+            target_sweeps = [{} for _ in concept_sets]
+            for position, layer in enumerate(target_layers):
+                if is_auto(layer):  # scored before the target is loaded for evaluation
+                    target_layers[position], target_sweeps[position] = choose_target_layer(
+                        source, target_spec, concept=concept_sets[position], anchor_texts=anchor_texts,
+                        anchors_name=anchors_name, recipe=recipe, dtype=kwargs.get("dtype", "float32"),
+                        source_dtype=source_dtype, device=device, batch_size=build_batch_size)
             target_count = config_layer_count(pretrained_path(target_spec))
             depths = [None if target_count is None else relative_depth(target_block(layer, target_count), target_count)
                       for layer in target_layers]
@@ -138,12 +145,13 @@ class ConTransLM(HFLM):
         super().__init__(pretrained=pretrained_path(target_spec), device=device, **kwargs)
 
         if not transplants:
-            for side, concept_set, layer in zip(sides, concept_sets, target_layers):
+            for side, concept_set, layer, sweep in zip(sides, concept_sets, target_layers, target_sweeps):
                 transplants.append(transplant_into(
                     side, self.model, self.tokenizer, target_spec=target_spec, concept=concept_set,
                     anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe, layer=layer,
                     batch_size=build_batch_size,
                 ))
+                transplants[-1].extra.update(sweep)
                 logger.info("built transplant:\n%s", transplants[-1].summary())
         else:
             for transplant in transplants:

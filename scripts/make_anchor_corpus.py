@@ -1,116 +1,153 @@
-"""Writes lm_eval_contrans/data/neutral_anchors.txt: the default anchor corpus (written for this project).
+"""Writes lm_eval_contrans/data/neutral_anchors.txt: the default anchor corpus.
 
-Neutral, encyclopedic-style sentences from a small grammar over many topics, then cut at a random
-word position in about half of the cases, so that the last tokens (whose states the map is fitted
-on) cover nouns, verbs, function words and punctuation rather than only sentence ends.
-Deterministic: the same seed gives the same file. Run: python scripts/make_anchor_corpus.py
+The map from source to target states is fitted on how both models read the same texts, so the
+texts should be as varied as what the models will see: many topics, registers and sentence shapes.
+A small grammar (the first version of this corpus) gave a map with a high held-out R^2 that
+transferred poorly: its sentences were too alike. This version samples the text from the packaged
+SmolLM2-135M-Instruct (Apache-2.0), prompted with requests written for this project (a genre and a
+topic each; the genres span neutral, pleasant and unpleasant registers), keeps whole sentences of
+6-40 words, at most three per answer, and cuts about half of them after a random word (a
+few cut texts that come out equal to an earlier one are dropped), so that
+last-token fits see mid-sentence positions too. The text is model-written prose for fitting a map,
+not a source of facts.
+
+Seeded sampling in fixed batches (made with torch 2.13.0+cpu); `git diff` after a rerun shows whether
+your torch build reproduces the shipped file byte for byte.
+Run: python scripts/make_anchor_corpus.py          (about 15 minutes on 2 CPU cores)
 """
 
+from __future__ import annotations
+
 import random
+import re
 from pathlib import Path
 
 COUNT = 2400
 SEED = 20261126
+BATCH = 32
+NEW_TOKENS = 96
+SENTENCES_PER_ANSWER = 3
 
-PLACES = ["the river valley", "a coastal town", "the northern province", "the old harbour", "a mountain village",
-          "the capital", "the eastern plains", "a small island", "the lake district", "the border region",
-          "the university town", "a farming county", "the desert oasis", "the forest reserve", "the city centre",
-          "a fishing port", "the southern coast", "the high plateau", "a railway junction", "the river delta"]
-PEOPLE = ["the architect", "a local historian", "the committee", "the mayor", "a team of engineers", "the botanist",
-          "the author", "a group of students", "the council", "the museum curator", "the orchestra", "a cartographer",
-          "the physician", "the navigator", "the surveyor", "a carpenter", "the editor", "the geologist",
-          "the librarian", "the school board", "a pair of astronomers", "the translator", "the chemist", "a sculptor"]
-THINGS = ["the bridge", "a stone church", "the railway line", "the observatory", "a public library", "the canal",
-          "the lighthouse", "a textile mill", "the town hall", "the dam", "a botanical garden", "the market square",
-          "the printing press", "a steam engine", "the aqueduct", "the harbour wall", "a wooden windmill",
-          "the telegraph office", "the cathedral", "a concert hall", "the water tower", "the tram network"]
-YEARS = [str(year) for year in range(1612, 2021, 7)]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-VERBS_PAST = ["built", "designed", "restored", "documented", "surveyed", "expanded", "described", "renamed",
-              "studied", "repaired", "photographed", "mapped", "funded", "opened", "inspected", "catalogued"]
-SUBJECTS = ["mathematics", "botany", "astronomy", "geology", "linguistics", "chemistry", "economics", "music theory",
-            "architecture", "navigation", "agriculture", "medicine", "philosophy", "zoology", "meteorology"]
-ANIMALS = ["heron", "red fox", "river otter", "barn owl", "salmon", "honey bee", "grey seal", "badger",
-           "monarch butterfly", "brown trout", "swallow", "hedgehog", "elk", "green turtle", "kingfisher"]
-FOODS = ["rye bread", "lentil soup", "rice", "apples", "cheese", "tea", "olive oil", "barley", "smoked fish",
-         "honey", "potatoes", "dried figs", "maize", "buckwheat", "plums"]
-MATERIALS = ["granite", "limestone", "oak", "iron", "brick", "copper", "glass", "slate", "sandstone", "steel"]
-NUMBERS = ["two", "three", "four", "five", "six", "seven", "eight", "ten", "twelve", "fifteen", "twenty", "forty"]
-UNITS = ["metres", "kilometres", "hectares", "tonnes", "litres", "storeys", "arches", "rooms", "platforms"]
-ADJECTIVES = ["northern", "central", "western", "lower", "upper", "outer", "inner", "older", "newer", "eastern"]
+GENRES = [
+    "Write a short encyclopedia paragraph about {topic}.",
+    "Explain to a student how {topic} works.",
+    "Write a short local news report that mentions {topic}.",
+    "Describe a typical day for someone whose job involves {topic}.",
+    "Write a few sentences from a travel guide about a town known for {topic}.",
+    "Summarise the history of {topic} in a few sentences.",
+    "Write the opening of a short story in which a character deals with {topic}.",
+    "Give practical instructions for a beginner interested in {topic}.",
+    "Write a short letter to a friend that mentions {topic}.",
+    "Describe {topic} as it might appear in a school textbook.",
+    "Write the minutes of a town meeting that discussed {topic}.",
+    "Write a product description for something related to {topic}.",
+    # an instruction-tuned model writes cheerfully by default; these requests give the corpus the
+    # other registers too (loss, danger, anger, disgust, surprise), so that the map is fitted on
+    # states that vary along the directions concepts live in, not only along topic
+    "Write a short news report about an accident or a loss connected with {topic}.",
+    "Write a diary entry about a bad day that involved {topic}.",
+    "Write a complaint letter about a problem with {topic}.",
+    "Write a tense scene from a story in which {topic} becomes dangerous.",
+    "Write a few sentences about a surprising discovery connected with {topic}.",
+    "Write an angry message from someone who was treated unfairly over {topic}.",
+    "Write a sad farewell note that mentions {topic}.",
+    "Describe a dirty, smelly or rotten place connected with {topic}.",
+    "Write a cheerful message to a friend about {topic}.",
+]
 
-TEMPLATES = [
-    "{Thing} in {place} was {verb} by {person} in {year}.",
-    "{Person} {verb} {thing} during the summer of {year}.",
-    "The {adjective} part of {place} is known for its {material} buildings.",
-    "In {year}, {person} published a short study of {subject}.",
-    "{Thing} is about {number} {unit} long and was finished in {year}.",
-    "The {animal} is often seen near {place} in {month}.",
-    "Farmers in {place} have grown {food} for several generations.",
-    "{Person} moved to {place} in {year} to teach {subject}.",
-    "The population of {place} grew slowly after {year}.",
-    "{Thing} was made mostly of {material} and {material2}.",
-    "Each {month}, a market in {place} sells {food} and {food2}.",
-    "The first record of {thing} appears in a letter from {year}.",
-    "{Person} gave a lecture on {subject} at {thing} in {month} {year}.",
-    "A road connects {place} with {place2}, crossing {thing}.",
-    "The {animal} feeds mainly on insects, seeds and small fish.",
-    "Visitors to {place} can reach {thing} by a path along the water.",
-    "During {month}, the weather in {place} is usually mild and dry.",
-    "{Thing} has {number} {unit} and a roof of {material}.",
-    "The local school in {place} offers classes in {subject} and {subject2}.",
-    "Records show that {person} {verb} {thing} twice before {year}.",
-    "The collection includes maps, letters and drawings of {place}.",
-    "Most of the {material} used in {thing} came from {place}.",
-    "{Person} kept a diary that describes daily life in {place}.",
-    "The region's economy depends on {food}, timber and tourism.",
-    "A census taken in {year} counted {number} thousand residents in {place}.",
-    "The {animal} was first described by naturalists in {year}.",
-    "Trains between {place} and {place2} run every {number} minutes.",
-    "The archive holds {number} boxes of papers about {subject}.",
-    "In {month} {year}, {thing} was closed for repairs.",
-    "{Person} compared the climate of {place} with that of {place2}.",
-    "The museum in {place} displays tools made of {material} and {material2}.",
-    "Students of {subject} often visit {thing} on field trips.",
-    "The festival in {place} takes place every {month}.",
-    "A small stream runs beside {thing} and joins the river further south.",
-    "The dictionary lists {number} words related to {subject}.",
-    "{Thing} stands on a hill overlooking {place}.",
-    "Local recipes from {place} combine {food} with {food2}.",
-    "The report by {person} was translated into {number} languages.",
-    "After {year}, {thing} was used as a warehouse for {food}.",
-    "The {adjective} wing of {thing} was added in {year}.",
+TOPICS = [
+    "lighthouses", "river otters", "copper mining", "tax law", "the violin", "tidal energy", "medieval bridges",
+    "cloud formation", "beekeeping", "railway signalling", "volcanoes", "the printing press", "crop rotation",
+    "glass blowing", "chess openings", "tide tables", "coral reefs", "postal services", "bicycle repair",
+    "ancient Rome", "the immune system", "weather balloons", "sourdough bread", "public libraries",
+    "container shipping", "solar panels", "migratory birds", "paper making", "the stock exchange",
+    "mountain rescue", "wool spinning", "city planning", "the water cycle", "fire brigades", "map projections",
+    "submarine cables", "orchards", "the Moon landings", "typewriters", "tea plantations", "earthquake engineering",
+    "sign language", "radio astronomy", "fishing villages", "road tunnels", "the periodic table", "desert plants",
+    "museum archives", "wind turbines", "jazz history", "plate tectonics", "dairy farming", "clock making",
+    "the human heart", "airport logistics", "stone walls", "vaccination", "wetlands", "shipbuilding",
+    "the alphabet", "satellite navigation", "olive harvests", "court procedures", "canal locks", "honey",
+    "polar expeditions", "pottery", "census taking", "recycling plants", "the Silk Road", "rainforests",
+    "electric motors", "folk dances", "dictionary making", "mushroom foraging", "tram networks", "calculus",
+    "the Roman alphabet", "bridges made of rope", "salt production", "school timetables", "telescopes",
+    "knitting patterns", "cave systems", "the metric system", "fountain pens", "river deltas", "sheep herding",
+    "opera houses", "hydroelectric dams", "spice trade routes", "microscopes", "ferry routes", "bookbinding",
+    "snowfall records", "the Olympic Games", "cartography", "crossword puzzles", "bus timetables",
+    "cotton mills", "lunar eclipses", "sea turtles", "parliament buildings", "weaving looms", "garden ponds",
+    "postage stamps", "ice hockey", "steam locomotives", "arctic foxes", "tree rings", "medieval castles",
+    "vineyards", "semiconductors", "origami", "river ferries", "archaeological digs", "forest fires",
+    "bread ovens", "carpentry joints", "the printing of newspapers", "helicopters", "street markets",
+    "water treatment", "ballet", "chemistry labs", "desert caravans", "cloud computing", "lace making",
+    "marathon running", "botanical gardens", "the Great Lakes", "nuclear fusion", "bird ringing",
+    "chocolate making", "sailing knots", "the census of 1900", "guitar building", "public parks",
+    "asteroid belts", "hot air balloons", "herbal medicine", "glaciers", "the telephone exchange",
+    "rice terraces", "stained glass", "ocean currents", "cheese caves", "ski resorts", "paper money",
+    "old maps of London", "fossil hunting", "the Nile", "cricket", "sewing machines", "oil refineries",
+    "wild mushrooms", "harbour cranes", "bee orchids", "the French Revolution", "mobile phones",
+    "sand dunes", "quilting", "electric grids", "monasteries", "chemical elements", "flood defences",
 ]
 
 
-def fill(template: str, rng: random.Random) -> str:
-    place, place2 = rng.sample(PLACES, 2)
-    material, material2 = rng.sample(MATERIALS, 2)
-    food, food2 = rng.sample(FOODS, 2)
-    subject, subject2 = rng.sample(SUBJECTS, 2)
-    thing, person = rng.choice(THINGS), rng.choice(PEOPLE)
-    values = dict(
-        place=place, place2=place2, thing=thing, Thing=thing[0].upper() + thing[1:], person=person,
-        Person=person[0].upper() + person[1:], year=rng.choice(YEARS), month=rng.choice(MONTHS),
-        verb=rng.choice(VERBS_PAST), subject=subject, subject2=subject2, animal=rng.choice(ANIMALS),
-        food=food, food2=food2, material=material, material2=material2, number=rng.choice(NUMBERS),
-        unit=rng.choice(UNITS), adjective=rng.choice(ADJECTIVES),
-    )
-    return template.format(**values)
+def prompts(rng: random.Random) -> list[str]:
+    pairs = [(genre, topic) for genre in GENRES for topic in TOPICS]
+    rng.shuffle(pairs)
+    return [genre.format(topic=topic) for genre, topic in pairs]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def whole_sentences(answer: str) -> list[str]:
+    """Complete sentences of a sampled answer (the last piece is cut off by the token limit)."""
+    pieces = []
+    for paragraph in answer.split("\n"):
+        pieces += SENTENCE_END.split(paragraph.strip())
+    if pieces and not answer.rstrip().endswith((".", "!", "?")):
+        pieces = pieces[:-1]
+    keep = []
+    for piece in pieces:
+        piece = piece.strip().lstrip("-*#0123456789. ").strip()
+        words = piece.split()
+        if 6 <= len(words) <= 40 and piece[-1] in ".!?" and ":" not in piece[-3:] and "*" not in piece:
+            keep.append(piece)
+    return keep
 
 
 def main() -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    from lm_eval_contrans.loading import load_model, parse_model_spec
+
     rng = random.Random(SEED)
+    model, tokenizer = load_model(parse_model_spec("packaged:smollm2-135m-instruct", "source"), argument="source",
+                                  dtype="float32", device="cpu")
+    tokenizer.padding_side = "left"
+    requests = prompts(rng)
     seen, lines = set(), []
-    while len(lines) < COUNT:
-        sentence = fill(rng.choice(TEMPLATES), rng)
-        words = sentence.split()
-        if rng.random() < 0.5 and len(words) > 5:
-            sentence = " ".join(words[: rng.randint(4, len(words) - 1)])
-        if sentence not in seen:
-            seen.add(sentence)
-            lines.append(sentence)
+    progress = tqdm(total=COUNT, desc="anchor sentences", unit="sentence")
+    for start in range(0, len(requests), BATCH):
+        batch = [tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,
+                                               add_generation_prompt=True) for request in requests[start:start + BATCH]]
+        encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(SEED + start)
+        with torch.no_grad():
+            output = model.generate(**encoded, max_new_tokens=NEW_TOKENS, do_sample=True, temperature=0.8, top_p=0.95,
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        for row in output[:, encoded.input_ids.shape[1]:]:
+            for sentence in whole_sentences(tokenizer.decode(row, skip_special_tokens=True))[:SENTENCES_PER_ANSWER]:
+                if sentence in seen or len(lines) >= COUNT:
+                    continue
+                seen.add(sentence)
+                words = sentence.split()
+                if rng.random() < 0.5:
+                    sentence = " ".join(words[: rng.randint(4, len(words) - 1)])
+                lines.append(sentence)
+                progress.update(1)
+        if len(lines) >= COUNT:
+            break
+    progress.close()
+    lines = list(dict.fromkeys(lines))  # a cut can make two different sentences equal; keep the first
     out = Path(__file__).resolve().parents[1] / "lm_eval_contrans" / "data" / "neutral_anchors.txt"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {len(lines)} anchor texts to {out}")

@@ -59,8 +59,9 @@ def test_a_changed_layer_or_anchor_set_is_not_served_from_the_cache(tiny_llama_d
 
 def test_a_damaged_cache_entry_is_recomputed(tiny_llama_dir, tiny_gpt2_dir, fresh_cache):
     first = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
-    for entry in (fresh_cache / "concept_vectors").iterdir():
-        entry.write_bytes(entry.read_bytes()[:50])
+    for kind in ("concept_vectors", "anchor_states"):
+        for entry in (fresh_cache / kind).glob("*.safetensors"):
+            entry.write_bytes(entry.read_bytes()[:50])
     second = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
     assert torch.equal(first.vector, second.vector)
 

@@ -51,7 +51,9 @@ def test_build_records_a_complete_artifact(built, tiny_llama_dir, tiny_gpt2_dir)
     lm, path = built
     transplant = load_transplant(path)
     assert (transplant.source_hidden_size, transplant.target_hidden_size) == (32, 48)
-    assert (transplant.source_layer, transplant.target_layer) == (3, 2)  # round(0.75 * depth)
+    assert transplant.target_layer == 2  # round(0.75 * depth)
+    sweep = transplant.extra["source_layer_sweep"]  # the default recipe chooses the source block
+    assert str(transplant.source_layer) == max(sweep, key=sweep.get) and len(sweep) > 1
     assert transplant.concept == "sentiment" and transplant.concept_pairs >= 100
     assert transplant.anchor_count >= 2 * 48 and transplant.map_method == "lstsq"
     assert -1.0 < transplant.heldout_r2 <= 1.0
@@ -241,3 +243,15 @@ def test_several_concepts_at_once(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
         ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha="1+2+3", device="cpu")
     with pytest.raises(ConTransError, match="holds 2 concepts"):
         load_transplant(path)
+
+
+def test_target_layer_auto_through_the_adapter_matches_the_plain_python_build(tiny_llama_dir, tiny_gpt2_dir):
+    from lm_eval_contrans.build import build_transplant
+
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment", target_layer="auto",
+                    device="cpu", batch_size=8)
+    built = build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", target_layer="auto", device="cpu")
+    sweep = lm.transplant.extra["target_layer_sweep"]
+    assert sweep == built.extra["target_layer_sweep"] and len(sweep) > 1
+    assert lm.transplant.target_layer == built.target_layer == int(max(sweep, key=lambda b: sweep[b]["score"]))
+    torch.testing.assert_close(lm.transplant.vector, built.vector, atol=1e-5, rtol=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -136,3 +138,57 @@ def test_chunked_normal_equations_equal_a_direct_least_squares_fit(monkeypatch):
     torch.testing.assert_close(chunked.weight, direct, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(whole.weight, chunked.weight, atol=1e-5, rtol=1e-5)
     assert chunked.heldout_r2 == pytest.approx(whole.heldout_r2, abs=1e-9)
+
+
+def test_concept_split_is_seeded_disjoint_and_complete():
+    from lm_eval_contrans.concepts import load_concept_set
+
+    concept = load_concept_set("sentiment")
+    training, held_out = concept.split(0.2)
+    assert len(held_out) == round(0.2 * len(concept)) and len(training) + len(held_out) == len(concept)
+    assert set(training.positives).isdisjoint(held_out.positives)
+    assert set(training.positives) | set(held_out.positives) == set(concept.positives)
+    assert concept.split(0.2)[1].pairs_hash == held_out.pairs_hash != concept.split(0.2, seed=1)[1].pairs_hash
+
+
+def test_target_layer_auto_scores_the_candidate_blocks_on_held_out_pairs(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.build import (
+        VALIDATION_FRACTION, build_transplant, load_source_side, paired_indices, target_anchor_side,
+        target_layer_candidates,
+    )
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.loading import parse_model_spec
+
+    transplant = build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", target_layer="auto", device="cpu")
+    sweep = transplant.extra["target_layer_sweep"]
+    blocks = transplant.target_num_layers
+    assert [int(block) for block in sweep] == target_layer_candidates(blocks) and len(sweep) > 1
+    assert str(transplant.target_layer) == max(sweep, key=lambda block: sweep[block]["score"])
+    # the chosen block's score, recomputed from its definition: the target's own held-out concept
+    # vector along the direction transplanted from the training pairs, over the anchors' spread on it
+    block = transplant.target_layer
+    training, held_out = load_concept_set("sentiment").split(VALIDATION_FRACTION)
+    training_file = tmp_path / "training.jsonl"
+    training_file.write_text("".join(json.dumps({"positive": p, "negative": n}) + "\n"
+                                     for p, n in zip(training.positives, training.negatives)))
+    direction = build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), str(training_file), target_layer=block,
+                                 device="cpu").vector.double()
+    direction /= direction.norm()
+    anchors, _ = load_anchor_texts(None)
+    own = load_source_side(str(tiny_gpt2_dir), concept=held_out, anchor_texts=anchors, layer=block,
+                           anchor_tokens="dense").concept_vector.double()
+    source = load_source_side(str(tiny_llama_dir), concept=training, anchor_texts=anchors, layer="auto",
+                              anchor_tokens="dense", target_depth=block / (blocks - 1))
+    target = target_anchor_side(parse_model_spec(str(tiny_gpt2_dir), "target"), anchors, block, num_layers=blocks,
+                                model_type="", dtype="float32", device="cpu", anchor_tokens="dense")
+    rows = paired_indices(source, target)[1]
+    spread = (target.anchor_states[rows].double() @ direction).std()
+    assert sweep[str(block)]["score"] == pytest.approx(float(own @ direction / spread), abs=1e-3)
+
+
+def test_target_layer_auto_needs_enough_pairs_to_hold_some_out(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps({"positive": f"good {i}", "negative": f"bad {i}"}) + "\n" for i in range(4)))
+    with pytest.raises(ConTransError, match="^target_layer: auto holds out concept pairs"):
+        build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), str(few), target_layer="auto", device="cpu")

@@ -1,0 +1,138 @@
+"""Where does a base target sit on contrans_sentiment-style prompts, frame by frame? (issue 3)
+
+The task asks for neutral review openings on which the base model sits near 50 %, so that a steer
+can move it either way. This prints, for the base target, the share of prompts on which it prefers
+the positive verdict (raw and per-byte log-likelihood, as lm-eval's acc / acc_norm) and the mean
+margin, for the shipped frame and for alternatives: other verdict words, openings that give one
+point for and one against, and a question that names both answers (in both orders).
+
+Run: python bench/bench_sentiment_balance.py [--target packaged:gemma-3-270m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from _common import TARGET, machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_sentiment_prompts import SUBJECTS, VERDICTS  # noqa: E402
+
+# one point for and one against, in SUBJECTS order (written for this benchmark)
+FOR_AND_AGAINST = [
+    ("The bed was comfortable", "the walls were thin"),
+    ("They kept my feet dry", "they rubbed at the heel"),
+    ("The pasta was freshly made", "we waited forty minutes for it"),
+    ("The plot moves quickly", "the ending felt rushed"),
+    ("The keys are quiet", "it loses its connection now and then"),
+    ("The guide knew a lot of history", "the group was too large to hear her"),
+    ("The battery lasts a long time", "it is heavy to hold overhead"),
+    ("The teachers were patient", "the rooms were cold in the mornings"),
+    ("The bread had a good crust", "the coffee was lukewarm"),
+    ("The trains are clean", "they are often a few minutes late"),
+    ("The research is thorough", "the sound quality varies"),
+    ("It fits the phone well", "the colour faded after a few weeks"),
+    ("The dentist was gentle", "the appointment started half an hour late"),
+    ("The drummer was superb", "the sound in the hall was muddy"),
+    ("The videos are clear", "the quizzes repeat the same questions"),
+    ("The car was almost new", "the pick-up queue took an hour"),
+    ("The grind is even", "it is loud in the morning"),
+    ("The children laughed a lot", "some scenes were hard to follow"),
+    ("It stayed dry in the rain", "the zips kept sticking"),
+    ("The equipment is modern", "the changing rooms are crowded"),
+    ("The fossils were impressive", "half the labels were missing"),
+    ("It boils quickly", "the lid is stiff to open"),
+    ("The cut was neat", "it cost more than I was quoted"),
+    ("The chef explained each step", "there were not enough knives to go round"),
+    ("The bass is rich", "the ear pads get warm after an hour"),
+    ("The views were lovely", "the cafe on board was closed"),
+    ("Transfers are instant", "the app logs me out often"),
+    ("The plants looked healthy", "there was nobody to ask for advice"),
+    ("The filming is beautiful", "the narration is slow"),
+    ("The driver was polite", "two items were missing from the order"),
+    ("The beach was clean", "the room smelled of damp"),
+    ("The rules are simple", "the box is missing two pieces"),
+    ("He fixed the leak quickly", "he left a mess under the sink"),
+    ("The straps are comfortable", "the fabric marks easily"),
+    ("The headline acts were strong", "the queues for water were long"),
+    ("The recipes are easy to follow", "a few ingredients are hard to find"),
+    ("The seats were comfortable", "the food ran out early"),
+    ("It cleans the floors well", "it gets stuck under the sofa"),
+    ("The teacher was encouraging", "the kilns were running late"),
+    ("The maps are accurate", "some trail descriptions are out of date"),
+    ("The fish was fresh", "the rice was dry"),
+    ("The step count is accurate", "the strap irritated my wrist"),
+    ("The breakfast was generous", "the shower ran cold"),
+    ("The animation is charming", "the songs are forgettable"),
+    ("The mechanic explained the problem", "the car was ready a day late"),
+    ("The staff are helpful", "the study room is noisy"),
+    ("The gears shift smoothly", "the saddle is hard"),
+    ("It is very warm", "the sleeves are too short"),
+    ("The speakers were knowledgeable", "the hall was too warm"),
+    ("The produce is fresh", "prices are higher than in the shops"),
+]
+PLAIN_WORDS = [(" good", " bad"), (" positive", " negative"), (" pleasant", " unpleasant"),
+               (" satisfying", " frustrating"), (" fine", " poor")]
+
+
+def for_and_against(index: int) -> str:
+    good, bad = FOR_AND_AGAINST[index]
+    if index % 2 == 0:
+        return f"{good}, but {bad}."
+    return f"{bad[0].upper() + bad[1:]}, but {good[0].lower() + good[1:]}."
+
+
+def frames() -> dict[str, list[tuple[str, str, str]]]:
+    """frame name -> [(context, positive continuation, negative continuation)] over the 50 subjects."""
+    out: dict[str, list] = {}
+
+    def add(name, opening, ending, words):
+        out[name] = [(f"Review of {subject}: {opening(i, details)} {ending}", *words[i % len(words)])
+                     for i, (subject, details) in enumerate(SUBJECTS)]
+
+    factual = lambda i, details: details  # noqa: E731
+    mixed = lambda i, details: f"{details} {for_and_against(i)}"  # noqa: E731
+    add("shipped: factual opening, strong verdicts", factual, "Overall, my experience was", VERDICTS)
+    add("factual opening, plain verdicts (good/bad, ...)", factual, "Overall, my experience was", PLAIN_WORDS)
+    add("opening with a point for and one against, strong verdicts", mixed, "Overall, my experience was", VERDICTS)
+    add("opening with a point for and one against, plain verdicts", mixed, "Overall, my experience was", PLAIN_WORDS)
+    add("for and against, 'Was it good or bad? It was'", mixed, "Was it good or bad? It was", [(" good", " bad")])
+    add("for and against, 'Was it bad or good? It was'", mixed, "Was it bad or good? It was", [(" good", " bad")])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default=TARGET)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    assert len(FOR_AND_AGAINST) == len(SUBJECTS)
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+    lm = HFLM(pretrained=pretrained_path(parse_model_spec(args.target, "target")), device="cpu",
+              batch_size=args.batch_size)
+    print(f"machine: {machine()}; target {args.target}; {len(SUBJECTS)} prompts per frame")
+    print("| frame | prefers positive (acc) | per byte (acc_norm) | mean margin |\n|---|---|---|---|")
+    for name, rows in frames().items():
+        requests = [Instance("loglikelihood", {}, (context, continuation), index)
+                    for index, (context, *choices) in enumerate(rows) for continuation in choices]
+        scores = [result[0] for result in lm.loglikelihood(requests, disable_tqdm=True)]
+        raw = normed = 0
+        margins = []
+        for index, (_, positive, negative) in enumerate(rows):
+            good, bad = scores[2 * index], scores[2 * index + 1]
+            raw += good > bad
+            normed += good / len(positive.encode()) > bad / len(negative.encode())
+            margins.append(good - bad)
+        count = len(rows)
+        print(f"| {name} | {raw / count:.2f} | {normed / count:.2f} | {sum(margins) / count:+.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
