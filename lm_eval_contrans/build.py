@@ -450,6 +450,9 @@ def choose_target_layer(
     that direction, over the spread of the anchor states along it: how far the concept moves the
     target along the direction, in units of the direction's natural variation. Both models are
     loaded (one after the other) only for states the cache lacks. Returns (block, sweep record)."""
+    if len(concept) < 5:
+        raise ConTransError("target_layer", f"auto holds out concept pairs to score blocks; needs at least 5 pairs, "
+                                            f"'{concept.name}' has {len(concept)}. Give a block index or fraction.")
     source_spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
     target_spec = target if isinstance(target, ModelSpec) else parse_model_spec(target, "target")
     device = device or default_device()
@@ -459,9 +462,6 @@ def choose_target_layer(
         num_layers = model_layer_count(model)
         free_model(model)
         del model
-    if len(concept) < 5:
-        raise ConTransError("target_layer", f"auto holds out concept pairs to score blocks; needs at least 5 pairs, "
-                                            f"'{concept.name}' has {len(concept)}. Give a block index or fraction.")
     training, held_out = concept.split(VALIDATION_FRACTION)
     candidates = target_layer_candidates(num_layers)
     depths = [relative_depth(index, num_layers) for index in candidates]
