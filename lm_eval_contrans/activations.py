@@ -9,6 +9,7 @@ that of the last *real* token, so results do not depend on batch size or padding
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 from torch import nn
@@ -178,13 +179,19 @@ def token_states(
     the tokens of sequence 0 first, then those of sequence 1, and so on."""
     if not sequences:
         raise ValueError("no texts to record")
-    per_sequence: dict[int, list] = {int(layer): [None] * len(sequences) for layer in layers}
+    lengths = [len(ids) for ids in sequences]
+    starts = [0, *accumulate(lengths[:-1])]
+    # Written in place into one tensor per block: collecting pieces and concatenating them would
+    # hold every state twice, and dense anchors over many blocks run to gigabytes.
+    recorded: dict[int, torch.Tensor] = {}
 
     def keep(layer, states, batch_indices, batch, attention_mask, last):
+        if layer not in recorded:  # the block's width is known once it has run
+            recorded[layer] = torch.empty(sum(lengths), states.shape[-1])
         for row, index in enumerate(batch_indices):
             real = attention_mask[row].bool().to(states.device)
-            per_sequence[layer][index] = states[row][real].float().cpu()
+            recorded[layer][starts[index] : starts[index] + lengths[index]] = states[row][real].float().cpu()
 
     _record(model, tokenizer, [list(ids) for ids in sequences], layers, batch_size=batch_size, padding_side=None,
             progress=progress, token_budget=token_budget, keep=keep)
-    return {layer: torch.cat(parts) for layer, parts in per_sequence.items()}
+    return recorded

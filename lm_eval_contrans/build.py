@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from lm_eval_contrans.anchors import (
 )
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.blocks import decoder_blocks, resolve_layer
-from lm_eval_contrans.cache import cached_tensor
+from lm_eval_contrans.cache import cache_root, cached_tensor, has_tensor
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.extract import concept_vector
@@ -101,7 +102,7 @@ class SourceSide:
     name: str
     num_layers: int
     concept_vectors: dict[int, torch.Tensor]
-    anchor_states: dict[int, torch.Tensor]  # rows: anchor texts ("last") or their tokens ("dense")
+    anchor_states: Mapping[int, torch.Tensor]  # rows: anchor texts ("last") or their tokens ("dense")
     anchor_ends: list[list[int]] | None = None  # "dense": character end of every token of every text
 
     @property
@@ -121,6 +122,12 @@ class SourceSide:
     @property
     def hidden_size(self) -> int:
         return int(next(iter(self.concept_vectors.values())).shape[0])
+
+    def only(self, layers) -> SourceSide:
+        """The same side with only these candidate blocks."""
+        states = self.anchor_states
+        kept = states.only(layers) if isinstance(states, StatesOnDisk) else {layer: states[layer] for layer in layers}
+        return replace(self, concept_vectors={layer: self.concept_vectors[layer] for layer in layers}, anchor_states=kept)
 
 
 def model_layer_count(model: nn.Module) -> int:
@@ -150,12 +157,12 @@ def free_model(model: nn.Module) -> None:
     except Exception:  # some wrappers refuse; the references going out of scope still free it
         pass
     gc.collect()
-    _return_freed_memory_to_the_os()
+    return_freed_memory_to_the_os()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def _return_freed_memory_to_the_os() -> None:
+def return_freed_memory_to_the_os() -> None:
     # glibc keeps freed heap pages for reuse; the target (loaded next) may not fit in them, so
     # without this the source's pages stay in the process's resident set on top of the target's.
     try:
@@ -216,14 +223,38 @@ def _anchor_ends(spec: ModelSpec, tokenizer, anchor_texts: list[str]) -> list[li
     return tokenize_with_ends(tokenizer, anchor_texts)[1]
 
 
+class StatesOnDisk(Mapping):
+    """Anchor states by block, read from the cache at each access and not kept: a source with
+    several candidate blocks would otherwise hold them all (a gigabyte with dense anchors) while
+    the target model is loaded beside them."""
+
+    def __init__(self, keys: dict[int, dict]) -> None:
+        self.keys_by_layer = keys
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        states = cached_tensor("anchor_states", self.keys_by_layer[layer])
+        if states is None:
+            raise ConTransError("cache", f"the anchor states of block {layer} left the cache ({cache_root()}) "
+                                         "during the build; run it again to record them")
+        return states
+
+    def __iter__(self):
+        return iter(self.keys_by_layer)
+
+    def __len__(self) -> int:
+        return len(self.keys_by_layer)
+
+    def only(self, layers) -> StatesOnDisk:
+        return StatesOnDisk({layer: self.keys_by_layer[layer] for layer in layers})
+
+
 def _anchor_states(spec: ModelSpec, identity: dict, anchor_texts: list[str], layers: list[int], *, anchor_tokens: str,
-                   dtype: str, device: str, with_model, progress: str, batch_size) -> dict[int, torch.Tensor]:
+                   dtype: str, device: str, with_model, progress: str, batch_size) -> StatesOnDisk:
     """Anchor states at `layers`, cached one entry per layer; one forward pass fills every miss."""
     keys = {layer: _state_key(identity, layer, str(dtype), device, anchors=anchors_hash(anchor_texts),
                               **({"tokens": "dense"} if anchor_tokens == "dense" else {}))
             for layer in layers}
-    found = {layer: cached_tensor("anchor_states", key) for layer, key in keys.items()}
-    missing = [layer for layer, states in found.items() if states is None]
+    missing = [layer for layer, key in keys.items() if not has_tensor("anchor_states", key)]
     if missing:
         model, tokenizer = with_model()
         if anchor_tokens == "dense":
@@ -232,8 +263,8 @@ def _anchor_states(spec: ModelSpec, identity: dict, anchor_texts: list[str], lay
         else:
             recorded = last_token_states(model, tokenizer, anchor_texts, missing, batch_size=batch_size, progress=progress)
         for layer in missing:
-            found[layer] = cached_tensor("anchor_states", keys[layer], lambda layer=layer: recorded[layer])
-    return found
+            cached_tensor("anchor_states", keys[layer], lambda layer=layer: recorded.pop(layer))
+    return StatesOnDisk(keys)
 
 
 def load_source_sides(
@@ -278,7 +309,7 @@ def load_source_sides(
             vectors = _concept_vectors(identity, concept, indices, dtype=dtype, device=device, with_model=with_model,
                                        batch_size=batch_size, role=role)
             sides.append(SourceSide(name=spec.name, num_layers=num_layers, concept_vectors=vectors,
-                                    anchor_states={index: anchor_states[index] for index in indices},
+                                    anchor_states=anchor_states.only(indices),
                                     anchor_ends=anchor_ends))
         if model is None:
             logger.info("source states for %s found in the cache; the source model was not loaded", spec.name)
@@ -477,8 +508,7 @@ def choose_target_layer(
     for index, depth in zip(candidates, depths):
         band = (source_layer_candidates(source_side.num_layers, depth) if is_auto(recipe.source_layer)
                 else source_side.layers)
-        restricted = replace(source_side, concept_vectors={i: source_side.concept_vectors[i] for i in band},
-                             anchor_states={i: source_side.anchor_states[i] for i in band})
+        restricted = source_side.only(band)
         side = TargetSide(layer=index, num_layers=num_layers, model_type="", anchor_states=target_own.anchor_states[index],
                           anchor_ends=target_own.anchor_ends)
         transplant = make_transplant(restricted, side, target_name=target_spec.name, concept=training,

@@ -80,7 +80,7 @@ def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"]
 
     Returns None on a miss without `compute`. Written atomically (temporary file, then rename).
     """
-    path = cache_root() / kind / f"{content_key(fields)}.safetensors"
+    path = _entry_path(kind, fields)
     tensor = _read_entry(path)
     if tensor is not None or compute is None:
         return tensor
@@ -93,6 +93,28 @@ def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"]
             tensor = compute()
             _write_entry(path, tensor, fields)
     return tensor
+
+
+def has_tensor(kind: str, fields: dict) -> bool:
+    """Whether a sound entry exists, checked from its header without reading the tensor (a damaged
+    entry is removed, as `cached_tensor` would)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = _entry_path(kind, fields)
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # checks the data covers the file
+            if "tensor" in handle.keys():
+                return True
+    except (SafetensorError, OSError):
+        pass
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _entry_path(kind: str, fields: dict) -> Path:
+    return cache_root() / kind / f"{content_key(fields)}.safetensors"
 
 
 def _read_entry(path: Path):

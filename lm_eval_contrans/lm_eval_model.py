@@ -21,7 +21,7 @@ from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target,
 from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.build import (
     choose_target_layer, config_layer_count, is_auto, load_source_sides, make_recipe, model_layer_count,
-    model_type_of, relative_depth, target_block, transplant_into,
+    model_type_of, relative_depth, return_freed_memory_to_the_os, target_block, transplant_into,
 )
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
@@ -153,6 +153,8 @@ class ConTransLM(HFLM):
                 ))
                 transplants[-1].extra.update(sweep)
                 logger.info("built transplant:\n%s", transplants[-1].summary())
+            # the fit's temporaries are freed but glibc keeps their pages, on top of what evaluation needs
+            return_freed_memory_to_the_os()
         else:
             for transplant in transplants:
                 check_against_target(

@@ -57,6 +57,25 @@ def test_a_changed_layer_or_anchor_set_is_not_served_from_the_cache(tiny_llama_d
     assert other_layer.source_layer == 1 and not torch.equal(other_layer.source_vector, base.source_vector)
 
 
+def test_source_anchor_states_are_read_from_the_cache_not_held(tiny_llama_dir, fresh_cache):
+    # Candidate source blocks' dense states run to a gigabyte on real models: the source side must
+    # not hold them while the target is loaded, so each access reads its block from the cache.
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.errors import ConTransError
+
+    texts, _ = load_anchor_texts(None)
+    side = build.load_source_side(str(tiny_llama_dir), concept=load_concept_set("sentiment"), anchor_texts=texts[:40],
+                                  layer=[0, 1], device="cpu", anchor_tokens="dense")
+    first, again = side.anchor_states[1], side.anchor_states[1]
+    assert first.shape[0] > 40 and torch.equal(first, again) and first.data_ptr() != again.data_ptr()
+    assert list(side.only([1]).anchor_states) == [1]
+    for entry in (fresh_cache / "anchor_states").glob("*.safetensors"):
+        entry.unlink()
+    with pytest.raises(ConTransError, match="left the cache"):
+        side.anchor_states[0]
+
+
 def test_a_damaged_cache_entry_is_recomputed(tiny_llama_dir, tiny_gpt2_dir, fresh_cache):
     first = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
     for kind in ("concept_vectors", "anchor_states"):
