@@ -12,7 +12,8 @@ Source SmolLM2-135M-Instruct -> target Gemma-3-270M base, data from ../shared/da
 3. Ablations: each change of the recipe alone on the same WikiSplit anchors, the shipped corpus in
    place of WikiSplit, and target_layer=auto.
 
-Run:  python bench/make_results.py --shared ../shared/data          (about an hour on 2 CPU cores)
+Run:  python bench/make_results.py --shared ../shared/data          (99 min on 2 CPU cores on 2026-11-26,
+      a third of it beside other jobs; the builds and base row took the first 25 min)
       python bench/make_results.py --shared ../shared/data --full   (every dev document; many hours)
 Document limits per task are printed in the output, so a reader knows what each number rests on.
 """
