@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,10 +70,9 @@ def main() -> None:
                 steered = per_document(lm, row_task, row_metric)
                 before = base[row_task]
                 differences = [after - prior for after, prior in zip(steered, before)]
-                mean = sum(differences) / len(differences)
-                spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / max(1, len(differences) - 1))
-                print(f"| {concept} | {kind} | {row_task} {row_metric} | {sum(before) / len(before):.3f} | "
-                      f"{sum(steered) / len(steered):.3f} | {mean:+.3f} ± {spread / math.sqrt(len(differences)):.3f} | "
+                error = statistics.stdev(differences) / math.sqrt(len(differences))
+                print(f"| {concept} | {kind} | {row_task} {row_metric} | {statistics.mean(before):.3f} | "
+                      f"{statistics.mean(steered):.3f} | {statistics.mean(differences):+.3f} ± {error:.3f} | "
                       f"{len(differences)} |", flush=True)
     print(f"\n[{time.time() - started:5.0f} s] done", flush=True)
 
