@@ -84,6 +84,13 @@ def _moments(source: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, wit
     return moments
 
 
+def _sum_moments(first: _Moments, second: _Moments) -> _Moments:
+    target_target = None if first.target_target is None else first.target_target + second.target_target
+    return _Moments(first.count + second.count, first.source_sum + second.source_sum, first.target_sum + second.target_sum,
+                    first.source_source + second.source_source, first.source_target + second.source_target,
+                    target_target)
+
+
 def _whitener(covariance: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     values, vectors = torch.linalg.eigh(covariance)
     values = values.clamp(min=floor * float(values.max()))
@@ -202,13 +209,20 @@ def fit_linear_map(
     train, test = heldout_split(groups, seed)
     near_square = method == "lstsq" and ridge in (0, 0.0) and count < 4 * source_dim
 
-    def fit(rows: torch.Tensor, penalty: float):
-        if near_square:
-            return _solve_rows(source_states, target_states, rows, center)
-        return _solve_moments(_moments(source_states, target_states, rows, method == "procrustes"), method, penalty, center)
+    if near_square:
+        def fit(part: str, penalty: float):
+            return _solve_rows(source_states, target_states, train if part == "train" else torch.arange(count), center)
+    else:
+        # one pass over the states: the sums over all rows are the training sums plus the held-out
+        # ones, and every ridge value of the grid is solved from the same training sums
+        sums = {"train": _moments(source_states, target_states, train, method == "procrustes")}
+        sums["all"] = _sum_moments(sums["train"], _moments(source_states, target_states, test, method == "procrustes"))
+
+        def fit(part: str, penalty: float):
+            return _solve_moments(sums[part], method, penalty, center)
 
     def heldout(penalty: float) -> float:
-        return _heldout_r2(source_states, target_states, test, *fit(train, penalty))
+        return _heldout_r2(source_states, target_states, test, *fit("train", penalty))
 
     if ridge == "auto":
         scores = {value: heldout(value) for value in RIDGE_GRID}
@@ -216,7 +230,7 @@ def fit_linear_map(
         heldout_r2 = scores[ridge]
     else:
         heldout_r2 = heldout(float(ridge))
-    weight, source_mean, target_mean = fit(torch.arange(count), float(ridge))
+    weight, source_mean, target_mean = fit("all", float(ridge))
     weight = weight.float()
     return LinearMap(weight=weight, source_mean=source_mean.float(), target_mean=target_mean.float(),
                      heldout_r2=heldout_r2, method=method, ridge=float(ridge), center=bool(center))

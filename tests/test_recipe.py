@@ -62,6 +62,19 @@ def test_centring_removes_an_offset_that_a_no_bias_fit_cannot_carry():
     torch.testing.assert_close(centred.transplant(difference), difference @ weight, atol=1e-3, rtol=1e-3)
 
 
+def test_the_final_map_is_fitted_on_every_row_and_ridge_auto_refits_at_its_choice():
+    generator = torch.Generator().manual_seed(3)
+    source = torch.randn(3000, 12, generator=generator) + 4.0  # many rows: the sums path, not the row solver
+    target = source @ torch.randn(12, 7, generator=generator) + torch.randn(3000, 7, generator=generator) - 9.0
+    centred = fit_linear_map(source, target, center=True)
+    x, y = source.double() - source.double().mean(0), target.double() - target.double().mean(0)
+    torch.testing.assert_close(centred.weight.double(), torch.linalg.lstsq(x, y).solution, atol=1e-5, rtol=1e-5)
+    chosen = fit_linear_map(source, target, ridge="auto", center=True)
+    again = fit_linear_map(source, target, ridge=chosen.ridge, center=True)
+    torch.testing.assert_close(chosen.weight, again.weight)
+    assert chosen.heldout_r2 == again.heldout_r2
+
+
 def test_heldout_split_keeps_the_rows_of_a_text_together():
     groups = torch.arange(50).repeat_interleave(4)
     train, test = heldout_split(groups)
