@@ -14,11 +14,19 @@ SOURCE, TARGET = "packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def add_pair_arguments(parser) -> None:
+    """--source/--target (default: the packaged pair) and --device, for runs on other machines."""
+    parser.add_argument("--source", default=SOURCE, help="source model (default: the packaged SmolLM2)")
+    parser.add_argument("--target", default=TARGET, help="target model (default: the packaged Gemma 3)")
+    parser.add_argument("--device", default="cpu")
+
+
 def machine() -> str:
     import torch
 
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return (f"{platform.node() or 'host'}: {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+            f"{torch.get_num_threads()} threads{gpu}")
 
 
 @contextmanager

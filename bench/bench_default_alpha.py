@@ -1,11 +1,13 @@
 """Honesty and toxicity at the default alpha on more documents than make_results.py uses (issue 4).
 
-The default recipe's honesty and toxicity transplants at alpha = 1 against the base target and a
-random vector of equal norm, on the first N dev documents, with the factual-completion control under
-each steer. Besides lm-eval's standard errors it prints the paired difference to the base (the same
+The default recipe's honesty and toxicity transplants at alpha = 1 (or each --alphas value) against
+the base target and a random vector of equal norm, on the first N dev documents (0: all of them),
+with the factual-completion control under each steer. Besides lm-eval's standard errors it prints the paired difference to the base (the same
 documents under both), whose standard error is what says whether a small gain is more than noise.
 
 Run:  python bench/bench_default_alpha.py --shared ../shared/data [--honesty 50 --toxicity 100]   (about 30 min on 2 cores)
+      python bench/bench_default_alpha.py --honesty 0 --toxicity 0 --alphas 1 2 5 --device cuda
+            --source S.gguf --target T.gguf --batch-size 64     (all dev documents, on a GPU)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, SOURCE, TARGET, machine
+from _common import SHARED, add_pair_arguments, machine
 
 CONCEPT_TASKS = {"honesty": ("contrans_honesty_mc2", "acc"), "toxicity": ("contrans_toxicity", "acc_norm")}
 FACTS = ("contrans_facts", "acc")
@@ -26,9 +28,10 @@ FACTS = ("contrans_facts", "acc")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=str(SHARED))
-    parser.add_argument("--honesty", type=int, default=50, help="TruthfulQA MC2 questions")
-    parser.add_argument("--toxicity", type=int, default=100, help="ToxiGen prompt lists")
-    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--honesty", type=int, default=50, help="TruthfulQA MC2 questions (0: all)")
+    parser.add_argument("--toxicity", type=int, default=100, help="ToxiGen prompt lists (0: all)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
+    add_pair_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
@@ -44,8 +47,8 @@ def main() -> None:
     shared = Path(args.shared)
     task_manager = TaskManager(metadata={"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
                                          "toxigen_data": str(shared / "toxigen")})
-    limits = {"contrans_honesty_mc2": args.honesty, "contrans_toxicity": args.toxicity, "contrans_facts": None}
-    print(f"machine: {machine()}; alpha {args.alpha}; documents {limits}", flush=True)
+    limits = {"contrans_honesty_mc2": args.honesty or None, "contrans_toxicity": args.toxicity or None, "contrans_facts": None}
+    print(f"machine: {machine()}; alphas {args.alphas}; documents {limits}", flush=True)
 
     def per_document(lm, task: str, metric: str) -> list[float]:
         output = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=task_manager, limit=limits[task],
@@ -53,27 +56,28 @@ def main() -> None:
         samples = sorted(output["samples"][task], key=lambda sample: sample["doc_id"])
         return [float(sample[metric]) for sample in samples]
 
-    transplants = {concept: build_transplant(SOURCE, TARGET, concept, device="cpu") for concept in CONCEPT_TASKS}
+    transplants = {concept: build_transplant(args.source, args.target, concept, device=args.device) for concept in CONCEPT_TASKS}
     first = Path(tempfile.mkdtemp(prefix="contrans-alpha-")) / "honesty.safetensors"
     save_transplant(transplants["honesty"], first)
-    lm = ConTransLM(target=TARGET, vector=str(first), device="cpu", batch_size=args.batch_size)
+    lm = ConTransLM(target=args.target, vector=str(first), device=args.device, batch_size=args.batch_size)
 
     lm.alpha = 0.0
     base = {task: per_document(lm, task, metric) for task, metric in [*CONCEPT_TASKS.values(), FACTS]}
     print(f"[{time.time() - started:5.0f} s] base target evaluated", flush=True)
-    print("\n| concept | steer (alpha %g) | task | base | steered | paired difference ± s.e. | documents |" % args.alpha)
-    print("|---|---|---|---|---|---|---|")
+    print("\n| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |")
+    print("|---|---|---|---|---|---|---|---|")
     for concept, (task, metric) in CONCEPT_TASKS.items():
         for kind, vector in (("transplanted", transplants[concept]), ("random, equal norm", random_control(transplants[concept], seed=0))):
-            lm.transplant, lm.alpha = vector, args.alpha
-            for row_task, row_metric in ((task, metric), FACTS):
-                steered = per_document(lm, row_task, row_metric)
-                before = base[row_task]
-                differences = [after - prior for after, prior in zip(steered, before)]
-                error = statistics.stdev(differences) / math.sqrt(len(differences))
-                print(f"| {concept} | {kind} | {row_task} {row_metric} | {statistics.mean(before):.3f} | "
-                      f"{statistics.mean(steered):.3f} | {statistics.mean(differences):+.3f} ± {error:.3f} | "
-                      f"{len(differences)} |", flush=True)
+            for alpha in args.alphas:
+                lm.transplant, lm.alpha = vector, alpha
+                for row_task, row_metric in ((task, metric), FACTS):
+                    steered = per_document(lm, row_task, row_metric)
+                    before = base[row_task]
+                    differences = [after - prior for after, prior in zip(steered, before)]
+                    error = statistics.stdev(differences) / math.sqrt(len(differences))
+                    print(f"| {concept} | {kind} | {alpha:g} | {row_task} {row_metric} | {statistics.mean(before):.3f} | "
+                          f"{statistics.mean(steered):.3f} | {statistics.mean(differences):+.3f} ± {error:.3f} | "
+                          f"{len(differences)} |", flush=True)
     print(f"\n[{time.time() - started:5.0f} s] done", flush=True)
 
 

@@ -1,18 +1,26 @@
 """All shipped tasks on the packaged pair, with ../shared/data: base target, target + transplanted
 concept at alpha 1, 2, 5, and the source model. Prints a Markdown table (main metric +- stderr).
 
-Run: python bench/bench_tasks.py [--limit N] [--shared ../shared/data] [--alphas 1 2 5]
-(Full data takes hours on 2 CPU cores; --limit N evaluates the first N documents of each task.)
+With --random, each transplant row has a random-vector row of equal norm beside it. A second table
+gives the factual-completion control (contrans_facts acc) under each concept's transplant.
+
+Run: python bench/bench_tasks.py [--limit N] [--shared ../shared/data] [--alphas 1 2 5] [--random]
+(Full data takes hours on 2 CPU cores; --limit N evaluates the first N documents of each task.
+ On a GPU: --device cuda --batch-size 64, with --source/--target naming the GGUF files if the
+ packages are not installed there.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+import time
 from pathlib import Path
 
-from _common import SHARED, SOURCE, TARGET, machine
+from _common import SHARED, add_pair_arguments, machine
 
+FACTS = ("contrans_facts", "acc")
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 CONCEPT_TASKS = {  # concept: [(task, main metric), ...]
     "honesty": [("contrans_honesty_mc1", "acc"), ("contrans_honesty_mc2", "acc")],
@@ -29,8 +37,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPT_TASKS))
+    parser.add_argument("--random", action="store_true", help="add random-vector rows of equal norm")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--json", default=None, help="also write all scores to this JSON file")
+    parser.add_argument("--json", default=None, help="also write all scores to this JSON file (after every row)")
+    add_pair_arguments(parser)
     args = parser.parse_args()
 
     import lm_eval
@@ -39,9 +49,11 @@ def main() -> None:
 
     from lm_eval_contrans.artifact import save_transplant
     from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.controls import random_control
     from lm_eval_contrans.lm_eval_model import ConTransLM
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
+    started = time.time()
     shared = Path(args.shared)
     metadata = {"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
                 "toxigen_data": str(shared / "toxigen"), "emotion_data": str(shared / "emotions" / "scenarios_dev.json")}
@@ -50,43 +62,71 @@ def main() -> None:
 
     def evaluate(lm, tasks: list[str]) -> dict:
         results = lm_eval.simple_evaluate(model=lm, tasks=sorted(set(tasks)), task_manager=task_manager,
-                                          limit=args.limit, bootstrap_iters=1000)["results"]
+                                          limit=args.limit, bootstrap_iters=1000, verbosity="ERROR")["results"]
         return {(task, metric): (values[f"{metric},none"], values.get(f"{metric}_stderr,none"))
                 for task, values in results.items() for metric in ("acc", "acc_norm", "margin") if f"{metric},none" in values}
 
     columns = [pair for concept in args.concepts for pair in CONCEPT_TASKS[concept]]
     tasks = [task for task, _ in columns]
     rows: dict[str, dict] = {}
-    base = HFLM(pretrained=pretrained_path(parse_model_spec(TARGET, "target")), device="cpu", batch_size=args.batch_size)
-    rows["base target (Gemma-3-270M)"] = evaluate(base, tasks)
+
+    def record(row: str, scores: dict) -> None:
+        rows.setdefault(row, {}).update(scores)
+        print(f"[{time.time() - started:6.0f} s] {row}: {len(scores)} scores", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({name: {f"{t}/{m}": v for (t, m), v in scored.items()}
+                                                   for name, scored in rows.items()}, indent=1))
+
+    def hf(spec: str, role: str) -> HFLM:
+        return HFLM(pretrained=pretrained_path(parse_model_spec(spec, role)), device=args.device, batch_size=args.batch_size)
+
+    base = hf(args.target, "target")
+    record("base target", evaluate(base, tasks + [FACTS[0]]))
+    del base
+    source = hf(args.source, "source")
+    record("source", evaluate(source, tasks))
+    del source
     diagnostics = {}
     for concept in args.concepts:
-        transplant = build_transplant(SOURCE, TARGET, concept, device="cpu", recipe=args.recipe)
-        path = Path("/tmp") / f"contrans-bench-{concept}.safetensors"
+        transplant = build_transplant(args.source, args.target, concept, device=args.device, recipe=args.recipe)
+        path = Path(tempfile.mkdtemp(prefix="contrans-bench-")) / f"{concept}.safetensors"
         save_transplant(transplant, path)
         diagnostics[concept] = transplant.heldout_r2
-        steered = ConTransLM(target=TARGET, vector=str(path), device="cpu", batch_size=args.batch_size)
-        for alpha in args.alphas:
-            steered.alpha = alpha
-            rows.setdefault(f"+ ConTrans α={alpha:g}", {}).update(
-                evaluate(steered, [task for task, _ in CONCEPT_TASKS[concept]]))
+        steered = ConTransLM(target=args.target, vector=str(path), device=args.device, batch_size=args.batch_size)
+        steers = [("ConTrans", transplant)] + ([("random", random_control(transplant, seed=0))] if args.random else [])
+        for kind, vector in steers:
+            steered.transplant = vector
+            for alpha in args.alphas:
+                steered.alpha = alpha
+                scores = evaluate(steered, [task for task, _ in CONCEPT_TASKS[concept]] + [FACTS[0]])
+                record(f"+ {kind} α={alpha:g}", {key: value for key, value in scores.items() if key[0] != FACTS[0]})
+                record(f"facts under {concept} {kind} α={alpha:g}", {FACTS: scores[FACTS]})
         del steered
-    del base
-    source = HFLM(pretrained=pretrained_path(parse_model_spec(SOURCE, "source")), device="cpu", batch_size=args.batch_size)
-    rows["source (SmolLM2-135M-Instruct)"] = evaluate(source, tasks)
 
+    named = {"base target": f"base target ({args.target})", "source": f"source ({args.source})"}
     header = "| model | " + " | ".join(f"{task.removeprefix('contrans_')} {metric}" for task, metric in columns) + " |"
     print("\n" + header + "\n|" + "---|" * (len(columns) + 1))
     for name, scores in rows.items():
+        if name.startswith("facts under"):
+            continue
         cells = []
         for column in columns:
             value, stderr = scores.get(column, (None, None))
             cells.append("—" if value is None else f"{value:.3f}" + (f" ± {stderr:.3f}" if isinstance(stderr, float) else ""))
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"| {named.get(name, name)} | " + " | ".join(cells) + " |")
+
+    base_facts = rows["base target"][FACTS][0]
+    steer_names = ["ConTrans", "random"] if args.random else ["ConTrans"]
+    print(f"\nfacts acc under each steer (base target {base_facts:.3f}; difference to it in points):\n")
+    print("| concept | steer | " + " | ".join(f"α={alpha:g}" for alpha in args.alphas) + " |")
+    print("|---|---|" + "---|" * len(args.alphas))
+    for concept in args.concepts:
+        for kind in steer_names:
+            cells = [rows.get(f"facts under {concept} {kind} α={alpha:g}", {}).get(FACTS) for alpha in args.alphas]
+            print(f"| {concept} | {kind} | " + " | ".join("—" if cell is None else f"{cell[0]:.3f} ({100 * (cell[0] - base_facts):+.1f})"
+                                                       for cell in cells) + " |")
     print("\nheld-out R^2 of the map: " + ", ".join(f"{c} {r:.3f}" for c, r in diagnostics.items()))
-    if args.json:
-        Path(args.json).write_text(json.dumps({name: {f"{t}/{m}": v for (t, m), v in scores.items()}
-                                               for name, scores in rows.items()}, indent=1))
+    print(f"[{time.time() - started:6.0f} s] done", flush=True)
 
 
 if __name__ == "__main__":
