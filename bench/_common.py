@@ -14,6 +14,13 @@ SOURCE, TARGET = "packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def shared_task_metadata(shared: str | Path) -> dict:
+    """lm-eval metadata pointing every shipped task at the local copies in ../shared/data."""
+    shared = Path(shared)
+    return {"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
+            "toxigen_data": str(shared / "toxigen"), "emotion_data": str(shared / "emotions" / "scenarios_dev.json")}
+
+
 def add_pair_arguments(parser) -> None:
     """--source/--target (default: the packaged pair) and --device, for runs on other machines."""
     parser.add_argument("--source", default=SOURCE, help="source model (default: the packaged SmolLM2)")

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-from _common import SHARED, TARGET, machine
+from _common import SHARED, TARGET, machine, shared_task_metadata
 
 TASKS = {"contrans_honesty_mc2": 4, "contrans_toxicity": 4, "contrans_emotion_fear": 40, "contrans_facts": None,
          "contrans_sentiment": None}  # task: documents (None: all)
@@ -31,10 +30,7 @@ def main() -> None:
 
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
-    shared = Path(args.shared)
-    task_manager = TaskManager(metadata={"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
-                                         "toxigen_data": str(shared / "toxigen"),
-                                         "emotion_data": str(shared / "emotions" / "scenarios_dev.json")})
+    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
     print(f"machine: {machine()}", flush=True)
     lm = HFLM(pretrained=pretrained_path(parse_model_spec(TARGET, "target")), device="cpu", batch_size=args.batch_sizes[0])
     lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")  # warm-up

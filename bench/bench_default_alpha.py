@@ -2,8 +2,9 @@
 
 The default recipe's honesty and toxicity transplants at alpha = 1 (or each --alphas value) against
 the base target and a random vector of equal norm, on the first N dev documents (0: all of them),
-with the factual-completion control under each steer. Besides lm-eval's standard errors it prints the paired difference to the base (the same
-documents under both), whose standard error is what says whether a small gain is more than noise.
+with the factual-completion control under each steer. Besides lm-eval's standard errors it prints
+the paired difference to the base (the same documents under both), whose standard error is what
+says whether a small gain is more than noise.
 
 Run:  python bench/bench_default_alpha.py --shared ../shared/data [--honesty 50 --toxicity 100]   (about 30 min on 2 cores)
       python bench/bench_default_alpha.py --honesty 0 --toxicity 0 --alphas 1 2 5 --device cuda
@@ -19,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, add_pair_arguments, machine
+from _common import SHARED, add_pair_arguments, machine, shared_task_metadata
 
 CONCEPT_TASKS = {"honesty": ("contrans_honesty_mc2", "acc"), "toxicity": ("contrans_toxicity", "acc_norm")}
 FACTS = ("contrans_facts", "acc")
@@ -34,6 +35,8 @@ def main() -> None:
     add_pair_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    if 1 in (args.honesty, args.toxicity):
+        parser.error("a paired standard error needs at least 2 documents per task (0: all)")
 
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -44,9 +47,7 @@ def main() -> None:
     from lm_eval_contrans.lm_eval_model import ConTransLM
 
     started = time.time()
-    shared = Path(args.shared)
-    task_manager = TaskManager(metadata={"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
-                                         "toxigen_data": str(shared / "toxigen")})
+    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
     limits = {"contrans_honesty_mc2": args.honesty or None, "contrans_toxicity": args.toxicity or None, "contrans_facts": None}
     print(f"machine: {machine()}; alphas {args.alphas}; documents {limits}", flush=True)
 

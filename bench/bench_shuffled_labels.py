@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import SHARED, SOURCE, TARGET, machine
+from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 
@@ -57,7 +57,7 @@ def main() -> None:
     from lm_eval_contrans.lm_eval_model import ConTransLM
 
     folder = Path(tempfile.mkdtemp(prefix="contrans-shuffled-"))
-    task_manager = TaskManager(metadata={"emotion_data": str(Path(args.shared) / "emotions" / "scenarios_dev.json")})
+    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
     print(f"machine: {machine()}; {args.limit} scenarios per task", flush=True)
 
     def success(lm, emotion: str) -> float:

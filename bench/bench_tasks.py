@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, add_pair_arguments, machine
+from _common import SHARED, add_pair_arguments, machine, shared_task_metadata
 
 FACTS = ("contrans_facts", "acc")
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
@@ -55,9 +55,7 @@ def main() -> None:
 
     started = time.time()
     shared = Path(args.shared)
-    metadata = {"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
-                "toxigen_data": str(shared / "toxigen"), "emotion_data": str(shared / "emotions" / "scenarios_dev.json")}
-    task_manager = TaskManager(metadata=metadata)
+    task_manager = TaskManager(metadata=shared_task_metadata(shared))
     print(f"machine: {machine()}; limit {args.limit}; data {shared}", flush=True)
 
     def evaluate(lm, tasks: list[str]) -> dict:

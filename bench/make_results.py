@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, SOURCE, TARGET, machine
+from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 ALPHAS = [1.0, 2.0, 5.0]
@@ -84,9 +84,7 @@ def main() -> None:
     shared = Path(args.shared)
     work = Path(tempfile.mkdtemp(prefix="contrans-results-"))
     limits = {key: None for key in QUICK_LIMITS} if args.full else dict(SMOKE_LIMITS if args.smoke else QUICK_LIMITS)
-    metadata = {"truthfulqa_data": str(shared / "truthfulqa" / "truthfulqa_mc_dev.jsonl"),
-                "toxigen_data": str(shared / "toxigen"), "emotion_data": str(shared / "emotions" / "scenarios_dev.json")}
-    task_manager = TaskManager(metadata=metadata)
+    task_manager = TaskManager(metadata=shared_task_metadata(shared))
     wiki = wikisplit_anchors(shared, work)
     log = lambda message: print(f"[{time.time() - started:7.0f} s] {message}", flush=True)  # noqa: E731
     log(f"machine: {machine()}; limits {limits}; data {shared}")
