@@ -4,7 +4,8 @@ The task asks for neutral review openings on which the base model sits near 50 %
 can move it either way. This prints, for the base target, the share of prompts on which it prefers
 the positive verdict (raw and per-byte log-likelihood, as lm-eval's acc / acc_norm) and the mean
 margin, for the shipped frame and for alternatives: other verdict words, openings that give one
-point for and one against, and a question that names both answers (in both orders).
+point for and one against (or only the point against), a question that names both answers (in
+both orders), and other verdict forms (recommend yes/no, star ratings, thumbs up/down, satisfied).
 
 Run: python bench/bench_sentiment_balance.py [--target packaged:gemma-3-270m]
 """
@@ -77,6 +78,10 @@ PLAIN_WORDS = [(" good", " bad"), (" positive", " negative"), (" pleasant", " un
                (" satisfying", " frustrating"), (" fine", " poor")]
 
 
+def capital(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 def for_and_against(index: int) -> str:
     good, bad = FOR_AND_AGAINST[index]
     if index % 2 == 0:
@@ -100,6 +105,18 @@ def frames() -> dict[str, list[tuple[str, str, str]]]:
     add("opening with a point for and one against, plain verdicts", mixed, "Overall, my experience was", PLAIN_WORDS)
     add("for and against, 'Was it good or bad? It was'", mixed, "Was it good or bad? It was", [(" good", " bad")])
     add("for and against, 'Was it bad or good? It was'", mixed, "Was it bad or good? It was", [(" good", " bad")])
+    against_last = lambda i, details: f"{details} {FOR_AND_AGAINST[i][0]}, but {FOR_AND_AGAINST[i][1]}."  # noqa: E731
+    against_only = lambda i, details: f"{details} {capital(FOR_AND_AGAINST[i][1])}."  # noqa: E731
+    add("point for, then point against, strong verdicts", against_last, "Overall, my experience was", VERDICTS)
+    add("point against only, strong verdicts", against_only, "Overall, my experience was", VERDICTS)
+    add("point against only, plain verdicts", against_only, "Overall, my experience was", PLAIN_WORDS)
+    add("factual opening, 'Would I recommend it?' Yes/No", factual, "Would I recommend it?", [(" Yes", " No")])
+    add("point against only, 'Would I recommend it?' Yes/No", against_only, "Would I recommend it?", [(" Yes", " No")])
+    add("factual opening, 'My rating:' 5 stars/1 star", factual, "My rating:", [(" 5 stars", " 1 star")])
+    add("factual opening, 'My rating:' 4 stars/2 stars", factual, "My rating:", [(" 4 stars", " 2 stars")])
+    add("factual opening, 'Verdict: thumbs' up/down", factual, "Verdict: thumbs", [(" up", " down")])
+    add("factual opening, 'All in all, I was' satisfied/dissatisfied", factual, "All in all, I was",
+        [(" satisfied", " dissatisfied")])
     return out
 
 

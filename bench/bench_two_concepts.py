@@ -13,7 +13,7 @@ import argparse
 import os
 import tempfile
 
-from _common import SHARED, SOURCE, TARGET, machine
+from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     path = os.path.join(tempfile.mkdtemp(), "two.safetensors")
     save_transplants(transplants, path)
     lm = ConTransLM(target=TARGET, vector=path, alpha=0.0, device="cpu", batch_size=8)
-    manager = TaskManager(metadata={"toxigen_data": os.path.join(args.shared, "toxigen")})
+    manager = TaskManager(metadata=shared_task_metadata(args.shared))
     a, b = args.alphas
     print(f"machine: {machine()}; limit {args.limit}; held-out R^2 " +
           ", ".join(f"{t.concept} {t.heldout_r2:.3f}" for t in transplants), flush=True)

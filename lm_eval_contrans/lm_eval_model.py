@@ -3,12 +3,14 @@
 Thin by design: loading, batching and generation are HFLM's; the transplant is built (or loaded)
 by the plain-Python pipeline at construction and applied by `steering.steer` around every forward
 pass (`_model_call` serves loglikelihood and loglikelihood_rolling, `_model_generate` serves
-generate_until).
+generate_until). One addition to HFLM's scoring: loglikelihood batches project only the positions
+that hold continuation tokens through the output layer (same scores, less work; `_scored_window`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from contextlib import ExitStack, contextmanager
 
@@ -60,6 +62,10 @@ class ConTransLM(HFLM):
     build_batch_size, source_dtype, check_target_name, positions; every other arg goes to HFLM
     unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
     either one value for all or `x+y`, one per concept."""
+
+    # Loglikelihood batches project only the positions whose logits HFLM scores (see _scored_window);
+    # False gives HFLM's full projection, for comparison.
+    score_continuations_only = True
 
     def __init__(
         self,
@@ -205,9 +211,51 @@ class ConTransLM(HFLM):
                                           alpha, self.positions))
             yield
 
-    def _model_call(self, *args, **kwargs) -> torch.Tensor:
-        with self._steering():
-            return super()._model_call(*args, **kwargs)
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        # HFLM scores only continuation tokens; knowing the longest one lets _model_call project
+        # just the positions that hold them (see _scored_window).
+        self._longest_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            self._longest_continuation = None
+
+    def _scored_window(self, inps: torch.Tensor) -> int | None:
+        """How many final positions of a right-padded loglikelihood batch hold every scored token.
+
+        HFLM pads with id 0 on the right and reads request i's continuation logits from
+        [len_i - len(continuation_i), len_i), counted back from the end of the logits it gets
+        (its `ctx_len` arithmetic), so returning only the last `window` positions scores the same.
+        A real trailing token 0 only makes the inferred length shorter and the window wider.
+        With a 262k vocabulary the output projection and log-softmax over every prompt position
+        cost more than the blocks themselves (bench/bench_scored_window.py)."""
+        longest = getattr(self, "_longest_continuation", None)
+        if not self.score_continuations_only or longest is None or inps.ndim != 2 or not self._keeps_logits:
+            return None
+        real = inps != 0
+        if not bool(real.any(dim=1).all()):
+            return None
+        padded_length = inps.shape[1]
+        lengths = padded_length - real.flip(1).int().argmax(dim=1)
+        window = padded_length - int(lengths.min()) + longest
+        return window if window < padded_length else None
+
+    @property
+    def _keeps_logits(self) -> bool:
+        if "_accepts_logits_to_keep" not in self.__dict__:
+            parameters = inspect.signature(self.model.forward).parameters
+            self._accepts_logits_to_keep = self.backend == "causal" and "logits_to_keep" in parameters
+        return self._accepts_logits_to_keep
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        window = self._scored_window(inps) if attn_mask is None and labels is None else None
+        with self._steering(), ExitStack() as stack:
+            if window is not None:
+                def keep_last_logits(module, args, kwargs):
+                    return args, {**kwargs, "logits_to_keep": window}
+
+                stack.callback(self.model.register_forward_pre_hook(keep_last_logits, with_kwargs=True).remove)
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def _model_generate(self, *args, **kwargs) -> torch.Tensor:
         with self._steering():

@@ -100,6 +100,37 @@ def test_alpha_zero_equals_the_plain_model(built, tiny_gpt2_dir):
     assert torch.equal(loglikelihoods(zero), loglikelihoods(plain_hf(tiny_gpt2_dir)))
 
 
+def test_projecting_only_the_scored_positions_gives_the_full_projections_scores(built):
+    lm, _ = built
+    # multiple-choice shaped: long shared openings, answers of different lengths
+    openings = ["We walked along the river on a cold morning and stopped at the old bridge, where",
+                "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
+    answers = [" it rained.", " we saw herons.", " the light was soft and the water was very still and grey.", " ok"]
+    pairs = [(opening, answer) for opening in openings for answer in answers]
+    # token id 0 is what HFLM pads with: a real trailing 0 must not hide a scored position
+    opening_ids = [5, 9, 3, 7, 11, 4, 12, 13, 14, 6, 8, 10]
+    crafted = [((None, None), opening_ids, [0]), ((None, None), opening_ids, [8, 0, 0]),
+               ((None, None), opening_ids[:-1], [3, 1]), ((None, None), opening_ids, [0, 9])]
+    keep_requests = []
+    handle = lm.model.register_forward_hook(  # positions projected, positions in the batch
+        lambda module, args, output: keep_requests.append((output.logits.shape[1], args[0].shape[1])))
+    try:
+        lm.score_continuations_only = False
+        full = loglikelihoods(lm, pairs), lm._loglikelihood_tokens(crafted, disable_tqdm=True)
+        assert all(projected == length for projected, length in keep_requests)
+        lm.score_continuations_only = True
+        window = loglikelihoods(lm, pairs), lm._loglikelihood_tokens(crafted, disable_tqdm=True)
+    finally:
+        handle.remove()
+        lm.score_continuations_only = True
+    torch.testing.assert_close(window[0], full[0], atol=1e-5, rtol=1e-5)
+    assert [greedy for _, greedy in window[1]] == [greedy for _, greedy in full[1]]
+    torch.testing.assert_close(torch.tensor([ll for ll, _ in window[1]]), torch.tensor([ll for ll, _ in full[1]]),
+                               atol=1e-5, rtol=1e-5)
+    assert any(projected < length for projected, length in keep_requests)  # the shortcut was taken
+    torch.testing.assert_close(rolling(lm), rolling(lm), atol=0, rtol=0)  # rolling windows still run
+
+
 def test_saved_and_loaded_artifact_gives_identical_results(built, tiny_gpt2_dir):
     lm, path = built
     loaded = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha=4.0, device="cpu", batch_size=8)

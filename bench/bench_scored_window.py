@@ -1,0 +1,65 @@
+"""Loglikelihood scoring with and without the scored-position window, on the packaged pair.
+
+`ConTransLM` projects only the final positions of a batch that hold continuation tokens through
+the output layer (`score_continuations_only`, see `_scored_window`); HFLM projects every position.
+With Gemma 3's 262k-word vocabulary that projection and its log-softmax dominate long prompts.
+This runs each task both ways in one process (steered, alpha 1), prints seconds, the speed-up and
+the largest difference between the two runs' per-choice log-likelihoods (it should be float noise).
+
+Run:  python bench/bench_scored_window.py --shared ../shared/data   (about 10 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
+
+TASKS = {"contrans_honesty_mc2": 8, "contrans_honesty_mc1": 8, "contrans_toxicity": 8,
+         "contrans_emotion_fear": 40, "contrans_facts": None, "contrans_sentiment": None}  # task: documents (None: all)
+
+
+def per_choice_loglikelihoods(results: dict, task: str) -> list[float]:
+    return [float(response[0]) for sample in results["samples"][task] for response in sample["filtered_resps"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=str(SHARED))
+    parser.add_argument("--concept", default="honesty")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
+    print(f"machine: {machine()}; concept {args.concept}, alpha 1, batch {args.batch_size}", flush=True)
+    lm = ConTransLM(source=SOURCE, target=TARGET, concept=args.concept, device="cpu", batch_size=args.batch_size)
+    lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")
+    rows = []
+    for task, limit in TASKS.items():
+        seconds, scores = {}, {}
+        for window in (False, True, False, True):  # interleaved, best of two: the machine's noise is ~10 %
+            lm.score_continuations_only = window
+            start = time.perf_counter()
+            results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=task_manager, limit=limit,
+                                              bootstrap_iters=0, log_samples=True, verbosity="ERROR")
+            seconds[window] = min(seconds.get(window, float("inf")), time.perf_counter() - start)
+            scores[window] = per_choice_loglikelihoods(results, task)
+        difference = max(abs(a - b) for a, b in zip(scores[False], scores[True], strict=True))
+        rows.append((task, limit, seconds[False], seconds[True], difference, len(scores[True])))
+        print(f"{task}: all positions {seconds[False]:.1f} s, scored window {seconds[True]:.1f} s "
+              f"({seconds[False] / seconds[True]:.2f} x), max |difference| {difference:.1e} over {len(scores[True])} choices",
+              flush=True)
+    print("\n| task (documents) | all positions | scored window | speed-up | max abs difference (choices) |\n|---|---|---|---|---|")
+    for task, limit, full, window, difference, count in rows:
+        print(f"| {task} ({'all' if limit is None else limit}) | {full:.1f} s | {window:.1f} s | {full / window:.2f} x | "
+              f"{difference:.1e} ({count}) |")
+
+
+if __name__ == "__main__":
+    main()
