@@ -86,7 +86,7 @@ def for_and_against(index: int) -> str:
     good, bad = FOR_AND_AGAINST[index]
     if index % 2 == 0:
         return f"{good}, but {bad}."
-    return f"{bad[0].upper() + bad[1:]}, but {good[0].lower() + good[1:]}."
+    return f"{capital(bad)}, but {good[0].lower() + good[1:]}."
 
 
 def frames() -> dict[str, list[tuple[str, str, str]]]:

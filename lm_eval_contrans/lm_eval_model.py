@@ -66,6 +66,7 @@ class ConTransLM(HFLM):
     # Loglikelihood batches project only the positions whose logits HFLM scores (see _scored_window);
     # False gives HFLM's full projection, for comparison.
     score_continuations_only = True
+    _longest_continuation: int | None = None  # set while HFLM's _loglikelihood_tokens runs
 
     def __init__(
         self,
@@ -149,6 +150,8 @@ class ConTransLM(HFLM):
                     check_anchor_count(len(anchor_texts), side.hidden_size, recipe.ridge, recipe.map_method)
 
         super().__init__(pretrained=pretrained_path(target_spec), device=device, **kwargs)
+        self._accepts_logits_to_keep = (self.backend == "causal"
+                                         and "logits_to_keep" in inspect.signature(self.model.forward).parameters)
 
         if not transplants:
             for side, concept_set, layer, sweep in zip(sides, concept_sets, target_layers, target_sweeps):
@@ -229,8 +232,8 @@ class ConTransLM(HFLM):
         A real trailing token 0 only makes the inferred length shorter and the window wider.
         With a 262k vocabulary the output projection and log-softmax over every prompt position
         cost more than the blocks themselves (bench/bench_scored_window.py)."""
-        longest = getattr(self, "_longest_continuation", None)
-        if not self.score_continuations_only or longest is None or inps.ndim != 2 or not self._keeps_logits:
+        longest = self._longest_continuation
+        if not self.score_continuations_only or longest is None or not self._accepts_logits_to_keep:
             return None
         real = inps != 0
         if not bool(real.any(dim=1).all()):
@@ -239,13 +242,6 @@ class ConTransLM(HFLM):
         lengths = padded_length - real.flip(1).int().argmax(dim=1)
         window = padded_length - int(lengths.min()) + longest
         return window if window < padded_length else None
-
-    @property
-    def _keeps_logits(self) -> bool:
-        if "_accepts_logits_to_keep" not in self.__dict__:
-            parameters = inspect.signature(self.model.forward).parameters
-            self._accepts_logits_to_keep = self.backend == "causal" and "logits_to_keep" in parameters
-        return self._accepts_logits_to_keep
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         window = self._scored_window(inps) if attn_mask is None and labels is None else None
