@@ -10,7 +10,6 @@ Run: python bench/bench_memory.py [--dtype bfloat16]
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 

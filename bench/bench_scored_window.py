@@ -3,8 +3,10 @@
 `ConTransLM` projects only the final positions of a batch that hold continuation tokens through
 the output layer (`score_continuations_only`, see `_scored_window`); HFLM projects every position.
 With Gemma 3's 262k-word vocabulary that projection and its log-softmax dominate long prompts.
-This runs each task both ways in one process (steered, alpha 1), prints seconds, the speed-up and
-the largest difference between the two runs' per-choice log-likelihoods (it should be float noise).
+This runs each task both ways in one process (steered, alpha 1; contexts not shared, so that every
+request goes through the window), prints seconds, the speed-up and the largest difference between
+the two runs' per-choice log-likelihoods (it should be float noise). `compare_scoring` is also what
+bench_shared_context.py runs.
 
 Run:  python bench/bench_scored_window.py --shared ../shared/data   (about 10 min on 2 cores)
 """
@@ -24,8 +26,9 @@ def per_choice_loglikelihoods(results: dict, task: str) -> list[float]:
     return [float(response[0]) for sample in results["samples"][task] for response in sample["filtered_resps"]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare_scoring(description: str, settings: dict[str, dict]) -> None:
+    """Run every task under each of two settings of ConTransLM's attributes, interleaved; print the table."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shared", default=str(SHARED))
     parser.add_argument("--concept", default="honesty")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -40,25 +43,33 @@ def main() -> None:
     print(f"machine: {machine()}; concept {args.concept}, alpha 1, batch {args.batch_size}", flush=True)
     lm = ConTransLM(source=SOURCE, target=TARGET, concept=args.concept, device="cpu", batch_size=args.batch_size)
     lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")
-    rows = []
+    (before, after), rows = list(settings), []
     for task, limit in TASKS.items():
         seconds, scores = {}, {}
-        for window in (False, True, False, True):  # interleaved, best of two: the machine's noise is ~10 %
-            lm.score_continuations_only = window
+        for name in (before, after, before, after):  # interleaved, best of two: the machine's noise is ~10 %
+            for attribute, value in settings[name].items():
+                setattr(lm, attribute, value)
             start = time.perf_counter()
             results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=task_manager, limit=limit,
                                               bootstrap_iters=0, log_samples=True, verbosity="ERROR")
-            seconds[window] = min(seconds.get(window, float("inf")), time.perf_counter() - start)
-            scores[window] = per_choice_loglikelihoods(results, task)
-        difference = max(abs(a - b) for a, b in zip(scores[False], scores[True], strict=True))
-        rows.append((task, limit, seconds[False], seconds[True], difference, len(scores[True])))
-        print(f"{task}: all positions {seconds[False]:.1f} s, scored window {seconds[True]:.1f} s "
-              f"({seconds[False] / seconds[True]:.2f} x), max |difference| {difference:.1e} over {len(scores[True])} choices",
+            seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
+            scores[name] = per_choice_loglikelihoods(results, task)
+        difference = max(abs(a - b) for a, b in zip(scores[before], scores[after], strict=True))
+        rows.append((task, limit, seconds[before], seconds[after], difference, len(scores[after])))
+        print(f"{task}: {before} {seconds[before]:.1f} s, {after} {seconds[after]:.1f} s "
+              f"({seconds[before] / seconds[after]:.2f} x), max |difference| {difference:.1e} over {len(scores[after])} choices",
               flush=True)
-    print("\n| task (documents) | all positions | scored window | speed-up | max abs difference (choices) |\n|---|---|---|---|---|")
-    for task, limit, full, window, difference, count in rows:
-        print(f"| {task} ({'all' if limit is None else limit}) | {full:.1f} s | {window:.1f} s | {full / window:.2f} x | "
+    print(f"\n| task (documents) | {before} | {after} | speed-up | max abs difference (choices) |\n|---|---|---|---|---|")
+    for task, limit, slow, fast, difference, count in rows:
+        print(f"| {task} ({'all' if limit is None else limit}) | {slow:.1f} s | {fast:.1f} s | {slow / fast:.2f} x | "
               f"{difference:.1e} ({count}) |")
+
+
+def main() -> None:
+    compare_scoring(__doc__.splitlines()[0], {
+        "all positions": {"share_context": False, "score_continuations_only": False},
+        "scored window": {"share_context": False, "score_continuations_only": True},
+    })
 
 
 if __name__ == "__main__":

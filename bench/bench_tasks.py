@@ -4,7 +4,11 @@ concept at alpha 1, 2, 5, and the source model. Prints a Markdown table (main me
 With --random, each transplant row has a random-vector row of equal norm beside it. A second table
 gives the factual-completion control (contrans_facts acc) under each concept's transplant.
 
-Run: python bench/bench_tasks.py [--limit N] [--shared ../shared/data] [--alphas 1 2 5] [--random]
+With --json FILE every row is written to FILE as soon as it is measured, and a second run with the
+same FILE skips the rows already there, so a long run that is stopped resumes where it was (the
+file records the settings; it refuses to mix runs with other ones).
+
+Run: python bench/bench_tasks.py [--limit N] [--shared ../shared/data] [--alphas 1 2 5] [--random] [--json FILE]
 (Full data takes hours on 2 CPU cores; --limit N evaluates the first N documents of each task.
  On a GPU: --device cuda --batch-size 64, with --source/--target naming the GGUF files if the
  packages are not installed there.)
@@ -39,12 +43,11 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPT_TASKS))
     parser.add_argument("--random", action="store_true", help="add random-vector rows of equal norm")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--json", default=None, help="also write all scores to this JSON file (after every row)")
+    parser.add_argument("--json", default=None, help="write all scores to this JSON file after every row; resume from it")
     add_pair_arguments(parser)
     args = parser.parse_args()
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     from lm_eval_contrans.artifact import save_transplant
@@ -52,6 +55,7 @@ def main() -> None:
     from lm_eval_contrans.controls import random_control
     from lm_eval_contrans.lm_eval_model import ConTransLM
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+    from lm_eval_contrans.scoring import FastScoringHFLM
 
     started = time.time()
     shared = Path(args.shared)
@@ -65,40 +69,58 @@ def main() -> None:
                 for task, values in results.items() for metric in ("acc", "acc_norm", "margin") if f"{metric},none" in values}
 
     columns = [pair for concept in args.concepts for pair in CONCEPT_TASKS[concept]]
-    tasks = [task for task, _ in columns]
     rows: dict[str, dict] = {}
+    diagnostics: dict[str, float] = {}
+    settings = {"recipe": args.recipe, "limit": args.limit, "source": args.source, "target": args.target,
+                "data": str(Path(args.shared).resolve())}
+    if args.json and Path(args.json).exists():
+        saved = json.loads(Path(args.json).read_text())
+        if saved.get("settings") != settings:
+            parser.error(f"{args.json} holds a run with other settings ({saved.get('settings')}); name another file")
+        rows = {name: {tuple(key.split("/", 1)): tuple(value) for key, value in scored.items()}
+                for name, scored in saved["rows"].items()}
+        diagnostics = saved.get("heldout_r2", {})
+        print(f"resuming from {args.json}: {len(rows)} rows", flush=True)
 
     def record(row: str, scores: dict) -> None:
         rows.setdefault(row, {}).update(scores)
         print(f"[{time.time() - started:6.0f} s] {row}: {len(scores)} scores", flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps({name: {f"{t}/{m}": v for (t, m), v in scored.items()}
-                                                   for name, scored in rows.items()}, indent=1))
+            Path(args.json).write_text(json.dumps({
+                "settings": settings, "heldout_r2": diagnostics,
+                "rows": {name: {f"{t}/{m}": v for (t, m), v in scored.items()} for name, scored in rows.items()}}, indent=1))
 
-    def hf(spec: str, role: str) -> HFLM:
-        return HFLM(pretrained=pretrained_path(parse_model_spec(spec, role)), device=args.device, batch_size=args.batch_size)
+    def measured(row: str, wanted: list) -> bool:
+        return all(column in rows.get(row, {}) for column in wanted)
 
-    base = hf(args.target, "target")
-    record("base target", evaluate(base, tasks + [FACTS[0]]))
-    del base
-    source = hf(args.source, "source")
-    record("source", evaluate(source, tasks))
-    del source
-    diagnostics = {}
+    def hf(spec: str, role: str) -> FastScoringHFLM:  # scored as the steered rows are
+        return FastScoringHFLM(pretrained=pretrained_path(parse_model_spec(spec, role)), device=args.device, batch_size=args.batch_size)
+
+    for row, spec, role, wanted in (("base target", args.target, "target", columns + [FACTS]),
+                                    ("source", args.source, "source", columns)):
+        missing = sorted({task for task, metric in wanted if (task, metric) not in rows.get(row, {})})
+        if missing:
+            model = hf(spec, role)
+            record(row, evaluate(model, missing))
+            del model
+    steer_names = ["ConTrans", "random"] if args.random else ["ConTrans"]
     for concept in args.concepts:
+        todo = [(kind, alpha) for kind in steer_names for alpha in args.alphas
+                if not (measured(f"+ {kind} α={alpha:g}", CONCEPT_TASKS[concept])
+                        and measured(f"facts under {concept} {kind} α={alpha:g}", [FACTS]))]
+        if not todo:
+            continue
         transplant = build_transplant(args.source, args.target, concept, device=args.device, recipe=args.recipe)
         path = Path(tempfile.mkdtemp(prefix="contrans-bench-")) / f"{concept}.safetensors"
         save_transplant(transplant, path)
         diagnostics[concept] = transplant.heldout_r2
         steered = ConTransLM(target=args.target, vector=str(path), device=args.device, batch_size=args.batch_size)
-        steers = [("ConTrans", transplant)] + ([("random", random_control(transplant, seed=0))] if args.random else [])
-        for kind, vector in steers:
-            steered.transplant = vector
-            for alpha in args.alphas:
-                steered.alpha = alpha
-                scores = evaluate(steered, [task for task, _ in CONCEPT_TASKS[concept]] + [FACTS[0]])
-                record(f"+ {kind} α={alpha:g}", {key: value for key, value in scores.items() if key[0] != FACTS[0]})
-                record(f"facts under {concept} {kind} α={alpha:g}", {FACTS: scores[FACTS]})
+        vectors = {"ConTrans": transplant, "random": random_control(transplant, seed=0)}
+        for kind, alpha in todo:
+            steered.transplant, steered.alpha = vectors[kind], alpha
+            scores = evaluate(steered, [task for task, _ in CONCEPT_TASKS[concept]] + [FACTS[0]])
+            record(f"+ {kind} α={alpha:g}", {key: value for key, value in scores.items() if key[0] != FACTS[0]})
+            record(f"facts under {concept} {kind} α={alpha:g}", {FACTS: scores[FACTS]})
         del steered
 
     named = {"base target": f"base target ({args.target})", "source": f"source ({args.source})"}
@@ -114,7 +136,6 @@ def main() -> None:
         print(f"| {named.get(name, name)} | " + " | ".join(cells) + " |")
 
     base_facts = rows["base target"][FACTS][0]
-    steer_names = ["ConTrans", "random"] if args.random else ["ConTrans"]
     print(f"\nfacts acc under each steer (base target {base_facts:.3f}; difference to it in points):\n")
     print("| concept | steer | " + " | ".join(f"α={alpha:g}" for alpha in args.alphas) + " |")
     print("|---|---|" + "---|" * len(args.alphas))
@@ -123,7 +144,8 @@ def main() -> None:
             cells = [rows.get(f"facts under {concept} {kind} α={alpha:g}", {}).get(FACTS) for alpha in args.alphas]
             print(f"| {concept} | {kind} | " + " | ".join("—" if cell is None else f"{cell[0]:.3f} ({100 * (cell[0] - base_facts):+.1f})"
                                                        for cell in cells) + " |")
-    print("\nheld-out R^2 of the map: " + ", ".join(f"{c} {r:.3f}" for c, r in diagnostics.items()))
+    if diagnostics:
+        print("\nheld-out R^2 of the map: " + ", ".join(f"{c} {r:.3f}" for c, r in diagnostics.items()))
     print(f"[{time.time() - started:6.0f} s] done", flush=True)
 
 

@@ -59,12 +59,12 @@ def _alpha_name(alpha: float) -> str:
 
 def run_compare(plan: ComparePlan) -> list[Row]:
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     from lm_eval_contrans.lm_eval_model import ConTransLM
     from lm_eval_contrans.prompt_baseline import PromptBaselineLM
+    from lm_eval_contrans.scoring import FastScoringHFLM
 
     out = Path(plan.out)
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def run_compare(plan: ComparePlan) -> list[Row]:
         return steered["lm"]
 
     def plain(model: str) -> Callable:
-        return lambda: HFLM(pretrained=pretrained_path(parse_model_spec(model, "model")), **hf_args)
+        return lambda: FastScoringHFLM(pretrained=pretrained_path(parse_model_spec(model, "model")), **hf_args)
 
     specs: list[tuple[Row, Callable]] = [(Row("base target", {}, "base", 0.0), lambda: steered_target(transplant, 0.0))]
     for alpha in plan.alphas:

@@ -3,20 +3,18 @@
 Thin by design: loading, batching and generation are HFLM's; the transplant is built (or loaded)
 by the plain-Python pipeline at construction and applied by `steering.steer` around every forward
 pass (`_model_call` serves loglikelihood and loglikelihood_rolling, `_model_generate` serves
-generate_until). One addition to HFLM's scoring: loglikelihood batches project only the positions
-that hold continuation tokens through the output layer (same scores, less work; `_scored_window`).
+generate_until). Loglikelihood requests take FastScoringHFLM's shortcuts (scoring.py): only scored
+positions go through the output layer, and on a CPU a shared context runs once (share_context).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from contextlib import ExitStack, contextmanager
 
 import torch
 from lm_eval.api.registry import register_model
-from lm_eval.models.huggingface import HFLM
 
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplants, save_transplants
@@ -28,6 +26,7 @@ from lm_eval_contrans.build import (
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import default_device, parse_model_spec, pretrained_path
+from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions, steer
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
@@ -56,17 +55,12 @@ def split_per_concept(value, count: int, argument: str) -> list:
 
 
 @register_model("contrans")
-class ConTransLM(HFLM):
+class ConTransLM(FastScoringHFLM):
     """Model args: target (alias pretrained), source, concept, alpha, recipe, source_layer,
     target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, save_vector,
-    build_batch_size, source_dtype, check_target_name, positions; every other arg goes to HFLM
+    build_batch_size, source_dtype, check_target_name, positions, share_context; every other arg goes to HFLM
     unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
     either one value for all or `x+y`, one per concept."""
-
-    # Loglikelihood batches project only the positions whose logits HFLM scores (see _scored_window);
-    # False gives HFLM's full projection, for comparison.
-    score_continuations_only = True
-    _longest_continuation: int | None = None  # set while HFLM's _loglikelihood_tokens runs
 
     def __init__(
         self,
@@ -89,6 +83,7 @@ class ConTransLM(HFLM):
         source_dtype: str | None = None,
         check_target_name: bool = True,
         positions: str = "all",
+        share_context: bool | str = "auto",
         pretrained: str | None = None,
         device: str | None = None,
         **kwargs,
@@ -100,6 +95,7 @@ class ConTransLM(HFLM):
             raise ConTransError("target", "name the model to steer: target=<hub id | folder | file.gguf>")
         _show_package_logs_with_lm_evals()
         self.positions = check_positions(positions)
+        check_share_context(share_context)  # before the source is loaded, not after
         if vector is None and source is None:
             raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
         target_spec = parse_model_spec(target, "target")
@@ -149,9 +145,7 @@ class ConTransLM(HFLM):
                 for side in sides:
                     check_anchor_count(len(anchor_texts), side.hidden_size, recipe.ridge, recipe.map_method)
 
-        super().__init__(pretrained=pretrained_path(target_spec), device=device, **kwargs)
-        self._accepts_logits_to_keep = (self.backend == "causal"
-                                         and "logits_to_keep" in inspect.signature(self.model.forward).parameters)
+        super().__init__(pretrained=pretrained_path(target_spec), device=device, share_context=share_context, **kwargs)
 
         if not transplants:
             for side, concept_set, layer, sweep in zip(sides, concept_sets, target_layers, target_sweeps):
@@ -214,44 +208,11 @@ class ConTransLM(HFLM):
                                           alpha, self.positions))
             yield
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        # HFLM scores only continuation tokens; knowing the longest one lets _model_call project
-        # just the positions that hold them (see _scored_window).
-        self._longest_continuation = max((len(continuation) for _, _, continuation in requests), default=None)
-        try:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        finally:
-            self._longest_continuation = None
+    def _can_share_context(self) -> bool:
+        return self.positions == "all"  # "prompt" and "generated" count forward passes
 
-    def _scored_window(self, inps: torch.Tensor) -> int | None:
-        """How many final positions of a right-padded loglikelihood batch hold every scored token.
-
-        HFLM pads with id 0 on the right and reads request i's continuation logits from
-        [len_i - len(continuation_i), len_i), counted back from the end of the logits it gets
-        (its `ctx_len` arithmetic), so returning only the last `window` positions scores the same.
-        A real trailing token 0 only makes the inferred length shorter and the window wider.
-        With a 262k vocabulary the output projection and log-softmax over every prompt position
-        cost more than the blocks themselves (bench/bench_scored_window.py)."""
-        longest = self._longest_continuation
-        if not self.score_continuations_only or longest is None or not self._accepts_logits_to_keep:
-            return None
-        real = inps != 0
-        if not bool(real.any(dim=1).all()):
-            return None
-        padded_length = inps.shape[1]
-        lengths = padded_length - real.flip(1).int().argmax(dim=1)
-        window = padded_length - int(lengths.min()) + longest
-        return window if window < padded_length else None
-
-    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
-        window = self._scored_window(inps) if attn_mask is None and labels is None else None
-        with self._steering(), ExitStack() as stack:
-            if window is not None:
-                def keep_last_logits(module, args, kwargs):
-                    return args, {**kwargs, "logits_to_keep": window}
-
-                stack.callback(self.model.register_forward_pre_hook(keep_last_logits, with_kwargs=True).remove)
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+    def _around_forward(self):
+        return self._steering()
 
     def _model_generate(self, *args, **kwargs) -> torch.Tensor:
         with self._steering():

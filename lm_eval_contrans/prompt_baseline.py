@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from lm_eval.api.instance import Instance
-from lm_eval.models.huggingface import HFLM
+
+from lm_eval_contrans.scoring import FastScoringHFLM
 
 
 def _prefixed(requests: list[Instance], prefix: str) -> list[Instance]:
@@ -13,8 +14,8 @@ def _prefixed(requests: list[Instance], prefix: str) -> list[Instance]:
     return requests
 
 
-class PromptBaselineLM(HFLM):
-    """HFLM that prepends `prefix` to the context of loglikelihood and generation requests.
+class PromptBaselineLM(FastScoringHFLM):
+    """FastScoringHFLM (scored the same way as the other rows) that prepends `prefix` to the context of loglikelihood and generation requests.
 
     loglikelihood_rolling (perplexity of a whole text) has no context to prefix and is left as is.
     """

@@ -115,6 +115,7 @@ def test_projecting_only_the_scored_positions_gives_the_full_projections_scores(
     handle = lm.model.register_forward_hook(  # positions projected, positions in the batch
         lambda module, args, output: keep_requests.append((output.logits.shape[1], args[0].shape[1])))
     try:
+        lm.share_context = False  # these share openings: keep them on HFLM's batched path, which the window serves
         lm.score_continuations_only = False
         full = loglikelihoods(lm, pairs), lm._loglikelihood_tokens(crafted, disable_tqdm=True), rolling(lm)
         assert all(projected == length for projected, length in keep_requests)
@@ -122,13 +123,45 @@ def test_projecting_only_the_scored_positions_gives_the_full_projections_scores(
         window = loglikelihoods(lm, pairs), lm._loglikelihood_tokens(crafted, disable_tqdm=True), rolling(lm)
     finally:
         handle.remove()
-        lm.score_continuations_only = True
+        lm.score_continuations_only = lm.share_context = True
     torch.testing.assert_close(window[0], full[0], atol=1e-5, rtol=1e-5)
     assert [greedy for _, greedy in window[1]] == [greedy for _, greedy in full[1]]
     torch.testing.assert_close(torch.tensor([ll for ll, _ in window[1]]), torch.tensor([ll for ll, _ in full[1]]),
                                atol=1e-5, rtol=1e-5)
     assert any(projected < length for projected, length in keep_requests)  # the shortcut was taken
     torch.testing.assert_close(window[2], full[2], atol=1e-5, rtol=1e-5)  # loglikelihood_rolling too
+
+
+def test_sharing_each_context_gives_the_scores_of_full_passes(built):
+    lm, _ = built  # steered at alpha 4: the hooks must act on the context pass and on the choices' pass
+    assert lm.share_context is True  # share_context=auto, on a CPU
+    openings = ["We walked along the river on a cold morning and stopped at the old bridge, where",
+                "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
+    answers = [" it rained.", " we saw herons.", " the light was soft and the water was very still and grey.", " ok",
+               " a dog barked twice.", " nothing happened at all.", " we met an old friend.", " the bell rang.",
+               " the shop was closed.", " I lost my hat."]  # ten choices: more than one batch of 8
+    pairs = [(opening, answer) for opening in openings for answer in answers] + PAIRS
+    tokens_run = []
+    handle = lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: tokens_run.append((args[0] if args else kwargs["input_ids"]).numel()), with_kwargs=True)
+    try:
+        lm.share_context = False
+        full, full_tokens = loglikelihoods(lm, pairs), sum(tokens_run)
+        tokens_run.clear()
+        lm.share_context = True
+        shared, shared_tokens = loglikelihoods(lm, pairs), sum(tokens_run)
+        greedy = [lm.loglikelihood([Instance("loglikelihood", {}, pair, 0)], disable_tqdm=True)[0][1] for pair in pairs[:3]]
+        lm.share_context = False
+        greedy_full = [lm.loglikelihood([Instance("loglikelihood", {}, pair, 0)], disable_tqdm=True)[0][1] for pair in pairs[:3]]
+    finally:
+        handle.remove()
+        lm.share_context = True
+    torch.testing.assert_close(shared, full, atol=1e-4, rtol=1e-5)
+    assert greedy == greedy_full
+    assert shared_tokens < full_tokens / 2  # each opening ran once, not ten times
+    steered_away = ConTransLM.__new__(ConTransLM)  # the groups depend on the setting alone: no model needed
+    steered_away.share_context, steered_away.backend, steered_away.positions = True, "causal", "prompt"
+    assert steered_away._shared_context_groups([((None, None), [1] * 50, [2, 3])] * 3) == []
 
 
 def test_saved_and_loaded_artifact_gives_identical_results(built, tiny_gpt2_dir):
@@ -188,6 +221,7 @@ def test_killed_write_leaves_no_artifact(built, tmp_path, monkeypatch):
     (dict(source="nowhere/x.gguf", target="T"), "^source: GGUF file not found"),
     (dict(source="S", target="T", concept="kindness"), "^concept: unknown concept 'kindness'.*Shipped concepts: .*sentiment"),
     (dict(source="S", target="T", ridge=-2), "^ridge: must be a finite number >= 0"),
+    (dict(source="S", target="T", share_context="sometimes"), "^share_context: expected auto, True or False"),
 ])
 def test_bad_arguments_fail_fast_with_the_argument_named(args, message):
     with pytest.raises(ConTransError, match=message):
