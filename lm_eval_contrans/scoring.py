@@ -6,9 +6,9 @@
   two small passes per document instead of HFLM's wide batches: 1.75-2.3 x faster on an idle
   2-core CPU, 0.15-0.54 x on an H100 (bench/README.md). So `auto`, the default, shares on the CPU
   only.
-- Loglikelihood batches (all of them, unless shared) project through the output layer only the final positions that hold
-  continuation tokens (`score_continuations_only`; see `_scored_window`). Scores equal HFLM's
-  bit for bit. With Gemma 3's 262k-word vocabulary this is 2.4-3.2 x on TruthfulQA
+- Loglikelihood batches that are not shared project through the output layer only the final
+  positions that hold continuation tokens (`score_continuations_only`; see `_scored_window`).
+  Scores equal HFLM's bit for bit. With Gemma 3's 262k-word vocabulary this is 2.4-3.2 x on TruthfulQA
   (bench/bench_scored_window.py).
 
 `ConTransLM` is this class plus steering; the bench scripts and `contrans compare` score their
