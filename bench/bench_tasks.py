@@ -98,7 +98,7 @@ def main() -> None:
 
     for row, spec, role, wanted in (("base target", args.target, "target", columns + [FACTS]),
                                     ("source", args.source, "source", columns)):
-        missing = sorted({task for task, metric in wanted if (task, metric) not in rows.get(row, {})})
+        missing = sorted({task for task, metric in wanted if not measured(row, [(task, metric)])})
         if missing:
             model = hf(spec, role)
             record(row, evaluate(model, missing))

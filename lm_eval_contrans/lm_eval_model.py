@@ -58,8 +58,8 @@ def split_per_concept(value, count: int, argument: str) -> list:
 class ConTransLM(FastScoringHFLM):
     """Model args: target (alias pretrained), source, concept, alpha, recipe, source_layer,
     target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, save_vector,
-    build_batch_size, source_dtype, check_target_name, positions, share_context; every other arg goes to HFLM
-    unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
+    build_batch_size, source_dtype, check_target_name, positions, share_context; every other arg goes
+    to HFLM unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
     either one value for all or `x+y`, one per concept."""
 
     def __init__(

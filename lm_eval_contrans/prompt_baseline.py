@@ -15,7 +15,8 @@ def _prefixed(requests: list[Instance], prefix: str) -> list[Instance]:
 
 
 class PromptBaselineLM(FastScoringHFLM):
-    """FastScoringHFLM (scored the same way as the other rows) that prepends `prefix` to the context of loglikelihood and generation requests.
+    """FastScoringHFLM (scored as the other rows are) that prepends `prefix` to the context of
+    loglikelihood and generation requests.
 
     loglikelihood_rolling (perplexity of a whole text) has no context to prefix and is left as is.
     """

@@ -8,8 +8,8 @@
   only.
 - Loglikelihood batches that are not shared project through the output layer only the final
   positions that hold continuation tokens (`score_continuations_only`; see `_scored_window`).
-  Scores equal HFLM's bit for bit. With Gemma 3's 262k-word vocabulary this is 2.4-3.2 x on TruthfulQA
-  (bench/bench_scored_window.py).
+  Scores equal HFLM's bit for bit. With Gemma 3's 262k-word vocabulary this is 2.4-3.2 x on
+  TruthfulQA (bench/bench_scored_window.py).
 
 `ConTransLM` is this class plus steering; the bench scripts and `contrans compare` score their
 unsteered rows with it too, so that every row of a table takes the same numerical path.
