@@ -5,9 +5,10 @@ can move it either way. This prints, for the base target, the share of prompts o
 the positive verdict (raw and per-byte log-likelihood, as lm-eval's acc / acc_norm) and the mean
 margin, for the shipped frame and for alternatives: other verdict words, openings that give one
 point for and one against (or only the point against), a question that names both answers (in
-both orders), and other verdict forms (recommend yes/no, star ratings, thumbs up/down, satisfied).
+both orders), other verdict forms (recommend yes/no, star ratings, thumbs up/down, satisfied), and
+openings balanced as a set (half give a point for, half a point against).
 
-Run: python bench/bench_sentiment_balance.py [--target packaged:gemma-3-270m]
+Run: python bench/bench_sentiment_balance.py [--target packaged:gemma-3-270m] [--frames TEXT]
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def frames() -> dict[str, list[tuple[str, str, str]]]:
     out: dict[str, list] = {}
 
     def add(name, opening, ending, words):
-        out[name] = [(f"Review of {subject}: {opening(i, details)} {ending}", *words[i % len(words)])
+        out[name] = [(f"Review of {subject}: {opening(i, details)} {ending}".rstrip(), *words[i % len(words)])
                      for i, (subject, details) in enumerate(SUBJECTS)]
 
     factual = lambda i, details: details  # noqa: E731
@@ -117,6 +118,14 @@ def frames() -> dict[str, list[tuple[str, str, str]]]:
     add("factual opening, 'Verdict: thumbs' up/down", factual, "Verdict: thumbs", [(" up", " down")])
     add("factual opening, 'All in all, I was' satisfied/dissatisfied", factual, "All in all, I was",
         [(" satisfied", " dissatisfied")])
+    # Openings balanced as a set rather than one by one: half the prompts give a point for, half a
+    # point against, so a reader without a prior sits at 50 %.
+    alternating = lambda i, details: f"{details} {capital(FOR_AND_AGAINST[i][i % 2])}."  # noqa: E731
+    add("half the openings a point for, half a point against, strong verdicts", alternating,
+        "Overall, my experience was", VERDICTS)
+    add("half a point for, half against, then 'but overall' (leans the other way), strong verdicts",
+        lambda i, details: f"{details} {capital(FOR_AND_AGAINST[i][i % 2])}, but overall my experience was",
+        "", VERDICTS)
     return out
 
 
@@ -124,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default=TARGET)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--frames", default="", help="only the frames whose name contains this text")
     args = parser.parse_args()
     assert len(FOR_AND_AGAINST) == len(SUBJECTS)
 
@@ -137,6 +147,8 @@ def main() -> None:
     print(f"machine: {machine()}; target {args.target}; {len(SUBJECTS)} prompts per frame")
     print("| frame | prefers positive (acc) | per byte (acc_norm) | mean margin |\n|---|---|---|---|")
     for name, rows in frames().items():
+        if args.frames not in name:
+            continue
         requests = [Instance("loglikelihood", {}, (context, continuation), index)
                     for index, (context, *choices) in enumerate(rows) for continuation in choices]
         scores = [result[0] for result in lm.loglikelihood(requests, disable_tqdm=True)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,12 @@ CONCEPT_TASKS = {  # concept: [(task, main metric), ...]
     "sentiment": [("contrans_sentiment", "acc_norm"), ("contrans_sentiment", "margin")],
     **{emotion: [(f"contrans_emotion_{emotion}", "acc"), (f"contrans_emotion_{emotion}_own", "acc")] for emotion in EMOTIONS},
 }
+
+
+def data_location(shared: Path) -> str:
+    """The data folder relative to this checkout (../shared/data), so that a saved run resumes from
+    any clone that sits beside the data, not only from the folder it was measured in."""
+    return Path(os.path.relpath(shared.resolve(), Path(__file__).resolve().parents[1])).as_posix()
 
 
 def main() -> None:
@@ -72,7 +79,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     diagnostics: dict[str, float] = {}
     settings = {"recipe": args.recipe, "limit": args.limit, "source": args.source, "target": args.target,
-                "data": str(Path(args.shared).resolve())}
+                "data": data_location(shared)}
     if args.json and Path(args.json).exists():
         saved = json.loads(Path(args.json).read_text())
         if saved.get("settings") != settings:

@@ -10,6 +10,7 @@ pass up to floating-point rounding (a cached pass multiplies in a different orde
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 
@@ -24,6 +25,12 @@ def group_by_context(requests: Iterable[tuple]) -> dict[tuple[int, ...], list[in
     for index, (_, context, _) in enumerate(requests):
         groups.setdefault(tuple(context), []).append(index)
     return groups
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    # transformers 5.x names the key/value cache `cache`; earlier versions `past_key_values`
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -45,8 +52,7 @@ def score_continuations(
     if not context or any(not tokens for tokens in continuations):
         raise ValueError("a context and every continuation need at least one token")
     device = next(model.parameters()).device
-    # transformers 5.x names the key/value cache `cache`; earlier versions `past_key_values`
-    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_argument = _cache_argument(type(model))
     keep = {"logits_to_keep": 1} if logits_to_keep else {}
     with around_forward():
         output = model(input_ids=torch.tensor([context], device=device), use_cache=True, **keep)
