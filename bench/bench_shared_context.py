@@ -1,8 +1,8 @@
 """Loglikelihood scoring with and without shared contexts.
 
-With `share_context=True`, `ConTransLM` (and FastScoringHFLM) runs a context shared by several multi-token choices once and
-reuses its key/value cache for each choice (`share_context`, see lm_eval_contrans/shared_context.py);
-without it, HFLM runs context + choice in full for every choice. Both settings keep the
+With `share_context=True`, `ConTransLM` (and FastScoringHFLM) runs a context shared by several
+multi-token choices once and reuses its key/value cache for each choice (see
+lm_eval_contrans/shared_context.py); without it, HFLM runs context + choice in full for every choice. Both settings keep the
 scored-position window.
 
 Default: the shipped tasks on the packaged pair, steered at alpha 1, each task both ways in one

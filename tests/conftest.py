@@ -15,6 +15,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# multiple-choice shaped contexts: long openings that several answers share
+OPENINGS = ["We walked along the river on a cold morning and stopped at the old bridge, where",
+            "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
 
 
 def _corpus() -> list[str]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
+from conftest import OPENINGS
 from lm_eval_contrans.artifact import load_transplant, save_transplant
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.lm_eval_model import ConTransLM
@@ -103,10 +104,8 @@ def test_alpha_zero_equals_the_plain_model(built, tiny_gpt2_dir):
 def test_projecting_only_the_scored_positions_gives_the_full_projections_scores(built):
     lm, _ = built
     # multiple-choice shaped: long shared openings, answers of different lengths
-    openings = ["We walked along the river on a cold morning and stopped at the old bridge, where",
-                "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
     answers = [" it rained.", " we saw herons.", " the light was soft and the water was very still and grey.", " ok"]
-    pairs = [(opening, answer) for opening in openings for answer in answers]
+    pairs = [(opening, answer) for opening in OPENINGS for answer in answers]
     # token id 0 is what HFLM pads with: a real trailing 0 must not hide a scored position
     opening_ids = [5, 9, 3, 7, 11, 4, 12, 13, 14, 6, 8, 10]
     crafted = [((None, None), opening_ids, [0]), ((None, None), opening_ids, [8, 0, 0]),
@@ -135,12 +134,10 @@ def test_projecting_only_the_scored_positions_gives_the_full_projections_scores(
 def test_sharing_each_context_gives_the_scores_of_full_passes(built):
     lm, _ = built  # steered at alpha 4: the hooks must act on the context pass and on the choices' pass
     assert lm.share_context is True  # share_context=auto, on a CPU
-    openings = ["We walked along the river on a cold morning and stopped at the old bridge, where",
-                "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
     answers = [" it rained.", " we saw herons.", " the light was soft and the water was very still and grey.", " ok",
                " a dog barked twice.", " nothing happened at all.", " we met an old friend.", " the bell rang.",
                " the shop was closed.", " I lost my hat."]  # ten choices: more than one batch of 8
-    pairs = [(opening, answer) for opening in openings for answer in answers] + PAIRS
+    pairs = [(opening, answer) for opening in OPENINGS for answer in answers] + PAIRS
     tokens_run = []
     handle = lm.model.register_forward_pre_hook(
         lambda module, args, kwargs: tokens_run.append((args[0] if args else kwargs["input_ids"]).numel()), with_kwargs=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load
+from conftest import OPENINGS, load
 from lm_eval_contrans.shared_context import group_by_context, score_continuations
 
 CONTEXT = [5, 9, 3, 7, 11, 4, 12, 13, 14, 6]
@@ -72,15 +72,13 @@ def test_fast_scoring_hflm_scores_as_hflm_does(tiny_gpt2_dir):
 
     from lm_eval_contrans.scoring import FastScoringHFLM
 
-    openings = ["We walked along the river on a cold morning and stopped at the old bridge, where",
-                "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
     answers = [" it rained.", " we saw herons.", " the light was soft and the water was very still.", " ok"]
     requests = [Instance("loglikelihood", {}, (opening, answer), index)
-                for index, (opening, answer) in enumerate((o, a) for o in openings for a in answers)]
+                for index, (opening, answer) in enumerate((o, a) for o in OPENINGS for a in answers)]
     fast = FastScoringHFLM(pretrained=str(tiny_gpt2_dir), device="cpu", batch_size=4)  # auto: shares on a CPU
     assert fast.share_context is True
     plain = HFLM(pretrained=str(tiny_gpt2_dir), device="cpu", batch_size=4)
     expected, scored = plain.loglikelihood(requests, disable_tqdm=True), fast.loglikelihood(requests, disable_tqdm=True)
     torch.testing.assert_close(torch.tensor([s for s, _ in scored]), torch.tensor([s for s, _ in expected]), atol=1e-4, rtol=1e-5)
     assert [g for _, g in scored] == [g for _, g in expected]
-    assert len(fast._shared_context_groups([(None, fast.tok_encode(o), fast.tok_encode(a)) for o in openings for a in answers])) == 2
+    assert len(fast._shared_context_groups([(None, fast.tok_encode(o), fast.tok_encode(a)) for o in OPENINGS for a in answers])) == 2
