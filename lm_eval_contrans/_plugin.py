@@ -14,6 +14,7 @@ Only cheap standard-library modules may be imported here (not even importlib.abc
 from __future__ import annotations
 
 import importlib.machinery
+import os
 import sys
 from types import ModuleType
 
@@ -44,7 +45,12 @@ def register_tasks(manager_module: ModuleType) -> None:
     add_tasks_to_task_manager(manager_module)
 
 
-_AFTER_IMPORT = {REGISTRY_MODULE: register_model, TASK_MANAGER_MODULE: register_tasks}
+# CONTRANS_ADD_TASKS=0 leaves lm-eval's TaskManager untouched; our tasks then need
+# `--include_path <this package's tasks folder>` (`contrans tasks-path` prints it).
+ADD_TASKS_VARIABLE = "CONTRANS_ADD_TASKS"
+_AFTER_IMPORT = {REGISTRY_MODULE: register_model}
+if os.environ.get(ADD_TASKS_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off"):
+    _AFTER_IMPORT[TASK_MANAGER_MODULE] = register_tasks
 
 
 class _ThenRegister:

@@ -8,6 +8,8 @@ that of the last *real* token, so results do not depend on batch size or padding
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from itertools import accumulate
 
@@ -17,6 +19,8 @@ from tqdm.auto import tqdm
 
 from lm_eval_contrans.blocks import decoder_blocks
 
+logger = logging.getLogger(__name__)
+
 
 class _StopForward(Exception):
     """Raised from the deepest hook to end the forward pass early."""
@@ -25,6 +29,16 @@ class _StopForward(Exception):
 def block_output_tensor(output) -> torch.Tensor:
     """Decoder blocks return a tensor or a tuple whose first item is the hidden state."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's inputs go: its input embeddings' device. With weights offloaded by accelerate
+    (meta tensors) inputs start on the CPU and accelerate's hooks move them on."""
+    try:
+        device = model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        device = input_device(model)
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
@@ -94,7 +108,7 @@ def _record(model, tokenizer, sequences, layers, *, batch_size, padding_side, pr
     deepest = wanted[-1]
     side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
     pad_id = _pad_id(tokenizer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     order = sorted(range(len(sequences)), key=lambda index: -len(sequences[index]))
     current: dict[int, torch.Tensor] = {}
 
@@ -110,7 +124,16 @@ def _record(model, tokenizer, sequences, layers, *, batch_size, padding_side, pr
     try:
         batches = _batches(order, [len(ids) for ids in sequences], batch_size,
                            token_budget or default_token_budget(device))
-        for batch_indices in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        # padded tokens per batch: the cost a batch's forward pass is roughly proportional to
+        costs = [len(batch) * max(len(sequences[index]) for index in batch) for batch in batches]
+        if progress is not None:
+            logger.info("%s: recording %d texts (%d tokens) up to block %d on %s", progress, len(sequences),
+                        sum(len(ids) for ids in sequences), deepest, device)
+        started = time.perf_counter()
+        for number, batch_indices in enumerate(tqdm(batches, desc=progress, disable=progress is None, leave=False)):
+            if progress is not None and number == min(3, len(batches) - 1) and number > 0:
+                rate = (time.perf_counter() - started) / sum(costs[:number])
+                logger.info("%s: about %.0f s to go", progress, rate * sum(costs[number:]))
             batch = [sequences[index] for index in batch_indices]
             input_ids, attention_mask, position_ids, last = pad_batch(batch, pad_id, side)
             current.clear()
@@ -128,6 +151,8 @@ def _record(model, tokenizer, sequences, layers, *, batch_size, padding_side, pr
     finally:
         for handle in handles:
             handle.remove()
+    if progress is not None:
+        logger.info("%s: done in %.0f s", progress, time.perf_counter() - started)
     return order
 
 

@@ -6,23 +6,16 @@ norm.
 
 from __future__ import annotations
 
+import weakref
+
 from torch import nn
 
 from lm_eval_contrans.errors import ConTransError
 
-# Attribute paths of the decoder-block list in the Hugging Face architectures we know of.
-BLOCK_PATHS = (
-    "model.layers",  # Llama, Mistral, Qwen, Gemma, Phi-3, OLMo, ...
-    "model.language_model.layers",  # Gemma 3 / multimodal wrappers
-    "language_model.model.layers",
-    "transformer.h",  # GPT-2, GPT-J, GPT-Neo, Falcon, Bloom
-    "gpt_neox.layers",  # Pythia, GPT-NeoX
-    "model.decoder.layers",  # OPT
-    "transformer.blocks",  # MPT
-    "transformer.layers",
-    "model.transformer.h",
-    "backbone.layers",  # Mamba-style
-)
+_LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+# Paths found or given, per model object: discovery walks every module, and steering asks for
+# the blocks around each forward pass.
+_BLOCK_PATHS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -37,22 +30,74 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The ordered decoder blocks of `model`; a clear error naming the paths tried if none."""
+def configured_layer_count(config) -> int | None:
+    """The decoder-block count a Hugging Face config states (for multimodal models, its text model's)."""
+    for candidate in (getattr(config, "text_config", None), getattr(config, "language_config", None), config):
+        for field in _LAYER_COUNT_FIELDS:
+            value = getattr(candidate, field, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def use_block_path(model: nn.Module, path: str, argument: str = "block_path") -> nn.ModuleList:
+    """Take the decoder blocks of `model` from the module at `path` (e.g. `transformer.blocks`), for
+    architectures that discovery gets wrong; later `decoder_blocks(model)` calls return them."""
     root = _unwrap(model)
-    for path in BLOCK_PATHS:
-        module: object = root
-        for attribute in path.split("."):
-            module = getattr(module, attribute, None)
-            if module is None:
-                break
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            return module
-    raise ConTransError(
-        "model",
-        f"cannot find the decoder blocks of {type(root).__name__}; tried the module paths "
-        f"{', '.join(BLOCK_PATHS)}. Open an issue with the architecture name.",
-    )
+    try:
+        module = root.get_submodule(path)
+    except AttributeError:
+        raise ConTransError(argument, f"{type(root).__name__} has no module {path!r}") from None
+    if not isinstance(module, nn.ModuleList) or len(module) == 0:
+        raise ConTransError(argument, f"{path!r} in {type(root).__name__} is a {type(module).__name__}, "
+                                      "not a non-empty ModuleList of decoder blocks")
+    _BLOCK_PATHS[root] = path
+    return module
+
+
+def _discover_block_path(root: nn.Module) -> str:
+    """The ModuleList of decoder blocks: as long as the config's layer count, and (to tell the text
+    blocks from a vision tower's or a list of experts) the one nearest the input embeddings."""
+    lists = [(name, module) for name, module in root.named_modules()
+             if name and isinstance(module, nn.ModuleList) and len(module) > 0]
+    count = configured_layer_count(getattr(root, "config", None))
+    if count is not None:
+        lists = [(name, module) for name, module in lists if len(module) == count]
+    if not lists:
+        said = f"of length {count} (the config's layer count)" if count is not None else "of modules"
+        raise ConTransError("model", f"cannot find the decoder blocks of {type(root).__name__}: it has no ModuleList "
+                                     f"{said}. Name them with block_path=<module path>, e.g. block_path=model.layers")
+    embeddings_name = ""
+    try:
+        embeddings = root.get_input_embeddings()
+        embeddings_name = next((name for name, module in root.named_modules() if module is embeddings), "")
+    except (AttributeError, NotImplementedError):
+        pass
+
+    def shared_prefix(name: str) -> int:
+        ours, theirs = name.split("."), embeddings_name.split(".")
+        common = 0
+        while common < min(len(ours), len(theirs)) and ours[common] == theirs[common]:
+            common += 1
+        return common
+
+    # nearest the embeddings first, then the shallowest path, then model order
+    return min(enumerate(lists), key=lambda item: (-shared_prefix(item[1][0]), item[1][0].count("."), item[0]))[1][0]
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The ordered decoder blocks of `model`, found once per model (or as set by `use_block_path`)."""
+    root = _unwrap(model)
+    path = _BLOCK_PATHS.get(root)
+    if path is None:
+        path = _BLOCK_PATHS[root] = _discover_block_path(root)
+    return root.get_submodule(path)
+
+
+def block_path(model: nn.Module) -> str:
+    """The module path of `model`'s decoder blocks, e.g. `model.layers` (what `decoder_blocks` returns)."""
+    decoder_blocks(model)
+    return _BLOCK_PATHS[_unwrap(model)]
 
 
 def resolve_layer(spec: int | float | str | None, num_layers: int, argument: str) -> int:

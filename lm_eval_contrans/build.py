@@ -26,7 +26,7 @@ from lm_eval_contrans.anchors import (
     anchors_hash, check_anchor_tokens, load_anchor_texts, matched_token_pairs, tokenize_with_ends,
 )
 from lm_eval_contrans.artifact import Transplant
-from lm_eval_contrans.blocks import decoder_blocks, resolve_layer
+from lm_eval_contrans.blocks import configured_layer_count, decoder_blocks, resolve_layer
 from lm_eval_contrans.cache import cache_root, cached_tensor, has_tensor
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
@@ -93,6 +93,24 @@ def make_recipe(recipe: str | Recipe | None = None, **overrides) -> Recipe:
     return replace(base, **{key: value for key, value in overrides.items() if value is not None}).checked()
 
 
+def settle_anchor_tokens(recipe: Recipe, *specs: ModelSpec) -> tuple[Recipe, dict]:
+    """(recipe, note for the artifact's extra). Dense anchors pair tokens by character offsets, which
+    only fast (Rust) tokenizers give: with any other tokenizer the build falls back to last-token
+    anchors, says so once, and the artifact records why."""
+    if recipe.anchor_tokens != "dense":
+        return recipe, {}
+    from transformers import AutoTokenizer
+
+    for spec in specs:
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_path(spec))
+        if not getattr(tokenizer, "is_fast", False):
+            reason = f"{spec.name}: {type(tokenizer).__name__} gives no character offsets"
+            logger.warning("anchor_tokens=dense pairs tokens by character offsets (%s); using anchor_tokens=last",
+                           reason)
+            return replace(recipe, anchor_tokens="last"), {"anchor_tokens_fallback": reason}
+    return recipe, {}
+
+
 @dataclass
 class SourceSide:
     """Everything the build needs from the source model, so the model itself can be freed.
@@ -142,12 +160,7 @@ def config_layer_count(folder: str) -> int | None:
         config = AutoConfig.from_pretrained(folder)
     except Exception:
         return None
-    for candidate in (config, getattr(config, "text_config", None)):
-        for attribute in ("num_hidden_layers", "n_layer", "num_layers"):
-            value = getattr(candidate, attribute, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
+    return configured_layer_count(config)
 
 
 def free_model(model: nn.Module) -> None:
@@ -276,7 +289,7 @@ def load_source_sides(
     """Concept vectors and anchor states of the source for each (concept, layer), from the cache
     or one load of the model shared by all of them. A layer "auto" gives the candidate blocks
     around `target_depth` (the target block's relative depth, or several); a list gives those blocks."""
-    spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
+    spec = parse_model_spec(source, "source")
     anchor_tokens = check_anchor_tokens(anchor_tokens)
     device = device or default_device()
     folder = pretrained_path(spec)
@@ -484,8 +497,8 @@ def choose_target_layer(
     if len(concept) < 5:
         raise ConTransError("target_layer", f"auto holds out concept pairs to score blocks; needs at least 5 pairs, "
                                             f"'{concept.name}' has {len(concept)}. Give a block index or fraction.")
-    source_spec = source if isinstance(source, ModelSpec) else parse_model_spec(source, "source")
-    target_spec = target if isinstance(target, ModelSpec) else parse_model_spec(target, "target")
+    source_spec = parse_model_spec(source, "source")
+    target_spec = parse_model_spec(target, "target")
     device = device or default_device()
     num_layers = config_layer_count(pretrained_path(target_spec))
     if num_layers is None:
@@ -553,8 +566,8 @@ def transplant_into(
 
 
 def build_transplant(
-    source: str,
-    target: str,
+    source: str | ModelSpec,
+    target: str | ModelSpec,
     concept: str | Path = "sentiment",
     *,
     recipe: str | Recipe | None = None,
@@ -569,26 +582,39 @@ def build_transplant(
     dtype: str = "float32",
     device: str | None = None,
     batch_size: int | str = "auto",
+    source_block_path: str | None = None,
+    block_path: str | None = None,
 ) -> Transplant:
     """Build a transplant from model names/paths alone (what `contrans build` runs).
 
-    `recipe` is "default" or "reference" (the paper's); the other arguments override its fields."""
-    from transformers import AutoConfig
-
+    `recipe` is "default" or "reference" (the paper's); the other arguments override its fields.
+    `block_path` / `source_block_path` name the decoder-block list where discovery needs telling."""
     recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map_method, ridge=ridge, center=center,
                          alpha_unit=alpha_unit, source_layer=source_layer, target_layer=target_layer)
     concept_set = load_concept_set(concept)
     anchor_texts, anchors_name = load_anchor_texts(anchors)
     device = device or default_device()
-    target_spec = parse_model_spec(target, "target")  # fail on a bad target before the slow part
+    target_spec = parse_model_spec(target, "target", block_path)  # fail on a bad target before the slow part
+    source = parse_model_spec(source, "source", source_block_path)
+    recipe, note = settle_anchor_tokens(recipe, source, target_spec)
     if is_auto(recipe.target_layer):
         index, sweep = choose_target_layer(source, target_spec, concept=concept_set, anchor_texts=anchor_texts,
                                            anchors_name=anchors_name, recipe=recipe, dtype=dtype, device=device,
                                            batch_size=batch_size)
-        transplant = build_transplant(source, target, concept, recipe=replace(recipe, target_layer=index),
-                                      anchors=anchors, dtype=dtype, device=device, batch_size=batch_size)
-        transplant.extra.update(sweep)
-        return transplant
+        recipe = replace(recipe, target_layer=index)
+        note.update(sweep)
+    transplant = _build_at_fixed_target_layer(source, target_spec, concept_set, recipe=recipe, anchor_texts=anchor_texts,
+                                              anchors_name=anchors_name, dtype=dtype, device=device,
+                                              batch_size=batch_size)
+    transplant.extra.update(note)
+    return transplant
+
+
+def _build_at_fixed_target_layer(source: ModelSpec, target_spec: ModelSpec, concept_set: ConceptSet, *, recipe: Recipe,
+                                 anchor_texts: list[str], anchors_name: str, dtype: str, device: str,
+                                 batch_size: int | str) -> Transplant:
+    from transformers import AutoConfig
+
     folder = pretrained_path(target_spec)
     num_layers = config_layer_count(folder)
     index = target_block(recipe.target_layer, num_layers) if num_layers is not None else None

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("concepts", help="list the shipped concept sets")
+    commands.add_parser("tasks-path", help="print the folder of the shipped task YAMLs (for --include_path)")
 
     compare = commands.add_parser("compare", help="run the comparison grid and write tables and plots")
     compare.add_argument("--source", required=True)
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in shipped_concepts():
                 concept = load_concept_set(name)
                 print(f"{name:<12} {len(concept):>4} pairs  {concept.description}")
+        elif args.command == "tasks-path":
+            from lm_eval_contrans.tasks_path import shipped_dir
+
+            print(shipped_dir("tasks"))
         elif args.command == "compare":
             from lm_eval_contrans.compare import ComparePlan, run_compare
             from lm_eval_contrans.report import markdown_table

@@ -19,13 +19,15 @@ from lm_eval.api.registry import register_model
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplants, save_transplants
 from lm_eval_contrans.alignment import check_anchor_count
+from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.build import (
     choose_target_layer, config_layer_count, is_auto, load_source_sides, make_recipe, model_layer_count,
-    model_type_of, relative_depth, return_freed_memory_to_the_os, target_block, transplant_into,
+    model_type_of, relative_depth, return_freed_memory_to_the_os, settle_anchor_tokens, target_block,
+    transplant_into,
 )
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.loading import default_device, parse_model_spec, pretrained_path
+from lm_eval_contrans.loading import evaluation_device, parse_model_spec, pretrained_path
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions, steer
 
@@ -44,6 +46,10 @@ def _show_package_logs_with_lm_evals() -> None:
         ours.propagate = False
 
 
+def _as_flag(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
 def split_per_concept(value, count: int, argument: str) -> list:
     """`a+b` -> [a, b]; a single value applies to every concept."""
     parts = str(value).split("+") if isinstance(value, str) and "+" in value else [value]
@@ -58,7 +64,8 @@ def split_per_concept(value, count: int, argument: str) -> list:
 class ConTransLM(FastScoringHFLM):
     """Model args: target (alias pretrained), source, concept, alpha, recipe, source_layer,
     target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, save_vector,
-    build_batch_size, source_dtype, check_target_name, positions, share_context; every other arg goes
+    build_batch_size, source_dtype, check_target_name, positions, share_context, block_path,
+    source_block_path; every other arg goes
     to HFLM unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
     either one value for all or `x+y`, one per concept."""
 
@@ -84,6 +91,8 @@ class ConTransLM(FastScoringHFLM):
         check_target_name: bool = True,
         positions: str = "all",
         share_context: bool | str = "auto",
+        block_path: str | None = None,
+        source_block_path: str | None = None,
         pretrained: str | None = None,
         device: str | None = None,
         **kwargs,
@@ -98,8 +107,15 @@ class ConTransLM(FastScoringHFLM):
         check_share_context(share_context)  # before the source is loaded, not after
         if vector is None and source is None:
             raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
-        target_spec = parse_model_spec(target, "target")
-        device = device or default_device()
+        target_spec = parse_model_spec(target, "target", block_path=block_path)
+        if vector is None:
+            source = parse_model_spec(source, "source", block_path=source_block_path)
+        build_device = evaluation_device(device)
+        if _as_flag(kwargs.get("parallelize", False)) and not torch.cuda.is_available():
+            # HFLM would offload every weight to disk and put inputs on "cuda"; with no GPU there is
+            # nothing to shard across
+            logger.warning("parallelize=True: no GPU on this machine, so the model is loaded whole on the CPU")
+            kwargs["parallelize"] = False
 
         transplants: list[Transplant] = []
         if vector is not None:
@@ -119,12 +135,13 @@ class ConTransLM(FastScoringHFLM):
             target_layers = [value if value is not None else recipe.target_layer
                              for value in split_per_concept(target_layer, len(concept_sets), "target_layer")]
             target_sweeps = [{} for _ in concept_sets]
+            recipe, anchor_note = settle_anchor_tokens(recipe, source, target_spec)  # after every argument check
             for position, layer in enumerate(target_layers):
                 if is_auto(layer):  # scored before the target is loaded for evaluation
                     target_layers[position], target_sweeps[position] = choose_target_layer(
                         source, target_spec, concept=concept_sets[position], anchor_texts=anchor_texts,
                         anchors_name=anchors_name, recipe=recipe, dtype=kwargs.get("dtype", "float32"),
-                        source_dtype=source_dtype, device=device, batch_size=build_batch_size)
+                        source_dtype=source_dtype, device=build_device, batch_size=build_batch_size)
             target_count = config_layer_count(pretrained_path(target_spec))
             depths = [None if target_count is None else relative_depth(target_block(layer, target_count), target_count)
                       for layer in target_layers]
@@ -137,7 +154,7 @@ class ConTransLM(FastScoringHFLM):
                 loaded = load_source_sides(
                     source, concepts=[concept_sets[i] for i in indices], anchor_texts=anchor_texts,
                     layers=[source_layers[i] for i in indices], dtype=source_dtype or kwargs.get("dtype", "float32"),
-                    device=device, batch_size=build_batch_size, anchor_tokens=recipe.anchor_tokens, target_depth=depth,
+                    device=build_device, batch_size=build_batch_size, anchor_tokens=recipe.anchor_tokens, target_depth=depth,
                 )  # the source model is freed when this returns
                 for index, side in zip(indices, loaded):
                     sides[index] = side
@@ -145,7 +162,11 @@ class ConTransLM(FastScoringHFLM):
                 for side in sides:
                     check_anchor_count(len(anchor_texts), side.hidden_size, recipe.ridge, recipe.map_method)
 
-        super().__init__(pretrained=pretrained_path(target_spec), device=device, share_context=share_context, **kwargs)
+        # the device resolved as HFLM would (its own fallback needs a string: simple_evaluate may pass None)
+        super().__init__(pretrained=pretrained_path(target_spec), device=build_device, share_context=share_context,
+                         **kwargs)
+        if block_path:
+            use_block_path(self.model, block_path, "block_path")
 
         if not transplants:
             for side, concept_set, layer, sweep in zip(sides, concept_sets, target_layers, target_sweeps):
@@ -154,7 +175,7 @@ class ConTransLM(FastScoringHFLM):
                     anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe, layer=layer,
                     batch_size=build_batch_size,
                 ))
-                transplants[-1].extra.update(sweep)
+                transplants[-1].extra.update({**anchor_note, **sweep})
                 logger.info("built transplant:\n%s", transplants[-1].summary())
             # the fit's temporaries are freed but glibc keeps their pages, on top of what evaluation needs
             return_freed_memory_to_the_os()

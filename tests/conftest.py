@@ -20,6 +20,70 @@ OPENINGS = ["We walked along the river on a cold morning and stopped at the old 
             "The museum was quiet on Tuesday, and the guide showed us the hall of maps, which"]
 
 
+DATA = REPO / "tests" / "data" / "tiny_task.jsonl"
+TASKS = """
+task: contrans_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{[positive, negative]}}}}"
+doc_to_target: 0
+metric_list:
+  - metric: acc
+---
+task: contrans_tiny_generate
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{positive}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 4
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory) -> Path:
+    """Two tiny tasks of our own (multiple choice, generation), found with --include_path."""
+    folder = tmp_path_factory.mktemp("tasks")
+    for index, text in enumerate(TASKS.format(data=DATA).split("---")):
+        (folder / f"task{index}.yaml").write_text(text)
+    return folder
+
+
+
+@pytest.fixture(scope="session")
+def small_inputs(tmp_path_factory) -> tuple[str, str]:
+    """(concept set, anchor corpus) files: 12 sentiment pairs and 80 anchor texts, enough rows for a
+    48-wide map and seconds per build."""
+    import json
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("small-inputs")
+    pairs = yaml.safe_load((REPO / "concept_sets" / "sentiment.yaml").read_text())["pairs"][:12]
+    concept = folder / "sentiment12.jsonl"
+    concept.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    anchors = folder / "anchors80.txt"
+    anchors.write_text("\n".join(_shipped_anchor_texts()[:80]))
+    return str(concept), str(anchors)
+
+
+def _shipped_anchor_texts() -> list[str]:
+    return (REPO / "lm_eval_contrans" / "data" / "neutral_anchors.txt").read_text().splitlines()
+
+
 def _corpus() -> list[str]:
     texts = (REPO / "lm_eval_contrans" / "data" / "neutral_anchors.txt").read_text().splitlines()
     texts += (REPO / "concept_sets" / "sentiment.yaml").read_text().splitlines()
@@ -120,3 +184,21 @@ def load(folder: Path):
     from lm_eval_contrans.loading import load_model
 
     return load_model(str(folder), dtype="float32", device="cpu")
+
+
+SLOW_MARKS = ("cli", "real")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true",
+                     help="also run the slower command-line (-m cli) and real-model (-m real) checks, as CI does")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`python -m pytest -q` runs the fast tests on tiny models; `--all` (or any -m) adds the slow ones."""
+    if config.getoption("--all") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if any(item.get_closest_marker(mark) for mark in SLOW_MARKS)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item not in slow]

@@ -12,47 +12,6 @@ import pytest
 
 pytestmark = pytest.mark.cli
 BIN = Path(sys.executable).parent
-DATA = Path(__file__).resolve().parent / "data" / "tiny_task.jsonl"
-
-TASKS = """
-task: contrans_tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{[positive, negative]}}}}"
-doc_to_target: 0
-metric_list:
-  - metric: acc
----
-task: contrans_tiny_generate
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{positive}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 4
-  do_sample: false
-metric_list:
-  - metric: exact_match
-"""
-
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tasks")
-    for index, text in enumerate(TASKS.format(data=DATA).split("---")):
-        (folder / f"task{index}.yaml").write_text(text)
-    return folder
-
 
 def run(command: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
@@ -188,3 +147,50 @@ def test_accelerate_data_parallel_matches_one_process_and_builds_once(tiny_llama
     # equal up to float32 summation order (each process runs with its own thread count)
     assert loglikelihoods(tmp_path / "parallel") == pytest.approx(loglikelihoods(tmp_path / "single"), rel=1e-5)
     assert lm_eval_results(tmp_path / "parallel")["results"] == lm_eval_results(tmp_path / "single")["results"]
+
+
+CHAT_TEMPLATE = ("{% for message in messages %}[{{ message['role'] }}] {{ message['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def test_lm_eval_cli_with_lm_evals_own_defaults(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):
+    """No --device (lm-eval passes cuda:0, on a CPU-only machine too), --batch_size auto, dtype=auto,
+    a chat template with few-shot turns, --gen_kwargs, --log_samples and --seed: as a newcomer runs it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    target = tmp_path / "chat-target"
+    shutil.copytree(tiny_gpt2_dir, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(target)
+    concept, anchors = small_inputs
+    artifact = tmp_path / "chat.safetensors"
+
+    def lm_eval_run(model_args: str, output: Path) -> dict:
+        result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", model_args,
+                      "--tasks", "contrans_tiny_choice,contrans_tiny_generate", "--include_path", str(task_dir),
+                      "--limit", "2", "--batch_size", "auto", "--apply_chat_template", "--fewshot_as_multiturn",
+                      "--num_fewshot", "1", "--gen_kwargs", "max_gen_toks=5", "--log_samples", "--seed", "3",
+                      "--output_path", str(output)], tmp_path)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return lm_eval_results(output)
+
+    steered = lm_eval_run(f"source={tiny_llama_dir},target={target},concept={concept},anchors={anchors},alpha=60,"
+                          f"dtype=auto,save_vector={artifact}", tmp_path / "steered")
+    assert set(steered["results"]) == {"contrans_tiny_choice", "contrans_tiny_generate"}
+    assert steered["config"]["random_seed"] == 3 and steered["config"]["batch_size"] == "auto"
+    unsteered = lm_eval_run(f"target={target},vector={artifact},alpha=0", tmp_path / "unsteered")
+
+    def generations(folder: Path) -> list[tuple[str, list]]:
+        samples = sorted(folder.rglob("samples_contrans_tiny_generate_*.jsonl"))[-1]
+        return [(row["arguments"]["gen_args_0"]["arg_0"], row["resps"])
+                for row in map(json.loads, samples.read_text().splitlines())]
+
+    steered_rows, unsteered_rows = generations(tmp_path / "steered"), generations(tmp_path / "unsteered")
+    prompt = steered_rows[0][0]
+    # the prompt the model saw is the chat-formatted one, with the few-shot example as an earlier turn
+    assert prompt.count("[user]") == 2 and prompt.rstrip().endswith("[assistant]"), prompt
+    assert [row[0] for row in unsteered_rows] == [row[0] for row in steered_rows]
+    assert [row[1] for row in unsteered_rows] != [row[1] for row in steered_rows]  # the steer reached it

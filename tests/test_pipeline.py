@@ -39,11 +39,6 @@ def test_resolve_layer_rejects_bad_values_naming_the_argument(bad):
         resolve_layer(bad, 4, "target_layer")
 
 
-def test_decoder_blocks_error_lists_paths_tried():
-    with pytest.raises(ConTransError, match="tried the module paths model.layers, .*transformer.h"):
-        decoder_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-
-
 # ---------------------------------------------------------------- refine
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

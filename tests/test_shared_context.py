@@ -82,3 +82,17 @@ def test_fast_scoring_hflm_scores_as_hflm_does(tiny_gpt2_dir):
     torch.testing.assert_close(torch.tensor([s for s, _ in scored]), torch.tensor([s for s, _ in expected]), atol=1e-4, rtol=1e-5)
     assert [g for _, g in scored] == [g for _, g in expected]
     assert len(fast._shared_context_groups([(None, fast.tok_encode(o), fast.tok_encode(a)) for o in OPENINGS for a in answers])) == 2
+
+
+@pytest.mark.parametrize(("family", "shareable"), [("llama", True), ("gpt2", True), ("mamba", False), ("jamba", False),
+                                                   ("qwen3_next", False), ("falcon_h1", False)])
+def test_whether_a_cache_can_be_shared_is_read_from_the_models_own_cache(family, shareable):
+    from transformers import AutoModelForCausalLM
+
+    from model_families import tiny_config
+    from lm_eval_contrans.shared_context import cache_can_be_shared
+
+    model = AutoModelForCausalLM.from_config(tiny_config(family, vocab_size=64, special_id=0)).eval()
+    # state-space layers keep recurrent state that a copied cache does not carry (Falcon-H1's copies
+    # without complaint and then fails on the choices): full passes instead
+    assert cache_can_be_shared(model) is shareable

@@ -1,0 +1,93 @@
+"""Anchor corpus size: the default recipe fitted on seeded random subsets of the shipped corpus vs the
+whole corpus, on the packaged pair. For each size: the anchor tokens recorded (what the first build's
+time is proportional to), held-out R^2 of the map, the cosine between each concept's transplanted
+vector and the target's own vector at the same block, and emotion steering success at alpha 2 on the
+first `--emotion-docs` dev scenarios of each `contrans_emotion_<e>` task.
+
+Decides whether a smaller default corpus would shorten the main job's first run (issue 18) without
+losing transfer. Run: python bench/bench_corpus_size.py --shared ../shared/data [--sizes 600 1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
+
+CONCEPTS = ["sentiment", "honesty", "toxicity", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
+EMOTIONS = CONCEPTS[3:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=str(SHARED))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[600, 1200])
+    parser.add_argument("--emotion-docs", type=int, default=40)
+    parser.add_argument("--alpha", type=float, default=2.0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.artifact import save_transplants
+    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.controls import cosine, target_own_vector
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    started = time.time()
+    print(f"machine: {machine()}", flush=True)
+    texts, _ = load_anchor_texts(None)
+    work = Path(tempfile.mkdtemp(prefix="contrans-corpus-"))
+    corpora = {}
+    for size in sorted(args.sizes):
+        subset = random.Random(0).sample(texts, size)  # seeded: the same subset every run
+        path = work / f"anchors{size}.txt"
+        path.write_text("\n".join(subset))
+        corpora[size] = str(path)
+    corpora[len(texts)] = None  # the shipped default
+    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
+    table = {}
+    for size, anchors in corpora.items():
+        anchor_texts, _ = load_anchor_texts(anchors)
+        transplants, cosines = {}, {}
+        for concept in CONCEPTS:
+            transplant = build_transplant(SOURCE, TARGET, concept, anchors=anchors, device="cpu")
+            own = target_own_vector(transplant, load_concept_set(concept), anchor_texts, device="cpu")
+            transplants[concept], cosines[concept] = transplant, cosine(transplant.vector, own)
+        artifact = work / f"emotions{size}.safetensors"
+        success = {}
+        for emotion in EMOTIONS:
+            save_transplants([transplants[emotion]], artifact)
+            lm = ConTransLM(target=TARGET, vector=str(artifact), alpha=args.alpha, device="cpu", batch_size=8)
+            results = lm_eval.simple_evaluate(model=lm, tasks=[f"contrans_emotion_{emotion}"], task_manager=task_manager,
+                                              limit=args.emotion_docs, verbosity="ERROR")["results"]
+            success[emotion] = results[f"contrans_emotion_{emotion}"]["acc,none"]
+            del lm
+        first = transplants["sentiment"]
+        table[size] = {"texts": size, "source_block": first.source_layer, "heldout_r2": first.heldout_r2,
+                       "cos_to_own": cosines, "mean_cos": sum(cosines.values()) / len(cosines),
+                       "emotion_success": success, "emotions_at_0.8": sum(value >= 0.8 for value in success.values())}
+        print(f"[{time.time() - started:6.0f} s] {size:5d} texts: source block {first.source_layer}, held-out R^2 "
+              f"{first.heldout_r2:.3f}, mean cosine to own {table[size]['mean_cos']:.3f}, emotions >= 0.8 at alpha "
+              f"{args.alpha:g}: {table[size]['emotions_at_0.8']}/6", flush=True)
+    print("\n| anchor texts | source block | held-out R² | mean cos to own | " + " | ".join(CONCEPTS)
+          + " | emotions ≥ 0.8 | " + " | ".join(EMOTIONS) + " |")
+    print("|" + "---|" * (5 + len(CONCEPTS) + len(EMOTIONS)))
+    for size, row in table.items():
+        print(f"| {size} | {row['source_block']} | {row['heldout_r2']:.3f} | {row['mean_cos']:.3f} | "
+              + " | ".join(f"{row['cos_to_own'][c]:.3f}" for c in CONCEPTS) + f" | {row['emotions_at_0.8']}/6 | "
+              + " | ".join(f"{row['emotion_success'][e]:.2f}" for e in EMOTIONS) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The paths lm-eval users walk out of habit, in process through `simple_evaluate` with model args as
+lm-eval parses them from a string: its default device (cuda:0, on a CPU-only machine too), devices
+that do not exist here, `batch_size auto` and `auto:N`, `dtype=auto|bfloat16|float16`,
+`parallelize=True`, a ConTransLM instance, and the registry."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lm_eval_contrans.lm_eval_model import ConTransLM
+
+
+@pytest.fixture(scope="module")
+def task_manager(task_dir):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(task_dir))
+
+
+@pytest.fixture(scope="module")
+def model_args(tiny_llama_dir, tiny_gpt2_dir, small_inputs) -> str:
+    concept, anchors = small_inputs
+    return f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors},alpha=4"
+
+
+def evaluate(task_manager, model="contrans", model_args=None, **options) -> list[list[float]]:
+    """The loglikelihoods lm-eval logged for the tiny multiple-choice task, one row per document."""
+    import lm_eval
+
+    results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["contrans_tiny_choice"],
+                                      task_manager=task_manager, limit=4, log_samples=True, **options)
+    return [[response[0][0] for response in sample["resps"]] for sample in results["samples"]["contrans_tiny_choice"]]
+
+
+@pytest.fixture(scope="module")
+def reference(task_manager, model_args) -> torch.Tensor:
+    return torch.tensor(evaluate(task_manager, model_args=model_args, device="cpu", batch_size=1))
+
+
+@pytest.mark.parametrize("device", [None, "cuda:0", "cuda:1", "cpu"])
+def test_any_device_argument_evaluates_where_the_model_runs(task_manager, model_args, reference, device):
+    # lm-eval passes device="cuda:0" when --device is not given; on a CPU-only machine the build
+    # used to load the source there and fail ("Torch not compiled with CUDA enabled")
+    scores = torch.tensor(evaluate(task_manager, model_args=model_args, device=device, batch_size=1))
+    tolerance = 0 if not torch.cuda.is_available() else 1e-2
+    torch.testing.assert_close(scores, reference, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("batch_size", [3, "auto", "auto:2"])
+def test_batch_sizes_give_the_same_scores(task_manager, model_args, reference, batch_size):
+    scores = torch.tensor(evaluate(task_manager, model_args=model_args, device="cpu", batch_size=batch_size))
+    torch.testing.assert_close(scores, reference, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("auto", torch.float32), ("bfloat16", torch.bfloat16),
+                                                  ("float16", torch.float16)])
+def test_dtypes_load_the_target_and_build_in_that_dtype(task_manager, model_args, reference, dtype, expected):
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("contrans").create_from_arg_string(f"{model_args},dtype={dtype}", {"device": "cpu", "batch_size": 2})
+    assert lm.model.dtype == expected
+    assert torch.isfinite(lm.transplant.vector).all() and lm.transplant.vector.norm() > 0
+    scores = torch.tensor(evaluate(task_manager, model=lm))
+    assert torch.isfinite(scores).all()
+    # half precision changes the numbers a little, not the picture
+    torch.testing.assert_close(scores, reference, atol=0.5 if expected != torch.float32 else 1e-4, rtol=0.05)
+
+
+def test_parallelize_true_runs_on_what_the_machine_has(task_manager, model_args, reference):
+    scores = torch.tensor(evaluate(task_manager, model_args=f"{model_args},parallelize=True", batch_size=1))
+    torch.testing.assert_close(scores, reference, atol=1e-2 if torch.cuda.is_available() else 1e-5, rtol=1e-4)
+
+
+def test_registry_and_an_instance_passed_to_simple_evaluate(task_manager, model_args, reference):
+    from lm_eval.api.registry import get_model
+
+    assert get_model("contrans") is ConTransLM
+    lm = get_model("contrans").create_from_arg_string(model_args, {"device": "cpu", "batch_size": 1})
+    assert lm.alpha == 4.0 and isinstance(lm.alpha, float)  # "4" from the string, a number here
+    torch.testing.assert_close(torch.tensor(evaluate(task_manager, model=lm)), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_device_that_does_not_exist_says_so_once(caplog):
+    from lm_eval_contrans.loading import evaluation_device
+
+    with caplog.at_level(logging.INFO, logger="lm_eval_contrans"):
+        chosen = evaluation_device("cuda:7")
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert chosen == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert "cuda:7" in caplog.records[0].getMessage()

@@ -1,0 +1,79 @@
+"""'Wraps any Hugging Face causal LM', kept true by test: a tiny random model of each decoder family
+in tests/model_families.py (attention, mixture-of-experts, multimodal loaded for text, state-space and
+hybrid), as the target (build -> steer -> lm-eval on a shipped multiple-choice task) and as the source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import _byte_bpe_tokenizer
+from model_families import FAMILIES, save_tiny_model
+from lm_eval_contrans.blocks import decoder_blocks
+from lm_eval_contrans.steering import steer
+
+@pytest.fixture(scope="module")
+def shared_tokenizer():
+    return _byte_bpe_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+@pytest.fixture
+def family_dir(request, shared_tokenizer, tmp_path):
+    return save_tiny_model(request.param, shared_tokenizer, tmp_path / request.param)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("family_dir", sorted(FAMILIES), indirect=True)
+def test_family_as_target(family_dir, tiny_gpt2_dir, small_inputs, task_manager):
+    import lm_eval
+
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    concept, anchors = small_inputs
+    lm = ConTransLM(source=str(tiny_gpt2_dir), target=str(family_dir), concept=concept, anchors=anchors, alpha=8.0,
+                    device="cpu", batch_size=4)
+    transplant = lm.transplant
+    assert transplant.target_num_layers == len(decoder_blocks(lm.model)) == 2
+    assert torch.isfinite(transplant.vector).all() and transplant.vector.norm() > 0
+
+    ids = torch.tensor([[5, 17, 33, 60, 101, 7]])
+    plain = _logits(lm.model, ids)
+    with steer(lm.model, transplant.target_layer, transplant.steering_vector(), alpha=0.0):
+        assert torch.equal(_logits(lm.model, ids), plain)
+    with lm._steering():
+        steered = _logits(lm.model, ids)
+    assert not torch.allclose(steered, plain)
+    assert torch.equal(_logits(lm.model, ids), plain)  # the hook is gone
+
+    results = lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], limit=2, task_manager=task_manager,
+                                      log_samples=True)
+    samples = results["samples"]["contrans_facts"]
+    scores = [[response[0][0] for response in sample["resps"]] for sample in samples]
+    assert len(samples) == 2 and all(len(row) == 4 and all(map(torch.isfinite, torch.tensor(row))) for row in scores)
+    # lm-eval's accuracy is the argmax of the loglikelihoods our scoring returned
+    chosen = [max(range(4), key=row.__getitem__) == sample["target"] for row, sample in zip(scores, samples)]
+    assert results["results"]["contrans_facts"]["acc,none"] == sum(chosen) / 2
+
+
+@pytest.mark.parametrize("family_dir", sorted(FAMILIES), indirect=True)
+def test_family_as_source(family_dir, tiny_gpt2_dir, small_inputs):
+    from lm_eval_contrans.build import build_transplant
+
+    concept, anchors = small_inputs
+    transplant = build_transplant(str(family_dir), str(tiny_gpt2_dir), concept, anchors=anchors, device="cpu")
+    assert (transplant.source_num_layers, transplant.source_hidden_size) == (2, 32)
+    assert torch.isfinite(transplant.vector).all() and transplant.vector.norm() > 0
+    assert transplant.source_vector.norm() > 0  # the source's positive and negative sides differ
