@@ -30,10 +30,11 @@ def test_python_start_up_does_not_import_lm_eval_or_torch(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
-def test_lm_eval_cli_finds_and_runs_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, tmp_path):
+def test_lm_eval_cli_finds_and_runs_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):
     output = tmp_path / "out"
     artifact = tmp_path / "tiny.safetensors"
-    model_args = (f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept=sentiment,alpha=50,"
+    concept, anchors = small_inputs  # the command line is under test here, not the shipped corpus
+    model_args = (f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors},alpha=50,"
                   f"save_vector={artifact}")
     result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", model_args,
                   "--tasks", "contrans_tiny_choice,contrans_tiny_generate", "--include_path", str(task_dir),
@@ -73,12 +74,14 @@ def test_lm_eval_cli_reports_a_clear_error(tiny_gpt2_dir, task_dir, tmp_path):
     assert "source: give source=<model> to build the transplant, or vector=" in result.stderr
 
 
-def test_simple_evaluate_finds_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, tmp_path):
+def test_simple_evaluate_finds_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):
+    concept, anchors = small_inputs
     code = f"""
 import lm_eval
 from lm_eval.tasks import TaskManager
 results = lm_eval.simple_evaluate(model="contrans",
-    model_args="source={tiny_llama_dir},target={tiny_gpt2_dir},alpha=2", tasks=["contrans_tiny_choice"],
+    model_args="source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors},alpha=2",
+    tasks=["contrans_tiny_choice"],
     task_manager=TaskManager(include_path="{task_dir}"), limit=2, device="cpu")
 print("ACC", results["results"]["contrans_tiny_choice"]["acc,none"])
 """
