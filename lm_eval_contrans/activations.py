@@ -37,7 +37,7 @@ def input_device(model: nn.Module) -> torch.device:
     try:
         device = model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
-        device = input_device(model)
+        device = next(model.parameters()).device
     return torch.device("cpu") if device.type == "meta" else device
 
 

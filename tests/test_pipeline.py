@@ -178,3 +178,12 @@ def test_steering_follows_the_block_dtype(tiny_llama_dir):
         after, _ = _block_output(model, 1, ids)
     assert after.dtype == torch.bfloat16
     torch.testing.assert_close(after.float(), (before + 1.0).float(), atol=0.07, rtol=0.02)
+
+
+def test_input_device_without_input_embeddings_is_the_first_parameters():
+    from lm_eval_contrans.activations import input_device
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))  # no get_input_embeddings
+    assert input_device(model) == torch.device("cpu")
+    model.to("meta")  # offloaded weights: inputs start on the CPU
+    assert input_device(model) == torch.device("cpu")
