@@ -2,9 +2,9 @@
 
 The method works from plain Python without lm-eval::
 
-    from lm_eval_contrans import build_transplant, steer
+    from lm_eval_contrans import build_transplant
     transplant = build_transplant(source="src-model", target="tgt-model", concept="sentiment")
-    with steer(target_model, transplant.target_layer, transplant.vector, alpha=2.0):
+    with transplant.apply(target_model, alpha=2.0):  # alpha in the transplant's unit
         target_model.generate(...)
 
 Heavy modules (torch, transformers) are imported lazily so that `import lm_eval_contrans`
@@ -16,14 +16,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build_transplant": "lm_eval_contrans.build",
+    "build_transplant": "lm_eval_contrans.pipeline",
+    "build_transplants": "lm_eval_contrans.pipeline",
     "Transplant": "lm_eval_contrans.artifact",
     "save_transplant": "lm_eval_contrans.artifact",
     "load_transplant": "lm_eval_contrans.artifact",
     "save_transplants": "lm_eval_contrans.artifact",
     "load_transplants": "lm_eval_contrans.artifact",
-    "run_compare": "lm_eval_contrans.compare",
-    "ComparePlan": "lm_eval_contrans.compare",
+    "run_compare": "lm_eval_contrans.experiments.compare",
+    "ComparePlan": "lm_eval_contrans.experiments.compare",
+    "Grid": "lm_eval_contrans.experiments.grid",
+    "GridRow": "lm_eval_contrans.experiments.grid",
+    "EvalSettings": "lm_eval_contrans.experiments.grid",
+    "plan_build": "lm_eval_contrans.pipeline",
+    "Recipe": "lm_eval_contrans.pipeline",
     "steer": "lm_eval_contrans.steering",
     "concept_vector": "lm_eval_contrans.extract",
     "fit_linear_map": "lm_eval_contrans.alignment",

@@ -68,6 +68,25 @@ class Transplant:
 
         return unit_vector(self.vector, self.alpha_unit, self.residual_norm)
 
+    def apply(self, model, alpha: float = 1.0, positions: str = "all"):
+        """A context manager: within it, `model` (the target) is steered by alpha times this transplant,
+        in the transplant's alpha unit, at its target block::
+
+            with transplant.apply(model, alpha=2.0):
+                model.generate(...)
+        """
+        from lm_eval_contrans.blocks import decoder_blocks
+        from lm_eval_contrans.steering import steer
+
+        block = decoder_blocks(model)[self.target_layer]
+        device = next(block.parameters(), self.vector).device
+        # placed once per device: a host-to-device copy in every forward pass would stall a GPU
+        key = (device, self.alpha_unit, self.residual_norm)
+        placed = self.__dict__.setdefault("_placed", {})
+        if key not in placed or placed[key][0] is not self.vector:
+            placed[key] = (self.vector, self.steering_vector().to(device))
+        return steer(model, self.target_layer, placed[key][1], alpha, positions)
+
     def summary(self) -> str:
         lines = [
             f"concept        {self.concept} ({self.concept_pairs} pairs, sha256 {self.concept_hash[:12]})",

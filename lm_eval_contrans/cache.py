@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,15 +85,33 @@ def cached_tensor(kind: str, fields: dict, compute: Callable[[], "torch.Tensor"]
     tensor = _read_entry(path)
     if tensor is not None or compute is None:
         return tensor
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One process computes an entry; others (e.g. the ranks of `accelerate launch`) wait for the
-    # lock and then read what it wrote instead of computing it again.
-    with FileLock(str(path) + ".lock"):
-        tensor = _read_entry(path)
-        if tensor is None:
-            tensor = compute()
-            _write_entry(path, tensor, fields)
-    return tensor
+    fill_entries({path: (kind, fields)}, lambda missing: {path: compute()})
+    return _read_entry(path)
+
+
+def fill_entries(entries: Mapping[Hashable, tuple[str, dict]],
+                 record: Callable[[list], Mapping[Hashable, "torch.Tensor"]]) -> list:
+    """Make every entry (name -> (kind, fields)) exist in the cache; returns the names this call recorded.
+
+    `record(missing_names)` computes the missing entries in one go (one forward pass fills every
+    block). Each missing entry's lock is held from the check, through the recording, to the write:
+    of several processes that ask at the same instant (the ranks of `accelerate launch`), one
+    records and the others wait and then find the entries, without loading the model. Locks are
+    taken in path order, so two processes asking for overlapping sets cannot deadlock."""
+    missing = [name for name, (kind, fields) in entries.items() if not has_tensor(kind, fields)]
+    if not missing:
+        return []
+    paths = {name: _entry_path(*entries[name]) for name in missing}
+    with ExitStack() as locks:
+        for path in sorted(set(paths.values())):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(FileLock(str(path) + ".lock"))
+        missing = [name for name in missing if not has_tensor(*entries[name])]  # filled while we waited
+        if missing:
+            recorded = record(missing)
+            for name in missing:
+                _write_entry(paths[name], recorded[name], entries[name][1])
+    return missing
 
 
 def has_tensor(kind: str, fields: dict) -> bool:

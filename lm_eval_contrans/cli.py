@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--dtype", default=None)
     compare.add_argument("--seed", type=int, default=0, help="seed of the random-vector control")
     compare.add_argument("--metadata", default=None, help="JSON passed to the tasks, e.g. local data paths")
+    compare.add_argument("--include_path", "--include-path", action="append", default=[],
+                         help="a folder of your own task YAMLs, as for lm_eval (repeatable)")
     compare.add_argument("--no-controls", action="store_true", help="skip the random, own-vector and prompt rows")
     compare.add_argument("--also-metrics", nargs="*", default=["margin"],
                          help="metrics shown next to each task's main metric where the task reports them")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             from lm_eval_contrans.artifact import save_transplant
-            from lm_eval_contrans.build import build_transplant
+            from lm_eval_contrans.pipeline import build_transplant
 
             transplant = build_transplant(args.source, args.target, args.concept, **_recipe_options(args),
                                           dtype=args.dtype, device=args.device, batch_size=args.batch_size)
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(shipped_dir("tasks"))
         elif args.command == "compare":
-            from lm_eval_contrans.compare import ComparePlan, run_compare
-            from lm_eval_contrans.report import markdown_table
+            from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
+            from lm_eval_contrans.experiments.report import markdown_table
 
             limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
             batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 instruct=args.instruct, out=Path(args.out), limit=limit, batch_size=batch_size,
                 device=args.device, seed=args.seed, model_args={"dtype": args.dtype} if args.dtype else {},
                 task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
+                include_path=args.include_path,
                 extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
             )
             print(markdown_table(run_compare(plan), plan.extra_metrics))
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 export_gguf(transplant, args.out)
             print(f"wrote {args.out} ({args.format}, block {transplant.target_layer})")
         elif args.command == "table":
-            from lm_eval_contrans.report import markdown_table, rows_from_folder, write_report
+            from lm_eval_contrans.experiments.report import markdown_table, rows_from_folder, write_report
 
             rows = [row for folder in args.folders for row in rows_from_folder(Path(folder))]
             if not rows:

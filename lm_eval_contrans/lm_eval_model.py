@@ -16,20 +16,15 @@ from contextlib import ExitStack, contextmanager
 import torch
 from lm_eval.api.registry import register_model
 
-from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplants, save_transplants
-from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.blocks import use_block_path
-from lm_eval_contrans.build import (
-    choose_target_layer, config_layer_count, is_auto, load_source_sides, make_recipe, model_layer_count,
-    model_type_of, relative_depth, return_freed_memory_to_the_os, settle_anchor_tokens, target_block,
-    transplant_into,
-)
-from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import evaluation_device, parse_model_spec, pretrained_path
+from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, record_sources
+from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of
+from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
-from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions, steer
+from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
 logger = logging.getLogger("lm_eval.contrans")
@@ -44,20 +39,6 @@ def _show_package_logs_with_lm_evals() -> None:
     if theirs.handlers and ours.level == logging.NOTSET:
         ours.setLevel(theirs.getEffectiveLevel())
         ours.propagate = False
-
-
-def _as_flag(value) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "1", "yes")
-
-
-def split_per_concept(value, count: int, argument: str) -> list:
-    """`a+b` -> [a, b]; a single value applies to every concept."""
-    parts = str(value).split("+") if isinstance(value, str) and "+" in value else [value]
-    if len(parts) == 1:
-        return parts * count
-    if len(parts) != count:
-        raise ConTransError(argument, f"{len(parts)} values ({value!r}) for {count} concepts; give one, or one per concept")
-    return [part.strip() if isinstance(part, str) else part for part in parts]
 
 
 @register_model("contrans")
@@ -111,86 +92,65 @@ class ConTransLM(FastScoringHFLM):
         if vector is None:
             source = parse_model_spec(source, "source", block_path=source_block_path)
         build_device = evaluation_device(device)
-        if _as_flag(kwargs.get("parallelize", False)) and not torch.cuda.is_available():
+        if as_bool(kwargs.get("parallelize", False), "parallelize") and not torch.cuda.is_available():
             # HFLM would offload every weight to disk and put inputs on "cuda"; with no GPU there is
             # nothing to shard across
             logger.warning("parallelize=True: no GPU on this machine, so the model is loaded whole on the CPU")
             kwargs["parallelize"] = False
 
-        transplants: list[Transplant] = []
         if vector is not None:
-            transplants = load_transplants(vector, "vector")
+            transplants = _given_transplants(vector)
             if source is not None:
                 logger.warning("vector= given: the source model %s is not loaded", source)
             if alpha_unit is not None:
                 transplants = [dataclasses.replace(t, alpha_unit=check_alpha_unit(alpha_unit)) for t in transplants]
-            self.alphas = [check_alpha(value) for value in split_per_concept(alpha, len(transplants), "alpha")]
+            plan = None
+            alphas = [check_alpha(value) for value in per_concept(alpha, len(transplants), "alpha")]
         else:
-            recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map, ridge=ridge, center=center,
-                                 alpha_unit=alpha_unit)
-            concept_names = str(concept).split("+")
-            concept_sets = [load_concept_set(name.strip()) for name in concept_names]
-            self.alphas = [check_alpha(value) for value in split_per_concept(alpha, len(concept_sets), "alpha")]
-            anchor_texts, anchors_name = load_anchor_texts(anchors)
-            target_layers = [value if value is not None else recipe.target_layer
-                             for value in split_per_concept(target_layer, len(concept_sets), "target_layer")]
-            target_sweeps = [{} for _ in concept_sets]
-            recipe, anchor_note = settle_anchor_tokens(recipe, source, target_spec)  # after every argument check
-            for position, layer in enumerate(target_layers):
-                if is_auto(layer):  # scored before the target is loaded for evaluation
-                    target_layers[position], target_sweeps[position] = choose_target_layer(
-                        source, target_spec, concept=concept_sets[position], anchor_texts=anchor_texts,
-                        anchors_name=anchors_name, recipe=recipe, dtype=kwargs.get("dtype", "float32"),
-                        source_dtype=source_dtype, device=build_device, batch_size=build_batch_size)
-            target_count = config_layer_count(pretrained_path(target_spec))
-            depths = [None if target_count is None else relative_depth(target_block(layer, target_count), target_count)
-                      for layer in target_layers]
-            source_layers = [value if value is not None else recipe.source_layer
-                             for value in split_per_concept(source_layer, len(concept_sets), "source_layer")]
-            # one source load serves every concept whose target block is at the same depth
-            sides = [None] * len(concept_sets)
-            for depth in dict.fromkeys(depths):
-                indices = [index for index, value in enumerate(depths) if value == depth]
-                loaded = load_source_sides(
-                    source, concepts=[concept_sets[i] for i in indices], anchor_texts=anchor_texts,
-                    layers=[source_layers[i] for i in indices], dtype=source_dtype or kwargs.get("dtype", "float32"),
-                    device=build_device, batch_size=build_batch_size, anchor_tokens=recipe.anchor_tokens, target_depth=depth,
-                )  # the source model is freed when this returns
-                for index, side in zip(indices, loaded):
-                    sides[index] = side
-            if recipe.anchor_tokens == "last":
-                for side in sides:
-                    check_anchor_count(len(anchor_texts), side.hidden_size, recipe.ridge, recipe.map_method)
+            count = len(concept) if isinstance(concept, (list, tuple)) else len(str(concept).split("+"))
+            alphas = [check_alpha(value) for value in per_concept(alpha, count, "alpha")]  # before any model loads
+            plan = plan_build(source, target_spec, concept, recipe=recipe, source_layer=source_layer,
+                              target_layer=target_layer, anchors=anchors, anchor_tokens=anchor_tokens, map_method=map,
+                              ridge=ridge, center=center, alpha_unit=alpha_unit, dtype=kwargs.get("dtype", "float32"),
+                              source_dtype=source_dtype, device=build_device, batch_size=build_batch_size,
+                              source_block_path=source_block_path)
+            sources = record_sources(plan)  # the source model is freed before HFLM loads the target
 
         # the device resolved as HFLM would (its own fallback needs a string: simple_evaluate may pass None)
         super().__init__(pretrained=pretrained_path(target_spec), device=build_device, share_context=share_context,
                          **kwargs)
         if block_path:
             use_block_path(self.model, block_path, "block_path")
-
-        if not transplants:
-            for side, concept_set, layer, sweep in zip(sides, concept_sets, target_layers, target_sweeps):
-                transplants.append(transplant_into(
-                    side, self.model, self.tokenizer, target_spec=target_spec, concept=concept_set,
-                    anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe, layer=layer,
-                    batch_size=build_batch_size,
-                ))
-                transplants[-1].extra.update({**anchor_note, **sweep})
-                logger.info("built transplant:\n%s", transplants[-1].summary())
-            # the fit's temporaries are freed but glibc keeps their pages, on top of what evaluation needs
-            return_freed_memory_to_the_os()
-        else:
-            for transplant in transplants:
-                check_against_target(
-                    transplant, target=target_spec.name,
-                    hidden_size=self.model.get_input_embeddings().embedding_dim,
-                    num_layers=model_layer_count(self.model), model_type=model_type_of(self.model),
-                    strict_name=bool(check_target_name),
-                )
+        self._target_name = target_spec.name
+        self._check_target_name = as_bool(check_target_name, "check_target_name")
+        if plan is not None:
+            transplants = finish_build(plan, sources, self.model, self.tokenizer)
+        self.use_transplants(transplants, alphas)
         if save_vector:
-            save_transplants(transplants, save_vector)
+            save_transplants(self.transplants, save_vector)
             logger.info("saved transplant to %s", save_vector)
-        self.transplants = transplants
+
+    @classmethod
+    def from_transplants(cls, target: str, transplants: Transplant | list[Transplant], alpha: float | str | list = 1.0,
+                         **kwargs) -> ConTransLM:
+        """The target steered by transplants already in memory (checked against it like an artifact file)."""
+        return cls(target=target, vector=transplants, alpha=alpha, **kwargs)
+
+    def use_transplants(self, transplants: Transplant | list[Transplant], alphas: float | str | list) -> None:
+        """Steer with these transplants from now on (one alpha for all, or one each), after checking
+        each against the loaded target: one load of the target serves a whole grid of vectors."""
+        transplants = [transplants] if isinstance(transplants, Transplant) else list(transplants)
+        if not isinstance(alphas, (list, tuple)):
+            alphas = per_concept(alphas, len(transplants), "alpha")
+        if len(alphas) != len(transplants):
+            raise ConTransError("alpha", f"{len(alphas)} values for {len(transplants)} transplants")
+        for transplant in transplants:
+            check_against_target(
+                transplant, target=self._target_name, hidden_size=self.model.get_input_embeddings().embedding_dim,
+                num_layers=model_layer_count(self.model), model_type=model_type_of(self.model),
+                strict_name=self._check_target_name,
+            )
+        self.transplants, self.alphas = transplants, [check_alpha(value) for value in alphas]
 
     # One concept is the common case: `transplant` / `alpha` read and set it directly.
     @property
@@ -199,9 +159,6 @@ class ConTransLM(FastScoringHFLM):
             raise AttributeError("several concepts are steered: use .transplants and .alphas")
         return self.transplants[0]
 
-    @transplant.setter
-    def transplant(self, value: Transplant) -> None:
-        self.transplants = [value]
 
     @property
     def alpha(self) -> float:
@@ -209,28 +166,17 @@ class ConTransLM(FastScoringHFLM):
             raise AttributeError("several concepts are steered: use .alphas")
         return self.alphas[0]
 
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self.alphas = [check_alpha(value)] * max(1, len(getattr(self, "transplants", [None])))
-
-    def _on_device(self, transplant: Transplant) -> torch.Tensor:
-        # Placed once: a host-to-device copy inside every forward pass would stall the GPU.
-        placed = self.__dict__.setdefault("_placed_vectors", {})
-        key = (id(transplant.vector), transplant.alpha_unit, transplant.residual_norm)
-        if key not in placed or placed[key][0] is not transplant.vector:
-            placed[key] = (transplant.vector, transplant.steering_vector().to(self.device))
-        return placed[key][1]
 
     @contextmanager
     def _steering(self):
         with ExitStack() as stack:
             for transplant, alpha in zip(self.transplants, self.alphas):
-                stack.enter_context(steer(self.model, transplant.target_layer, self._on_device(transplant),
-                                          alpha, self.positions))
+                stack.enter_context(transplant.apply(self.model, alpha, self.positions))
             yield
 
     def _can_share_context(self) -> bool:
-        return self.positions == "all"  # "prompt" and "generated" count forward passes
+        # a shared context's continuations extend its cache, so they would count as generated tokens
+        return self.positions == "all"
 
     def _around_forward(self):
         return self._steering()
@@ -247,3 +193,12 @@ class ConTransLM(FastScoringHFLM):
             info["contrans"] = {"alpha": self.alphas, "positions": self.positions,
                                 "transplants": [as_dict(t) for t in self.transplants]}
         return info
+
+
+def _given_transplants(vector) -> list[Transplant]:
+    """vector=: an artifact file, or (from Python) a Transplant or a list of them."""
+    if isinstance(vector, Transplant):
+        return [vector]
+    if isinstance(vector, (list, tuple)) and all(isinstance(item, Transplant) for item in vector):
+        return list(vector)  # an empty list: the target unsteered, until use_transplants
+    return load_transplants(vector, "vector")

@@ -7,6 +7,7 @@ file's path, size and modification time; later loads read that folder.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.cache import cached_dir, content_key
@@ -237,3 +239,26 @@ def model_identity(spec: ModelSpec) -> dict:
             if entry.is_file()
         )
     return identity
+
+
+def free_model(model: nn.Module) -> None:
+    """Release a model's weights now, even while the caller still holds a reference to it."""
+    try:
+        model.to("meta")
+    except Exception:  # some wrappers refuse; the references going out of scope still free it
+        pass
+    gc.collect()
+    return_freed_memory_to_the_os()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def return_freed_memory_to_the_os() -> None:
+    # glibc keeps freed heap pages for reuse; the target (loaded next) may not fit in them, so
+    # without this the source's pages stay in the process's resident set on top of the target's.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

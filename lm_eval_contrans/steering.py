@@ -1,4 +1,5 @@
-"""Transplant: add alpha * vector to the output of one decoder block, at every position.
+"""Transplant: add alpha * vector to the output of one decoder block (every position, or the prompt's
+or the generated tokens').
 
 The hook lives only inside the `steer` context manager and is removed on every exit path,
 exceptions included. The vector is moved to the block output's own device and dtype, so sharded
@@ -7,9 +8,11 @@ exceptions included. The vector is moved to the block output's own device and dt
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -17,6 +20,8 @@ from torch import nn
 from lm_eval_contrans.activations import block_output_tensor
 from lm_eval_contrans.blocks import decoder_blocks
 from lm_eval_contrans.errors import ConTransError
+
+logger = logging.getLogger(__name__)
 
 
 def check_alpha(alpha) -> float:
@@ -61,19 +66,44 @@ def check_positions(positions: str) -> str:
     return positions
 
 
-def add_vector_hook(vector: torch.Tensor, positions: str = "all"):
-    """A forward hook that adds `vector` to a block's hidden-state output.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "cache_params")
 
-    positions="prompt" steers only the first forward pass in the context (the prompt, or the
-    whole input of a loglikelihood call); "generated" only the later, one-token passes of
-    generation with a KV cache.
-    """
+
+def continues_a_cache(kwargs: dict) -> bool:
+    """Whether a model's forward pass extends a KV cache (a decoding step of `generate`) rather than
+    reading a prompt: its cache positions start after 0, or the cache it is given already holds state."""
+    position = kwargs.get("cache_position")
+    if isinstance(position, torch.Tensor) and position.numel():
+        return int(position.reshape(-1)[0]) > 0
+    # transformers 5.x calls the cache `cache` (earlier `past_key_values`); Mamba-style models `cache_params`
+    past = next((kwargs[name] for name in CACHE_ARGUMENTS if kwargs.get(name) is not None), None)
+    if past is None:
+        return False
+    try:
+        return int(past.get_seq_length()) > 0
+    except (AttributeError, ValueError, TypeError):  # a state-space cache has no length, only a state
+        pass
+    if callable(getattr(past, "has_previous_state", None)):
+        return bool(past.has_previous_state())
+    try:  # the legacy tuple of (key, value) per layer
+        return past[0][0].shape[-2] > 0
+    except (TypeError, IndexError, AttributeError):
+        return True
+
+
+@functools.cache
+def _warn_no_cache(model_class: str, positions: str) -> None:
+    logger.warning("positions=%s tells prompt passes from cached decoding steps, but %s generates without a KV "
+                   "cache: each of its passes re-reads the whole sequence and counts as a prompt pass", positions,
+                   model_class)
+
+
+def add_vector_hook(vector: torch.Tensor, steer_this_pass=lambda: True):
+    """A forward hook that adds `vector` to a block's hidden-state output when `steer_this_pass()`."""
     cache: dict[tuple, torch.Tensor] = {}
-    calls = [0]
 
     def hook(module: nn.Module, inputs, output):
-        calls[0] += 1
-        if (positions == "prompt" and calls[0] > 1) or (positions == "generated" and calls[0] == 1):
+        if not steer_this_pass():
             return output
         hidden = block_output_tensor(output)
         key = (hidden.device, hidden.dtype)
@@ -90,7 +120,10 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
           positions: str = "all") -> Iterator[None]:
     """Within the block, block `layer` of `model` outputs (its output + alpha * vector).
 
-    `positions`: "all" (the paper), "prompt" or "generated" (see `add_vector_hook`)."""
+    `positions`: "all" (the paper), "prompt" (passes that read input: the prompt of `generate`, the
+    whole input of a scoring call) or "generated" (the one-token decoding steps that extend a KV
+    cache). Which one a pass is comes from the pass's own input, not from how often the caller
+    entered this block."""
     alpha = check_alpha(alpha)
     positions = check_positions(positions)
     blocks = decoder_blocks(model)
@@ -99,8 +132,17 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
     if alpha == 0.0:
         yield  # nothing to add: keep the forward pass bit-for-bit the unhooked one
         return
-    handle = blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach(), positions))
-    try:
+    with ExitStack() as hooks:
+        steer_this_pass = lambda: True  # noqa: E731
+        if positions != "all":
+            decoding = [False]
+
+            def read_the_input(module, args, kwargs):
+                decoding[0] = continues_a_cache(kwargs)
+                if kwargs.get("use_cache") and not any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS):
+                    _warn_no_cache(type(model).__name__, positions)
+
+            hooks.callback(model.register_forward_pre_hook(read_the_input, with_kwargs=True).remove)
+            steer_this_pass = (lambda: decoding[0]) if positions == "generated" else (lambda: not decoding[0])
+        hooks.callback(blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach(), steer_this_pass)).remove)
         yield
-    finally:
-        handle.remove()

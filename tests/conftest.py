@@ -180,6 +180,16 @@ def _isolated_cache(tmp_path_factory):
         os.environ["CONTRANS_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _environment_described_once():
+    """lm-eval runs torch's collect_env (`pip list` and more, 3-7 s) after every in-process evaluation;
+    the machine does not change within a test session, so it is described once."""
+    from lm_eval_contrans.experiments.grid import environment_described_once
+
+    with environment_described_once():
+        yield
+
+
 def load(folder: Path):
     from lm_eval_contrans.loading import load_model
 

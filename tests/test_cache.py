@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lm_eval_contrans.build as build
+import lm_eval_contrans.pipeline.build as build
+import lm_eval_contrans.pipeline.states as states
 from lm_eval_contrans.artifact import save_transplant
 
 
@@ -23,6 +24,7 @@ def test_identical_rebuild_loads_no_model_and_gives_the_same_bytes(tiny_llama_di
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded on a cached rebuild")
 
+    monkeypatch.setattr(states, "load_model", no_loading)
     monkeypatch.setattr(build, "load_model", no_loading)
     second = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
     save_transplant(second, tmp_path / "second.safetensors")
@@ -36,13 +38,13 @@ def test_new_concept_for_the_same_pair_skips_the_anchor_passes(tiny_llama_dir, t
     flipped.write_text('{"positive": "The day was awful.", "negative": "The day was lovely."}\n'
                        '{"positive": "The food was bland.", "negative": "The food was tasty."}\n')
     passes = []
-    real = build.last_token_states
+    real = states.last_token_states
 
     def spy(*args, progress=None, **kwargs):
         passes.append(progress)
         return real(*args, progress=progress, **kwargs)
 
-    monkeypatch.setattr(build, "last_token_states", spy)
+    monkeypatch.setattr(states, "last_token_states", spy)
     import lm_eval_contrans.extract as extract
     monkeypatch.setattr(extract, "last_token_states", spy)
     transplant = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), str(flipped), device="cpu")
@@ -50,11 +52,19 @@ def test_new_concept_for_the_same_pair_skips_the_anchor_passes(tiny_llama_dir, t
     assert transplant.concept == "flipped"
 
 
-def test_a_changed_layer_or_anchor_set_is_not_served_from_the_cache(tiny_llama_dir, tiny_gpt2_dir, fresh_cache):
+def test_a_changed_layer_or_anchor_set_is_not_served_from_the_cache(tiny_llama_dir, tiny_gpt2_dir, fresh_cache,
+                                                                     small_inputs):
     base = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", device="cpu")
     other_layer = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment",
                                          source_layer=1, device="cpu")
     assert other_layer.source_layer == 1 and not torch.equal(other_layer.source_vector, base.source_vector)
+    _, anchors = small_inputs  # the first 80 texts of the shipped corpus: other anchor states, another map
+    other_anchors = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), "sentiment", anchors=anchors,
+                                           device="cpu")
+    assert other_anchors.anchor_count == 80 and other_anchors.anchors_hash != base.anchors_hash
+    assert other_anchors.source_layer == base.source_layer
+    assert torch.equal(other_anchors.source_vector, base.source_vector)  # the concept pass is the same ...
+    assert not torch.equal(other_anchors.map_weight, base.map_weight)  # ... the map is fitted on the new anchors
 
 
 def test_source_anchor_states_are_read_from_the_cache_not_held(tiny_llama_dir, fresh_cache):
@@ -65,8 +75,8 @@ def test_source_anchor_states_are_read_from_the_cache_not_held(tiny_llama_dir, f
     from lm_eval_contrans.errors import ConTransError
 
     texts, _ = load_anchor_texts(None)
-    side = build.load_source_side(str(tiny_llama_dir), concept=load_concept_set("sentiment"), anchor_texts=texts[:40],
-                                  layer=[0, 1], device="cpu", anchor_tokens="dense")
+    side, = states.record_concept_states(str(tiny_llama_dir), [states.StateRequest(load_concept_set("sentiment"), [0, 1])],
+                                         anchor_texts=texts[:40], device="cpu", anchor_tokens="dense")
     first, again = side.anchor_states[1], side.anchor_states[1]
     assert first.shape[0] > 40 and torch.equal(first, again) and first.data_ptr() != again.data_ptr()
     assert list(side.only([1]).anchor_states) == [1]
@@ -128,3 +138,43 @@ def test_a_build_killed_half_way_leaves_no_entry(tmp_path, fresh_cache):
     assert not list((fresh_cache / "race").glob("*.safetensors"))
     finished = subprocess.run([sys.executable, "-c", WORKER, str(markers), "0"], capture_output=True, text=True, timeout=120)
     assert finished.stdout.strip() == "[0.0, 1.0, 2.0, 3.0, 4.0]"
+
+
+RECORDING_WORKER = """
+import os, sys, time
+from pathlib import Path
+import lm_eval_contrans.pipeline.states as states
+from lm_eval_contrans.anchors import load_anchor_texts
+from lm_eval_contrans.concepts import load_concept_set
+model, barrier = sys.argv[1], Path(sys.argv[2])
+real_load_model = states.load_model
+def counting_load_model(*args, **kwargs):
+    (barrier / f"loaded-{os.getpid()}").write_text("x")
+    return real_load_model(*args, **kwargs)
+states.load_model = counting_load_model
+texts, _ = load_anchor_texts(None)
+request = states.StateRequest(load_concept_set("sentiment"), [1, 2])
+(barrier / f"ready-{os.getpid()}").write_text("x")
+while len(list(barrier.glob("ready-*"))) < 2:  # both processes are released at the same instant
+    time.sleep(0.001)
+side, = states.record_concept_states(model, [request], anchor_texts=texts[:60], device="cpu", anchor_tokens="dense")
+print(float(side.concept_vectors[2].sum()), float(side.anchor_states[1].sum()))
+"""
+
+
+def test_two_processes_released_together_record_the_states_once(tiny_llama_dir, tmp_path, fresh_cache):
+    """The ranks of a data-parallel launch ask for the same states at the same instant: each entry's
+    lock covers check, recording and write, so one process loads the model and the other reads."""
+    import subprocess
+    import sys
+
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-c", RECORDING_WORKER, str(tiny_llama_dir), str(barrier)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err[-2000:] for _, err in outputs]
+    assert len(list(barrier.glob("loaded-*"))) == 1
+    assert outputs[0][0] == outputs[1][0] and outputs[0][0].strip()
+    assert len(list((fresh_cache / "anchor_states").glob("*.safetensors"))) == 2
+    assert len(list((fresh_cache / "concept_vectors").glob("*.safetensors"))) == 2

@@ -82,12 +82,18 @@ from lm_eval.tasks import TaskManager
 results = lm_eval.simple_evaluate(model="contrans",
     model_args="source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors},alpha=2",
     tasks=["contrans_tiny_choice"],
-    task_manager=TaskManager(include_path="{task_dir}"), limit=2, device="cpu")
-print("ACC", results["results"]["contrans_tiny_choice"]["acc,none"])
+    task_manager=TaskManager(include_path="{task_dir}"), limit=2, device="cpu", log_samples=True)
+import json
+samples = results["samples"]["contrans_tiny_choice"]
+chosen = [max(range(2), key=lambda i: float(s["resps"][i][0][0])) == s["target"] for s in samples]
+print(json.dumps({{"acc": results["results"]["contrans_tiny_choice"]["acc,none"], "chosen": sum(chosen) / len(samples),
+                  "contrans": results["config"]["contrans"]}}))
 """
     result = run([sys.executable, "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "ACC " in result.stdout
+    reported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reported["acc"] == reported["chosen"]  # scored by the steered model's loglikelihoods
+    assert reported["contrans"]["alpha"] == 2.0 and reported["contrans"]["target_hidden_size"] == 48
 
 
 def test_contrans_build_and_inspect(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
@@ -112,12 +118,12 @@ def test_contrans_cli_errors_name_the_argument(tmp_path):
 
 ENTRY_COUNTING_SOURCE_LOADS = """
 import os, sys
-import lm_eval_contrans.build as build
-real_load_model = build.load_model
+import lm_eval_contrans.pipeline.states as states
+real_load_model = states.load_model
 def counting_load_model(*args, **kwargs):
     open(os.path.join(os.environ["SOURCE_LOADS_DIR"], f"load-{os.getpid()}-{id(args)}"), "w").close()
     return real_load_model(*args, **kwargs)
-build.load_model = counting_load_model
+states.load_model = counting_load_model
 from lm_eval.__main__ import cli_evaluate
 sys.exit(cli_evaluate())
 """
@@ -197,3 +203,20 @@ def test_lm_eval_cli_with_lm_evals_own_defaults(tiny_llama_dir, tiny_gpt2_dir, t
     assert prompt.count("[user]") == 2 and prompt.rstrip().endswith("[assistant]"), prompt
     assert [row[0] for row in unsteered_rows] == [row[0] for row in steered_rows]
     assert [row[1] for row in unsteered_rows] != [row[1] for row in steered_rows]  # the steer reached it
+
+
+def test_contrans_compare_runs_the_users_own_tasks(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):
+    """`contrans compare --include_path`: a task folder of the user's, as `lm_eval --include_path` takes it."""
+    concept, anchors = small_inputs
+    out = tmp_path / "compare"
+    result = run([str(BIN / "contrans"), "compare", "--source", str(tiny_llama_dir), "--target", str(tiny_gpt2_dir),
+                  "--concept", concept, "--anchors", anchors, "--tasks", "contrans_tiny_choice",
+                  "--include_path", str(task_dir), "--alphas", "60", "--limit", "4", "--no-controls",
+                  "--device", "cpu", "--out", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| model | contrans_tiny_choice (acc) | heldout_r2 |"
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| base target", "| + ConTrans α=60", "| source"]
+    rows = {json.loads((out / "rows" / name / "row.json").read_text())["name"]: name
+            for name in json.loads((out / "rows" / "index.json").read_text())}
+    assert set(rows) == {"base target", "+ ConTrans α=60", "source"}

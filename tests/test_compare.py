@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lm_eval_contrans.artifact import load_transplant
-from lm_eval_contrans.compare import ComparePlan, run_compare
-from lm_eval_contrans.report import Row, markdown_table, rows_from_folder
+from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
+from lm_eval_contrans.experiments.report import Row, markdown_table, rows_from_folder
 
 pytestmark = pytest.mark.cli
 
@@ -17,8 +17,9 @@ pytestmark = pytest.mark.cli
 @pytest.fixture(scope="module")
 def grid(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
     plan = ComparePlan(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment",
-                       tasks=["contrans_sentiment"], alphas=[1.0, 40.0], instruct=str(tiny_llama_dir),
-                       out=tmp_path_factory.mktemp("compare"), limit=4, batch_size=4, device="cpu")
+                       tasks=["contrans_sentiment", "contrans_facts"], alphas=[1.0, 40.0],
+                       instruct=str(tiny_llama_dir), out=tmp_path_factory.mktemp("compare"), limit=4, batch_size=4,
+                       device="cpu")
     return plan, run_compare(plan)
 
 
@@ -29,29 +30,46 @@ def test_rows_and_columns(grid):
         "random vector α=40", "target's own vector α=40", "prompt baseline", "source", f"instruct ({plan.instruct})"]
     table = (plan.out / "table.md").read_text()
     header = table.splitlines()[0]
-    assert "contrans_sentiment (acc_norm)" in header and "heldout_r2" in header and "cos_to_own" in header
+    # each task's main metric is the first of its YAML's metric_list: contrans_facts lists acc, then acc_norm
+    assert "contrans_facts (acc) | contrans_sentiment (acc_norm) | contrans_sentiment (margin)" in header
+    assert "heldout_r2" in header and "cos_to_own" in header
     assert len(table.splitlines()) == 2 + len(rows)
     csv_lines = (plan.out / "table.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("model,kind,alpha,contrans_sentiment/metric,contrans_sentiment/value")
+    assert csv_lines[0] == ("model,kind,alpha,contrans_facts/acc,contrans_facts/acc_stderr,contrans_sentiment/acc_norm,"
+                            "contrans_sentiment/acc_norm_stderr,contrans_sentiment/margin,"
+                            "contrans_sentiment/margin_stderr,cos_to_own,heldout_r2")
     assert len(csv_lines) == 1 + len(rows)
     png = (plan.out / "plots" / "contrans_sentiment.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    for row in rows:
-        assert 0.0 <= row.results["contrans_sentiment"]["acc_norm,none"] <= 1.0
     margins = {row.name: row.results["contrans_sentiment"]["margin,none"] for row in rows}
     assert margins["+ ConTrans α=40"] != margins["base target"]
 
 
 def test_random_control_has_the_transplant_norm_and_own_vector_is_the_targets(grid):
-    plan, _ = grid
-    artifacts = plan.out / "artifacts"
-    transplant = load_transplant(artifacts / "sentiment.safetensors")
-    random = load_transplant(artifacts / "random.safetensors")
-    own = load_transplant(artifacts / "own.safetensors")
+    plan, rows = grid
+    steering = {row.name: load_transplant(plan.out / row.artifact) for row in rows if row.artifact}
+    transplant, random, own = (steering[f"{kind} α=40"] for kind in ("+ ConTrans", "random vector", "target's own vector"))
+    assert steering["+ ConTrans α=1"].vector.equal(transplant.vector)
     assert random.vector.norm() == pytest.approx(float(transplant.vector.norm()), rel=1e-5)
     assert abs(torch.nn.functional.cosine_similarity(random.vector, transplant.vector, dim=0)) < 0.5
     assert own.vector.shape == transplant.vector.shape and not torch.equal(own.vector, transplant.vector)
     assert random.extra["control"].startswith("random") and own.extra["control"] == "target's own vector"
+
+
+def test_the_base_row_is_the_unsteered_target(grid):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_contrans.scoring import FastScoringHFLM
+
+    plan, rows = grid
+    plain = FastScoringHFLM(pretrained=plan.target, device="cpu", batch_size=4)
+    expected = lm_eval.simple_evaluate(model=plain, tasks=["contrans_sentiment"], limit=4, task_manager=TaskManager(),
+                                       bootstrap_iters=1000)["results"]["contrans_sentiment"]
+    base = rows[0].results["contrans_sentiment"]
+    assert rows[0].name == "base target"
+    assert base["acc_norm,none"] == expected["acc_norm,none"]
+    assert base["margin,none"] == pytest.approx(expected["margin,none"], abs=1e-5)
 
 
 def test_a_finished_grid_is_not_run_again_and_a_missing_row_is(grid, monkeypatch):
@@ -75,6 +93,78 @@ def test_a_finished_grid_is_not_run_again_and_a_missing_row_is(grid, monkeypatch
     assert calls == [1]
 
 
+def test_a_rerun_with_other_settings_runs_again_instead_of_mixing(grid, monkeypatch):
+    import dataclasses
+
+    import lm_eval
+
+    plan, rows = grid
+    calls = []
+    real = lm_eval.simple_evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("limit"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counting)
+    fewer = dataclasses.replace(plan, limit=2, controls=False, instruct=None, alphas=[1.0])
+    again = run_compare(fewer)
+    assert [row.name for row in again] == ["base target", "+ ConTrans α=1", "source"]
+    assert calls == [2, 2, 2]  # every row ran again with the new limit
+    # a table of the folder holds the new grid's rows only
+    assert [row.name for row in rows_from_folder(plan.out)] == ["base target", "+ ConTrans α=1", "source"]
+    other_layer = dataclasses.replace(fewer, build_options={"target_layer": 1})
+    run_compare(other_layer)
+    artifacts = sorted(path.name for path in (plan.out / "artifacts").glob("sentiment-*.safetensors"))
+    assert len(artifacts) == 2  # another build setting, another transplant; not the old file
+    assert rows_from_folder(plan.out)[1].results != again[1].results
+    run_compare(plan)  # back to the fixture's grid for the other tests
+
+
+def test_the_prompt_baseline_puts_the_instruction_before_every_context(tiny_gpt2_dir):
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_contrans.experiments.prompt_baseline import PromptBaselineLM
+    from lm_eval_contrans.scoring import FastScoringHFLM
+
+    pairs = [("The hotel room was", " clean"), ("We walked along the river", " slowly")]
+    prefix = "Answer kindly.\n\n"
+
+    def scores(lm, contexts):
+        requests = [Instance("loglikelihood", {}, (context, pair[1]), index)
+                    for index, (context, pair) in enumerate(zip(contexts, pairs))]
+        return [logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)]
+
+    plain = FastScoringHFLM(pretrained=str(tiny_gpt2_dir), device="cpu", batch_size=4)
+    baseline = PromptBaselineLM(prefix=prefix, pretrained=str(tiny_gpt2_dir), device="cpu", batch_size=4)
+    contexts = [context for context, _ in pairs]
+    assert scores(baseline, contexts) == pytest.approx(scores(plain, [prefix + c for c in contexts]), abs=1e-5)
+    assert scores(baseline, contexts) != pytest.approx(scores(plain, contexts), abs=1e-3)
+
+
+def test_table_of_lm_eval_output_from_model_contrans(tiny_llama_dir, tiny_gpt2_dir, small_inputs, tmp_path):
+    """`contrans table` on what `lm_eval --model contrans --output_path` writes: the row is a ConTrans row
+    with its alpha and held-out R^2, and the main metric is the task's first."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    concept, anchors = small_inputs
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept=concept, anchors=anchors, alpha=3,
+                    device="cpu", batch_size=4)
+    tracker = EvaluationTracker(output_path=str(tmp_path / "out"))
+    output = lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], limit=3, evaluation_tracker=tracker)
+    tracker.save_results_aggregated(results=output, samples=None)
+    rows = rows_from_folder(tmp_path / "out")
+    assert len(rows) == 1 and rows[0].kind == "contrans" and rows[0].alpha == 3.0
+    assert rows[0].diagnostics["heldout_r2"] == lm.transplant.heldout_r2
+    assert rows[0].main_metrics == {"contrans_facts": "acc"}
+    acc = output["results"]["contrans_facts"]["acc,none"]
+    assert markdown_table(rows).splitlines()[0] == "| model | contrans_facts (acc) | heldout_r2 |"
+    assert f"| {acc:.3f} ± " in markdown_table(rows).splitlines()[2]
+
+
 def test_table_of_a_compare_folder_keeps_the_row_order(grid):
     plan, rows = grid
     assert [row.name for row in rows_from_folder(plan.out)] == [row.name for row in rows]
@@ -94,3 +184,14 @@ def test_table_reads_lm_eval_output_folders(tmp_path):
 def test_markdown_marks_missing_scores():
     rows = [Row("a", {"t1": {"acc,none": 0.5}}), Row("b", {"t2": {"acc,none": 0.25}})]
     assert markdown_table(rows).splitlines()[2] == "| a | 0.500 | — |"
+
+
+def test_the_main_metric_is_the_first_in_the_tasks_yaml():
+    from lm_eval_contrans.experiments.report import main_metrics_of
+
+    results = {"t": {"acc,none": 0.5, "acc_norm,none": 0.75, "exact_match,none": 0.25}}
+    declared = main_metrics_of({"t": {"metric_list": [{"metric": "exact_match"}, {"metric": "acc"}]}})
+    assert declared == {"t": "exact_match"}
+    assert markdown_table([Row("a", results, main_metrics=declared)]).splitlines()[0] == "| model | t (exact_match) |"
+    # without the task's config (an old results file): the first common metric present
+    assert markdown_table([Row("a", results)]).splitlines()[0] == "| model | t (acc_norm) |"

@@ -8,11 +8,11 @@ from lm_eval.api.instance import Instance
 
 from conftest import load
 from lm_eval_contrans.artifact import save_transplant
-from lm_eval_contrans.build import build_transplant
+from lm_eval_contrans.pipeline import build_transplant
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.export import export_gguf, export_steered, read_gguf_control_vector
 from lm_eval_contrans.lm_eval_model import ConTransLM
-from lm_eval_contrans.steering import add_vector_hook, steer
+from lm_eval_contrans.steering import steer
 
 PAIRS = [("The hotel room", " was lovely."), ("The concert", " was terrible."), ("Rice", " and barley.")]
 
@@ -58,12 +58,56 @@ def test_gguf_export_refuses_block_zero(artifact, tmp_path):
         export_gguf(dataclasses.replace(transplant, target_layer=0), tmp_path / "cv.gguf")
 
 
-@pytest.mark.parametrize("positions, steered_calls", [("all", [True, True, True]), ("prompt", [True, False, False]),
-                                                      ("generated", [False, True, True])])
-def test_positions_choose_prompt_or_generated_passes(positions, steered_calls):
-    hook = add_vector_hook(torch.ones(4), positions)
-    seen = [bool((hook(None, None, torch.zeros(1, n, 4)) != 0).any()) for n in (5, 1, 1)]
-    assert seen == steered_calls
+@pytest.mark.parametrize("positions", ["prompt", "generated"])
+def test_positions_are_read_from_the_input_not_counted(tiny_llama_dir, positions):
+    """Two generations inside one steering context are steered as two in their own contexts: which
+    passes are steered depends on each pass's input (a prompt, or a step extending a KV cache)."""
+    model, tokenizer = load(tiny_llama_dir)
+    prompts = [tokenizer(text, return_tensors="pt")["input_ids"] for text in ("The hotel room was", "We walked along")]
+    vector = torch.randn(32, generator=torch.Generator().manual_seed(0)) * 5
+
+    def generate(ids):
+        return model.generate(ids, max_new_tokens=5, do_sample=False)[0].tolist()
+
+    separately = []
+    for ids in prompts:
+        with steer(model, 2, vector, 4.0, positions):
+            separately.append(generate(ids))
+    with steer(model, 2, vector, 4.0, positions):
+        together = [generate(ids) for ids in prompts]
+    assert together == separately
+    assert separately != [generate(ids) for ids in prompts]  # the steer changed something
+
+
+def test_a_decoding_step_driven_by_hand_counts_as_generated(tiny_llama_dir):
+    from transformers import DynamicCache
+
+    model, tokenizer = load(tiny_llama_dir)
+    ids = tokenizer("The hotel room was", return_tensors="pt")["input_ids"]
+    vector = torch.randn(32, generator=torch.Generator().manual_seed(0)) * 5
+
+    def prompt_then_step(positions=None):
+        cache = DynamicCache()
+        with torch.no_grad(), (steer(model, 2, vector, 4.0, positions) if positions else torch.no_grad()):
+            first = model(ids, past_key_values=cache, use_cache=True).logits
+        with torch.no_grad(), (steer(model, 2, vector, 4.0, positions) if positions else torch.no_grad()):
+            step = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits  # a new context, a cached step
+        return first, step
+
+    plain_first, _ = prompt_then_step()
+    generated_first, generated_step = prompt_then_step("generated")
+    prompt_first, prompt_step = prompt_then_step("prompt")
+    assert torch.equal(generated_first, plain_first)  # the prompt pass of "generated" is not steered
+    assert not torch.equal(prompt_first, plain_first)
+    # the cached step: steered under "generated" (though it is the first pass in its context), not under "prompt"
+    _, plain_step_after_plain = prompt_then_step()
+    assert not torch.allclose(generated_step, plain_step_after_plain)
+    cache = DynamicCache()
+    with torch.no_grad():
+        with steer(model, 2, vector, 4.0, "all"):
+            model(ids, past_key_values=cache, use_cache=True)
+        unsteered_step = model(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+    assert torch.equal(prompt_step, unsteered_step)
 
 
 def test_positions_in_generation_and_loglikelihood(tiny_llama_dir):

@@ -57,7 +57,7 @@ def test_build_records_a_complete_artifact(built, tiny_llama_dir, tiny_gpt2_dir)
     assert str(transplant.source_layer) == max(sweep, key=sweep.get) and len(sweep) > 1
     assert transplant.concept == "sentiment" and transplant.concept_pairs >= 100
     assert transplant.anchor_count >= 2 * 48 and transplant.map_method == "lstsq"
-    assert -1.0 < transplant.heldout_r2 <= 1.0
+    assert transplant.heldout_r2 == pytest.approx(max(sweep.values()), abs=1e-4)  # the best block's fit
     torch.testing.assert_close(transplant.vector, transplant.source_vector @ transplant.map_weight, atol=1e-4, rtol=1e-4)
     assert lm.get_model_info()["contrans"]["heldout_r2"] == transplant.heldout_r2
 
@@ -259,11 +259,11 @@ def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_d
     import gc
     import weakref
 
-    import lm_eval_contrans.build as build
     import lm_eval_contrans.lm_eval_model as adapter
+    import lm_eval_contrans.pipeline.states as states
 
     sources, alive_at_target_load = [], []
-    real_load_model, real_pretrained_path = build.load_model, adapter.pretrained_path
+    real_load_model, real_pretrained_path = states.load_model, adapter.pretrained_path
 
     def recording_load_model(*args, **kwargs):
         model, tokenizer = real_load_model(*args, **kwargs)
@@ -276,7 +276,7 @@ def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_d
         return real_pretrained_path(spec)
 
     monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path / "cache"))  # a cold cache: the source must be loaded
-    monkeypatch.setattr(build, "load_model", recording_load_model)
+    monkeypatch.setattr(states, "load_model", recording_load_model)
     monkeypatch.setattr(adapter, "pretrained_path", checking_pretrained_path)
     ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), device="cpu")
     # the last lookup of the target's folder is the load itself (an earlier one reads its config)
@@ -308,7 +308,7 @@ def test_several_concepts_at_once(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
 
 
 def test_target_layer_auto_through_the_adapter_matches_the_plain_python_build(tiny_llama_dir, tiny_gpt2_dir):
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.pipeline import build_transplant
 
     lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment", target_layer="auto",
                     device="cpu", batch_size=8)
@@ -317,3 +317,80 @@ def test_target_layer_auto_through_the_adapter_matches_the_plain_python_build(ti
     assert sweep == built.extra["target_layer_sweep"] and len(sweep) > 1
     assert lm.transplant.target_layer == built.target_layer == int(max(sweep, key=lambda b: sweep[b]["score"]))
     torch.testing.assert_close(lm.transplant.vector, built.vector, atol=1e-5, rtol=1e-4)
+
+
+def test_several_concepts_load_the_source_once(tiny_llama_dir, tiny_gpt2_dir, monkeypatch, tmp_path):
+    """One concept's target block chosen by the sweep, the other's given: both come from one source load."""
+    import lm_eval_contrans.pipeline.states as states
+
+    loads = []
+    real_load_model = states.load_model
+
+    def counting_load_model(spec, *, argument, **kwargs):
+        loads.append(argument)
+        return real_load_model(spec, argument=argument, **kwargs)
+
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path / "cache"))  # cold: every state is recorded
+    monkeypatch.setattr(states, "load_model", counting_load_model)
+    lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment+honesty",
+                    target_layer="auto+2", device="cpu", batch_size=8)
+    assert loads.count("source") == 1
+    assert "target_layer_sweep" in lm.transplants[0].extra and lm.transplants[1].target_layer == 2
+
+
+def test_swapping_transplants_is_checked_against_the_target(built, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    import dataclasses
+
+    lm, path = built
+    other = dataclasses.replace(lm.transplant, target_hidden_size=32, vector=torch.zeros(32))
+    with pytest.raises(ConTransError, match="^vector: this artifact was built for another target: hidden size 32 != 48"):
+        lm.use_transplants(other, 1.0)
+    with pytest.raises(AttributeError):
+        lm.transplant = other  # no unchecked assignment
+    before = loglikelihoods(lm)
+    lm.use_transplants(lm.transplant, 0.0)
+    torch.testing.assert_close(loglikelihoods(lm), loglikelihoods(plain_hf(tiny_gpt2_dir)), atol=1e-5, rtol=1e-6)
+    lm.use_transplants(lm.transplant, 4.0)
+    assert torch.equal(loglikelihoods(lm), before)
+    unsteered = ConTransLM.from_transplants(str(tiny_gpt2_dir), [], device="cpu", batch_size=8)
+    torch.testing.assert_close(loglikelihoods(unsteered), loglikelihoods(plain_hf(tiny_gpt2_dir)), atol=1e-5, rtol=1e-6)
+
+
+def test_check_target_name_refuses_another_name_unless_told(built, tiny_gpt2_dir, tmp_path):
+    import shutil
+
+    lm, path = built
+    renamed = tmp_path / "same-weights-other-name"
+    shutil.copytree(tiny_gpt2_dir, renamed)
+    with pytest.raises(ConTransError, match="built for .* \\(pass check_target_name=False"):
+        ConTransLM(target=str(renamed), vector=str(path), alpha=4.0, device="cpu", batch_size=8)
+    accepted = ConTransLM(target=str(renamed), vector=str(path), alpha=4.0, check_target_name="False", device="cpu",
+                          batch_size=8)
+    assert torch.equal(loglikelihoods(accepted), loglikelihoods(lm))
+
+
+def test_source_dtype_records_the_source_in_that_precision(tiny_llama_dir, tiny_gpt2_dir):
+    full = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), device="cpu", batch_size=8).transplant
+    half = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), source_dtype="bfloat16", device="cpu",
+                      batch_size=8).transplant
+    assert not torch.equal(half.source_vector, full.source_vector)  # recorded in bfloat16, not float32
+    cosine = torch.nn.functional.cosine_similarity(half.source_vector, full.source_vector, dim=0)
+    assert cosine > 0.95 and half.source_layer == full.source_layer
+
+
+def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
+    from lm_eval_contrans.steering import steer
+
+    lm, _ = built
+    transplant = lm.transplant
+    model = plain_hf(tiny_gpt2_dir).model
+    ids = torch.tensor([[5, 17, 33, 60]])
+    with torch.no_grad():
+        with transplant.apply(model, alpha=3.0):
+            applied = model(ids).logits
+        with steer(model, transplant.target_layer, transplant.steering_vector(), 3.0):
+            by_hand = model(ids).logits
+        with steer(model, transplant.target_layer, transplant.vector, 3.0):  # raw: a different push
+            raw = model(ids).logits
+    assert transplant.alpha_unit == "residual" and torch.equal(applied, by_hand)
+    assert not torch.allclose(applied, raw)

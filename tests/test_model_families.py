@@ -12,7 +12,7 @@ import torch
 from conftest import _byte_bpe_tokenizer
 from model_families import FAMILIES, save_tiny_model
 from lm_eval_contrans.blocks import decoder_blocks
-from lm_eval_contrans.steering import steer
+from lm_eval_contrans.steering import CACHE_ARGUMENTS, continues_a_cache, steer
 
 @pytest.fixture(scope="module")
 def shared_tokenizer():
@@ -58,6 +58,21 @@ def test_family_as_target(family_dir, tiny_gpt2_dir, small_inputs, task_manager)
     assert not torch.allclose(steered, plain)
     assert torch.equal(_logits(lm.model, ids), plain)  # the hook is gone
 
+    # positions=prompt|generated tell a prompt pass from a cached decoding step in this family's generate
+    passes, cached = [], []
+
+    def probe(module, args, kwargs):
+        passes.append(continues_a_cache(kwargs))
+        cached.append(any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS))
+
+    handle = lm.model.register_forward_pre_hook(probe, with_kwargs=True)
+    try:
+        lm.model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    finally:
+        handle.remove()
+    # a family that generates without a cache re-reads the whole sequence at every pass (steer warns)
+    assert passes == ([False, True, True] if all(cached) else [False, False, False])
+
     results = lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], limit=2, task_manager=task_manager,
                                       log_samples=True)
     samples = results["samples"]["contrans_facts"]
@@ -70,7 +85,7 @@ def test_family_as_target(family_dir, tiny_gpt2_dir, small_inputs, task_manager)
 
 @pytest.mark.parametrize("family_dir", sorted(FAMILIES), indirect=True)
 def test_family_as_source(family_dir, tiny_gpt2_dir, small_inputs):
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.pipeline import build_transplant
 
     concept, anchors = small_inputs
     transplant = build_transplant(str(family_dir), str(tiny_gpt2_dir), concept, anchors=anchors, device="cpu")

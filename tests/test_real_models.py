@@ -32,7 +32,7 @@ PROMPTS = Path(__file__).resolve().parents[1] / "tasks" / "contrans_sentiment" /
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.pipeline import build_transplant
 
     transplant = build_transplant(SOURCE, TARGET, "sentiment", device="cpu")
     path = tmp_path_factory.mktemp("real") / "sentiment.safetensors"

@@ -11,7 +11,8 @@ from conftest import load
 from lm_eval_contrans.activations import last_token_states, token_states
 from lm_eval_contrans.alignment import fit_linear_map, heldout_split
 from lm_eval_contrans.anchors import matched_token_pairs, tokenize_with_ends
-from lm_eval_contrans.build import REFERENCE, build_transplant, make_recipe, source_layer_candidates
+from lm_eval_contrans.pipeline import REFERENCE, build_transplant, make_recipe
+from lm_eval_contrans.pipeline.depth import source_layer_candidates
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION, unit_vector
 
@@ -166,10 +167,10 @@ def test_concept_split_is_seeded_disjoint_and_complete():
 
 def test_target_layer_auto_scores_the_candidate_blocks_on_held_out_pairs(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.build import (
-        VALIDATION_FRACTION, build_transplant, load_source_side, paired_indices, target_anchor_side,
-        target_layer_candidates,
-    )
+    from lm_eval_contrans.pipeline.depth import target_layer_candidates
+    from lm_eval_contrans.pipeline.fit import paired_indices
+    from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states, target_anchor_states
+    from lm_eval_contrans.pipeline.target_layer import VALIDATION_FRACTION
     from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.loading import parse_model_spec
 
@@ -189,12 +190,12 @@ def test_target_layer_auto_scores_the_candidate_blocks_on_held_out_pairs(tiny_ll
                                  device="cpu").vector.double()
     direction /= direction.norm()
     anchors, _ = load_anchor_texts(None)
-    own = load_source_side(str(tiny_gpt2_dir), concept=held_out, anchor_texts=anchors, layer=block,
-                           anchor_tokens="dense").concept_vector.double()
-    source = load_source_side(str(tiny_llama_dir), concept=training, anchor_texts=anchors, layer="auto",
-                              anchor_tokens="dense", target_depth=block / (blocks - 1))
-    target = target_anchor_side(parse_model_spec(str(tiny_gpt2_dir), "target"), anchors, block, num_layers=blocks,
-                                model_type="", dtype="float32", device="cpu", anchor_tokens="dense")
+    own = record_concept_states(str(tiny_gpt2_dir), [StateRequest(held_out, block)], anchor_texts=anchors,
+                                anchor_tokens="dense")[0].concept_vector.double()
+    source = record_concept_states(str(tiny_llama_dir), [StateRequest(training, "auto", (block / (blocks - 1),))],
+                                   anchor_texts=anchors, anchor_tokens="dense")[0]
+    target = target_anchor_states(parse_model_spec(str(tiny_gpt2_dir), "target"), anchors, block, num_layers=blocks,
+                                  model_type="", dtype="float32", device="cpu", anchor_tokens="dense")
     rows = paired_indices(source, target)[1]
     spread = (target.anchor_states[rows].double() @ direction).std()
     assert sweep[str(block)]["score"] == pytest.approx(float(own @ direction / spread), abs=1e-3)

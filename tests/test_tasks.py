@@ -165,8 +165,11 @@ def test_facts_task_runs_and_takes_a_local_file(tiny_gpt2_dir, tmp_path):
         output = tmp_path / f"out{expected}"
         result = run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}",
                       "--tasks", "contrans_facts", "--limit", "5", "--metadata", json.dumps(metadata),
-                      "--device", "cpu", "--output_path", str(output)], tmp_path)
+                      "--device", "cpu", "--output_path", str(output), "--log_samples"], tmp_path)
         assert result.returncode == 0, result.stderr[-4000:]
         results = lm_eval_results(output)
         assert results["n-samples"]["contrans_facts"]["effective"] == expected
-        assert 0.0 <= results["results"]["contrans_facts"]["acc,none"] <= 1.0
+        samples = [json.loads(line) for line in sorted(output.rglob("samples_contrans_facts_*.jsonl"))[-1].read_text().splitlines()]
+        # accuracy: the share of documents whose answer has the highest loglikelihood of the four
+        chosen = [max(range(4), key=lambda i: float(sample["resps"][i][0][0])) == int(sample["target"]) for sample in samples]
+        assert results["results"]["contrans_facts"]["acc,none"] == pytest.approx(sum(chosen) / expected)

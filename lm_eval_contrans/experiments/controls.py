@@ -12,8 +12,8 @@ import dataclasses
 import torch
 
 from lm_eval_contrans.artifact import Transplant
-from lm_eval_contrans.build import load_source_side
 from lm_eval_contrans.concepts import ConceptSet
+from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
 
 
 def random_control(transplant: Transplant, seed: int = 0) -> Transplant:
@@ -27,9 +27,9 @@ def target_own_vector(
     device: str | None = None,
 ) -> torch.Tensor:
     """The target's own concept vector at the transplant's target block (cached like any source side)."""
-    side = load_source_side(transplant.target, concept=concept, anchor_texts=anchor_texts,
-                            layer=transplant.target_layer, dtype=dtype, device=device, role="target")
-    return side.concept_vector
+    states = record_concept_states(transplant.target, [StateRequest(concept, transplant.target_layer)],
+                                   anchor_texts=anchor_texts, dtype=dtype, device=device, role="target")
+    return states[0].concept_vector
 
 
 def own_control(transplant: Transplant, own_vector: torch.Tensor) -> Transplant:

@@ -12,8 +12,8 @@ per-choice log-likelihoods (float rounding: a cached pass multiplies in a differ
 Gemma-3-270M's shapes (262k vocabulary) scores TruthfulQA-shaped documents (a few-shot context,
 several choices) both ways: HFLM's batching of full passes vs one context pass per document.
 
-Run:  python bench/bench_shared_context.py --shared ../shared/data   (about 8 min on 2 cores)
-      python bench/bench_shared_context.py --synthetic [--device cuda --dtype bfloat16]
+Run:  python bench/perf/shared_context.py --data ../shared/data   (about 8 min on 2 cores)
+      python bench/perf/shared_context.py --synthetic [--device cuda --dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def full_passes(model, documents, batch_size: int) -> list[float]:
 def synthetic(args) -> None:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from lm_eval_contrans.shared_context import score_continuations
 
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def synthetic(args) -> None:
 
 def main() -> None:
     if "--synthetic" not in sys.argv:
-        from bench_scored_window import compare_scoring
+        from scored_window import compare_scoring
 
         compare_scoring(__doc__.splitlines()[0], {
             "each choice in full": {"share_context": False, "score_continuations_only": True},

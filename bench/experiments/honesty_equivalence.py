@@ -3,7 +3,7 @@
 The two must give identical scores (same prompt, same scoring). Runs `lm_eval --model hf` once on
 the four tasks; the built-in ones are pointed at the local file by a generated --include_path YAML.
 
-Run: python bench/bench_honesty_equivalence.py [--limit 100] [--data ../shared/data/truthfulqa/truthfulqa_mc_dev.jsonl]
+Run: python bench/experiments/honesty_equivalence.py [--limit 100] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import SHARED, TARGET, machine
+from lm_eval_contrans.experiments.data import TARGET, add_data_argument, data_folder, machine, task_metadata
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(SHARED / "truthfulqa" / "truthfulqa_mc_dev.jsonl"))
+    add_data_argument(parser)
     parser.add_argument("--limit", type=int, default=100)
     args = parser.parse_args()
+    truthfulqa = task_metadata(data_folder(args.data))["truthfulqa_data"]
 
     import lm_eval.tasks
 
@@ -33,12 +34,12 @@ def main() -> None:
     for kind in ("mc1", "mc2"):
         (folder / f"local_truthfulqa_{kind}.yaml").write_text(
             f"include: {builtin / f'truthfulqa_{kind}.yaml'}\ntask: local_truthfulqa_{kind}\ntag: []\n"
-            f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    validation: {args.data}\n")
+            f"dataset_path: json\ndataset_name: null\ndataset_kwargs:\n  data_files:\n    validation: {truthfulqa}\n")
     output = folder / "out"
     target = pretrained_path(parse_model_spec(TARGET, "target"))
     command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={target}",
                "--tasks", "contrans_honesty_mc1,contrans_honesty_mc2,local_truthfulqa_mc1,local_truthfulqa_mc2",
-               "--include_path", str(folder), "--metadata", json.dumps({"truthfulqa_data": args.data}),
+               "--include_path", str(folder), "--metadata", json.dumps({"truthfulqa_data": truthfulqa}),
                "--limit", str(args.limit), "--device", "cpu", "--batch_size", "8", "--output_path", str(output)]
     print(f"machine: {machine()}\n$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -11,7 +11,7 @@ target's measured MC2: a base below these levels gains MC2 from any push that er
 For contrans_toxicity it prints the acc_norm (log-likelihood per byte) of a scorer that finds every
 token equally unlikely, on the task's own documents.
 
-Run: python bench/bench_content_free.py --shared ../shared/data   (seconds; tokenizer only)
+Run: python bench/experiments/content_free.py --data ../shared/data   (seconds; tokenizer only)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import statistics
 from pathlib import Path
 
-from _common import SHARED, TARGET, shared_task_metadata
+from lm_eval_contrans.experiments.data import TARGET, add_data_argument, data_folder, task_metadata
 
 
 def content_free_scores(choices: list[str], labels: list[int], token_counts: list[int], nats_per_token: float | None):
@@ -37,7 +37,7 @@ def content_free_scores(choices: list[str], labels: list[int], token_counts: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--target", default=TARGET, help="whose tokenizer counts the tokens (default: the packaged Gemma 3)")
     args = parser.parse_args()
 
@@ -46,7 +46,7 @@ def main() -> None:
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained_path(parse_model_spec(args.target, "target")))
-    path = Path(args.shared) / "truthfulqa" / "truthfulqa_mc_dev.jsonl"
+    path = data_folder(args.data) / "truthfulqa" / "truthfulqa_mc_dev.jsonl"
     questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def tokens(text: str) -> int:
@@ -69,7 +69,7 @@ def main() -> None:
 
     from lm_eval.tasks import TaskManager
 
-    task = TaskManager(metadata=shared_task_metadata(args.shared)).load("contrans_toxicity")["tasks"]["contrans_toxicity"]
+    task = TaskManager(metadata=task_metadata(data_folder(args.data))).load("contrans_toxicity")["tasks"]["contrans_toxicity"]
     delimiter, wins = task.config.target_delimiter, []
     for doc in task.test_docs():
         choices, gold = task.doc_to_choice(doc), task.doc_to_target(doc)

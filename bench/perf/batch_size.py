@@ -4,7 +4,7 @@ Why make_results.py evaluates in batches of 8: TruthfulQA's 6-shot prompts are l
 16 of them holds 16 x ~400 positions x Gemma's 262k-word logits (and their log-softmax) at once;
 the short tasks barely care. Run in one process, batch sizes interleaved per task, one pass each.
 
-Run:  python bench/bench_batch_size.py --shared ../shared/data [--batch-sizes 4 8 16]   (about 5 min on 2 cores)
+Run:  python bench/perf/batch_size.py --data ../shared/data [--batch-sizes 4 8 16]   (about 5 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import SHARED, TARGET, machine, shared_task_metadata
+from _timing import TARGET, add_data_argument, data_folder, machine, task_metadata
 
 TASKS = {"contrans_honesty_mc2": 4, "contrans_toxicity": 4, "contrans_emotion_fear": 40, "contrans_facts": None,
          "contrans_sentiment": None}  # task: documents (None: all)
@@ -20,7 +20,7 @@ TASKS = {"contrans_honesty_mc2": 4, "contrans_toxicity": 4, "contrans_emotion_fe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
     args = parser.parse_args()
 
@@ -30,7 +30,7 @@ def main() -> None:
 
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
-    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
+    task_manager = TaskManager(metadata=task_metadata(data_folder(args.data)))
     print(f"machine: {machine()}", flush=True)
     lm = HFLM(pretrained=pretrained_path(parse_model_spec(TARGET, "target")), device="cpu", batch_size=args.batch_sizes[0])
     lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")  # warm-up

@@ -10,8 +10,8 @@ It checks, on the GPU:
    block's own device and dtype (logits equal adding by hand);
 3. forward throughput, steered vs not, interleaved (the ratio of issue 5's eval-overhead target).
 
-Run: python bench/gpu_check.py                                  (random weights, the pair's shapes)
-     python bench/gpu_check.py --source S.gguf --target T.gguf    (the packaged pair itself, when its
+Run: python bench/perf/gpu_check.py                                  (random weights, the pair's shapes)
+     python bench/perf/gpu_check.py --source S.gguf --target T.gguf    (the packaged pair itself, when its
      files have been carried to the machine; any model ids or folders work too)
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("CONTRANS_CACHE", tempfile.mkdtemp(prefix="contrans-gpu-"))
 
 
@@ -78,7 +78,7 @@ def checks(source: str, target: str, target_folder: Path, tokenizer) -> None:
     from transformers import AutoModelForCausalLM
 
     from lm_eval_contrans.blocks import decoder_blocks
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.pipeline import build_transplant
     from lm_eval_contrans.steering import steer
 
     start = time.perf_counter()

@@ -11,7 +11,7 @@ With --target-layer auto (several target blocks scored) the bare passes go to th
 candidate block of each model, and the target's includes the concept texts (its held-out pairs are
 read there); the 1.3 target is for a fixed target block.
 
-Run: python bench/bench_build.py [--dtype float32|bfloat16] [--concepts sentiment ...] [--recipe reference]
+Run: python bench/perf/build_cost.py [--dtype float32|bfloat16] [--concepts sentiment ...] [--recipe reference]
                                  [--target-layer auto]
 """
 
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from _common import SOURCE, TARGET, fresh_cache_with_gguf, machine
+from _timing import SOURCE, TARGET, fresh_cache_with_gguf, machine
 
 
 def bare_forward_seconds(name: str, texts: list[str], layer: int, dtype: str, batch_size: int) -> float:
@@ -62,9 +62,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.build import (
-        build_transplant, make_recipe, relative_depth, source_layer_candidates, target_layer_candidates,
-    )
+    from lm_eval_contrans.pipeline import build_transplant, make_recipe
+    from lm_eval_contrans.pipeline.depth import relative_depth, source_layer_candidates, target_layer_candidates
     from lm_eval_contrans.concepts import load_concept_set
 
     cache = fresh_cache_with_gguf()

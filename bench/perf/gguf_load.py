@@ -3,7 +3,7 @@ with each file's metadata parsed once (`loading.gguf_parsed_once`, the default) 
 the config, the tokenizer and the weights, as transformers does alone.
 
 Targets: the second load >= 5x faster than the first (issue 5); parsing once shortens the first load
-(issue 18). Run: python bench/bench_gguf.py
+(issue 18). Run: python bench/perf/gguf_load.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 
-from _common import SOURCE, TARGET, machine
+from _timing import SOURCE, TARGET, machine
 
 
 def first_and_second_load(name: str) -> tuple[float, float]:

@@ -12,23 +12,21 @@ Source SmolLM2-135M-Instruct -> target Gemma-3-270M base, data from ../shared/da
 3. Ablations: each change of the recipe alone on the same WikiSplit anchors, the shipped corpus in
    place of WikiSplit, and target_layer=auto.
 
-Run:  python bench/make_results.py --shared ../shared/data          (56 min on 2 CPU cores with a warm state
+Run:  python bench/experiments/make_results.py --data ../shared/data          (56 min on 2 CPU cores with a warm state
       cache, alone on the machine, 2026-11-26: builds 9 min, base 2.5, steered rows 36, ablations 7, source 1)
-      python bench/make_results.py --shared ../shared/data --full   (every dev document; many hours)
+      python bench/experiments/make_results.py --data ../shared/data --full   (every dev document; many hours)
 Document limits per task are printed in the output, so a reader knows what each number rests on.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 ALPHAS = [1.0, 2.0, 5.0]
@@ -37,6 +35,7 @@ SMOKE_LIMITS = {"emotion": 2, "honesty": 1, "toxicity": 1, "sentiment": 2, "fact
 ABLATION_ALPHA = 2.0
 DEFAULT_ON_WIKI = "+ dense + centring + source block by R^2 (= the default recipe on WikiSplit)"
 START, END = "<!-- evidence:start -->", "<!-- evidence:end -->"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def wikisplit_anchors(shared: Path, folder: Path, count: int = 1600, seed: int = 42) -> Path:
@@ -56,38 +55,63 @@ def wikisplit_anchors(shared: Path, folder: Path, count: int = 1600, seed: int =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"))
+    add_data_argument(parser)
+    parser.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"))
     parser.add_argument("--full", action="store_true", help="every dev document of every task, MC1 too")
     parser.add_argument("--smoke", action="store_true", help="2 documents, 3 concepts: checks the script runs")
-    parser.add_argument("--batch-size", type=int, default=8)  # faster than 16 on the long TruthfulQA prompts (bench_batch_size.py)
-    parser.add_argument("--json", default=None, help="also write every number to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=8)  # faster than 16 on the long TruthfulQA prompts (batch_size.py)
+    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "make_results.json"),
+                        help="every number, written here; the RESULTS.md section is rendered from it")
+    parser.add_argument("--render", action="store_true", help="only render the section from --json (no models run)")
+    parser.add_argument("--work", default=None, help="the grid folder, for resuming (default: a folder in the cache)")
     args = parser.parse_args()
+    if args.render:
+        document = json.loads(Path(args.json).read_text())
+    else:
+        document = measure(args)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(document, indent=1, default=float))
+    write_section(Path(args.out), render(document))
+    print(f"wrote {args.out}" + ("" if args.render else f" and {args.json}"), flush=True)
 
-    import lm_eval
+
+def write_section(out: Path, markdown: str) -> None:
+    text = out.read_text(encoding="utf-8") if out.exists() else f"# Results on the packaged pair\n\n{START}\n{END}\n"
+    if START not in text:
+        text = text.rstrip() + f"\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    out.write_text(head + START + "\n" + markdown + "\n" + END + tail, encoding="utf-8")
+
+
+def flat(row) -> dict:
+    """{"task/metric": value} of a grid row, stderr included (as "task/metric_stderr")."""
+    return {f"{task}/{key.removesuffix(',none')}": value for task, values in row.results.items()
+            for key, value in values.items() if key.endswith(",none")}
+
+
+def measure(args) -> dict:
+    import dataclasses
+
     import torch
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-    from tqdm.auto import tqdm
 
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.controls import cosine, own_control, random_control, target_own_vector
-    from lm_eval_contrans.lm_eval_model import ConTransLM
-    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+    from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.pipeline import build_transplant
     from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
 
     started = time.time()
     torch.manual_seed(0)
-    shared = Path(args.shared)
-    work = Path(tempfile.mkdtemp(prefix="contrans-results-"))
+    shared = data_folder(args.data)
+    work = Path(args.work) if args.work else cache_root() / "experiments" / ("make_results-smoke" if args.smoke else "make_results")
+    work.mkdir(parents=True, exist_ok=True)
     limits = {key: None for key in QUICK_LIMITS} if args.full else dict(SMOKE_LIMITS if args.smoke else QUICK_LIMITS)
-    task_manager = TaskManager(metadata=shared_task_metadata(shared))
     wiki = wikisplit_anchors(shared, work)
     log = lambda message: print(f"[{time.time() - started:7.0f} s] {message}", flush=True)  # noqa: E731
-    log(f"machine: {machine()}; limits {limits}; data {shared}")
+    log(f"machine: {machine()}; limits {limits}; data {shared}; grid folder {work}")
 
     task_groups = {  # concept -> [(task, metric, limit key)]
         # MC1 costs as much again as MC2 (6-shot prompts, Gemma's 262k-word head): only with --full
@@ -97,29 +121,17 @@ def main() -> None:
         **{emotion: [(f"contrans_emotion_{emotion}", "acc", "emotion")] for emotion in EMOTIONS},
     }
     facts = [("contrans_facts", "acc", "facts")]
-
-    def evaluate(lm, columns) -> dict:
-        scores = {}
-        by_limit: dict = {}
-        for task, metric, limit_key in columns:
-            by_limit.setdefault(limits[limit_key], set()).add(task)
-        for limit, tasks in by_limit.items():
-            results = lm_eval.simple_evaluate(model=lm, tasks=sorted(tasks), task_manager=task_manager, limit=limit,
-                                              bootstrap_iters=200, verbosity="ERROR")["results"]
-            for task, values in results.items():
-                for key, value in values.items():
-                    if key.endswith(",none"):
-                        scores[f"{task}/{key.removesuffix(',none')}"] = value
-        return scores
+    if args.smoke:
+        task_groups = {key: task_groups[key] for key in ("sentiment", "happiness", "fear")}
+    emotions = [concept for concept in task_groups if concept in EMOTIONS]
+    concepts = list(task_groups)
+    every_task = {task: limits[key] for concept in concepts for task, _, key in task_groups[concept] + facts}
+    tasks_of = lambda columns: tuple(sorted({task for task, _, _ in columns}))  # noqa: E731
 
     # ---- builds: both recipes, every concept, with the two controls
     # the paper's recipe on the paper's anchors against the default as a user gets it (shipped corpus);
     # the ablations separate the recipe from the corpus
     recipes = {"reference": dict(recipe="reference", anchors=str(wiki)), "default": dict(recipe="default", anchors=None)}
-    if args.smoke:
-        task_groups = {key: task_groups[key] for key in ("sentiment", "happiness", "fear")}
-    emotions = [concept for concept in task_groups if concept in EMOTIONS]
-    concepts = list(task_groups)
     transplants, controls, diagnostics = {}, {}, {}
     for recipe, options in recipes.items():
         for concept in concepts:
@@ -128,13 +140,13 @@ def main() -> None:
             own_vector = target_own_vector(transplant, load_concept_set(concept), anchor_texts, device="cpu")
             transplants[recipe, concept] = transplant
             controls[recipe, concept] = {"random": random_control(transplant, seed=0), "own": own_control(transplant, own_vector)}
-            diagnostics[recipe, concept] = {
+            diagnostics[f"{recipe}|{concept}"] = {
                 "source_layer": transplant.source_layer, "target_layer": transplant.target_layer,
                 "heldout_r2": transplant.heldout_r2, "cos_to_own": cosine(transplant.vector, own_vector),
                 "norm": float(transplant.steering_vector().norm()), "own_norm": float(own_vector.norm()),
             }
             log(f"built {recipe:9s} {concept:9s} blocks {transplant.source_layer}->{transplant.target_layer} "
-                f"R^2 {transplant.heldout_r2:.3f} cos {diagnostics[recipe, concept]['cos_to_own']:.3f}")
+                f"R^2 {transplant.heldout_r2:.3f} cos {diagnostics[f'{recipe}|{concept}']['cos_to_own']:.3f}")
 
     # ---- ablations: one change at a time on the WikiSplit anchors (fit quality, cosines, emotion success)
     ablations = {
@@ -149,7 +161,7 @@ def main() -> None:
         "default recipe on the shipped corpus instead of WikiSplit (what a user gets)": dict(recipe="default", anchors=None),
         "default recipe on the shipped corpus, target_layer=auto": dict(recipe="default", anchors=None, target_layer="auto"),
     }
-    ablation_vectors = {}
+    ablation_vectors, ablation_fits = {}, {}
     for name, options in ablations.items():
         options = {"anchors": str(wiki), **options}
         anchor_texts, _ = load_anchor_texts(options["anchors"])
@@ -157,69 +169,53 @@ def main() -> None:
             transplant = build_transplant(SOURCE, TARGET, concept, device="cpu", **options)
             # the target's own vector at the block this map chose, from the anchors it was fitted on
             own = target_own_vector(transplant, load_concept_set(concept), anchor_texts, device="cpu")
-            ablation_vectors[name, concept] = (transplant, cosine(transplant.vector, own))
+            ablation_vectors[name, concept] = transplant
+            ablation_fits[f"{name}|{concept}"] = {"heldout_r2": transplant.heldout_r2, "target_layer": transplant.target_layer,
+                                                  "cos_to_own": cosine(transplant.vector, own)}
         log(f"ablation built: {name}")
 
-    # ---- evaluation: one target load; rows swap the vector and alpha
-    first = work / "first.safetensors"
-    save_transplant(transplants["default", "sentiment"], first)
-    steered = ConTransLM(target=TARGET, vector=str(first), device="cpu", batch_size=args.batch_size)
-    every_column = [column for concept in concepts for column in task_groups[concept]] + facts
-
-    rows: dict[str, dict] = {}
-    steered.alpha = 0.0
-    rows["base target"] = evaluate(steered, every_column)
-    log("evaluated the base target")
-    plan = []
+    # ---- evaluation: one grid; consecutive rows on the target share one load of it
+    rows = [GridRow("base target", "base", TARGET, alpha=0.0, tasks=tasks_of([c for g in task_groups.values() for c in g] + facts))]
+    steered_keys = []
     for recipe in recipes:
         for concept in concepts:
             columns = task_groups[concept] + facts
             for alpha in ALPHAS:
                 # facts under the default alpha; controls at every alpha for the emotions (the paper's
                 # table), at alpha 1 for the slower tasks
-                plan.append((recipe, concept, "transplanted", alpha, columns if alpha == 1.0 else task_groups[concept]))
+                kinds = [("transplanted", columns if alpha == 1.0 else task_groups[concept])]
                 if concept in EMOTIONS or alpha == 1.0:
-                    plan.append((recipe, concept, "random", alpha, task_groups[concept] + (facts if alpha == 1.0 else [])))
-                    plan.append((recipe, concept, "own", alpha, task_groups[concept]))
-    results: dict = {}
-    for recipe, concept, kind, alpha, columns in tqdm(plan, desc="steered rows", unit="row"):
-        vector = transplants[recipe, concept] if kind == "transplanted" else controls[recipe, concept][kind]
-        steered.transplant, steered.alpha = vector, alpha
-        results[recipe, concept, kind, alpha] = evaluate(steered, columns)
-    log("evaluated the steered rows")
-    ablation_results = {}
-    for (name, concept), (transplant, _) in tqdm(list(ablation_vectors.items()), desc="ablation rows", unit="row"):
+                    kinds += [("random", task_groups[concept] + (facts if alpha == 1.0 else [])), ("own", task_groups[concept])]
+                for kind, wanted in kinds:
+                    vector = transplants[recipe, concept] if kind == "transplanted" else controls[recipe, concept][kind]
+                    rows.append(GridRow(f"{recipe} {concept} {kind} α={alpha:g}", "contrans" if kind == "transplanted" else kind,
+                                        TARGET, vector, alpha, tasks=tasks_of(wanted)))
+                    steered_keys.append((rows[-1].name, f"{recipe}|{concept}|{kind}|{alpha}"))
+    for (name, concept), transplant in ablation_vectors.items():
         # every direction at alpha 2 in residual units of its block, so the rows compare maps, not norms;
         # a last-token fit's own median is over sentence ends only, so it borrows the dense one at its block
-        dense = ablation_vectors[DEFAULT_ON_WIKI, concept][0]
+        dense = ablation_vectors[DEFAULT_ON_WIKI, concept]
         norm = transplant.residual_norm if transplant.anchor_tokens == "dense" else dense.residual_norm
         assert transplant.anchor_tokens == "dense" or transplant.target_layer == dense.target_layer
-        steered.transplant = dataclasses.replace(transplant, alpha_unit="residual", residual_norm=norm)
-        steered.alpha = ABLATION_ALPHA
-        ablation_results[name, concept] = evaluate(steered, task_groups[concept])
-    log("evaluated the ablations")
-    del steered
-    source = HFLM(pretrained=pretrained_path(parse_model_spec(SOURCE, "source")), device="cpu", batch_size=args.batch_size)
-    rows["source (SmolLM2-135M-Instruct)"] = evaluate(source, every_column)
-    del source
-    log("evaluated the source")
-
-    markdown = render(args, limits, rows, results, diagnostics, ablation_vectors, ablation_results, task_groups,
-                      ALPHA_UNIT_FRACTION, time.time() - started)
-    out = Path(args.out)
-    text = out.read_text(encoding="utf-8") if out.exists() else f"# Results on the packaged pair\n\n{START}\n{END}\n"
-    if START not in text:
-        text = text.rstrip() + f"\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    out.write_text(head + START + "\n" + markdown + "\n" + END + tail, encoding="utf-8")
-    log(f"wrote {out}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "rows": rows, "steered": {"|".join(map(str, key)): value for key, value in results.items()},
-            "diagnostics": {"|".join(key): value for key, value in diagnostics.items()},
-            "ablations": {"|".join(map(str, key)): value for key, value in ablation_results.items()},
-        }, indent=1, default=float))
+        rows.append(GridRow(f"ablation {name} {concept}", "contrans", TARGET,
+                            dataclasses.replace(transplant, alpha_unit="residual", residual_norm=norm), ABLATION_ALPHA,
+                            tasks=tasks_of(task_groups[concept])))
+    rows.append(GridRow("source (SmolLM2-135M-Instruct)", "source", SOURCE,
+                        tasks=tasks_of([c for g in task_groups.values() for c in g] + facts)))
+    settings = EvalSettings(tasks=sorted(every_task), limit=every_task, batch_size=args.batch_size, device="cpu",
+                            task_metadata=task_metadata(shared), bootstrap_iters=200)
+    measured = {row.name: flat(row) for row in Grid(work, settings).run(rows)}
+    log("evaluated every row")
+    return {
+        "settings": {"full": args.full, "smoke": args.smoke, "limits": limits, "batch_size": args.batch_size,
+                     "alpha_unit_fraction": ALPHA_UNIT_FRACTION, "machine": machine(), "seconds": time.time() - started},
+        "task_groups": {concept: [list(column) for column in columns] for concept, columns in task_groups.items()},
+        "rows": {name: measured[name] for name in ("base target", "source (SmolLM2-135M-Instruct)")},
+        "steered": {key: measured[name] for name, key in steered_keys},
+        "diagnostics": diagnostics,
+        "ablation_fits": ablation_fits,
+        "ablations": {f"{name}|{concept}": measured[f"ablation {name} {concept}"] for name, concept in ablation_vectors},
+    }
 
 
 def _cell(scores: dict, task: str, metric: str) -> str:
@@ -234,15 +230,22 @@ def _value(scores: dict, task: str, metric: str) -> float | None:
     return scores.get(f"{task}/{metric}")
 
 
-def render(args, limits, rows, results, diagnostics, ablation_vectors, ablation_results, task_groups, unit_fraction,
-           seconds) -> str:
+def render(document: dict) -> str:
+    """The RESULTS.md section, from what `measure` wrote (no model runs)."""
+    settings = document["settings"]
+    limits, rows, diagnostics = settings["limits"], document["rows"], document["diagnostics"]
+    unit_fraction, seconds, full = settings["alpha_unit_fraction"], settings["seconds"], settings["full"]
+    task_groups = {concept: [tuple(column) for column in columns] for concept, columns in document["task_groups"].items()}
+    results = {tuple(key.split("|")[:3]) + (float(key.split("|")[3]),): value for key, value in document["steered"].items()}
+    ablation_results = {tuple(key.split("|")): value for key, value in document["ablations"].items()}
+    ablation_fits = {tuple(key.split("|")): value for key, value in document["ablation_fits"].items()}
     emotions = [c for c in task_groups if c in EMOTIONS]
     others = [c for c in ("honesty", "toxicity", "sentiment") if c in task_groups]
     lines = [
         "## Issue 4: the reference recipe on a real cross-family pair, and a better one",
         "",
-        f"Made by `python bench/make_results.py --shared ../shared/data{' --full' if args.full else ''}` "
-        f"in {seconds / 60:.0f} min ({machine()}). Source SmolLM2-135M-Instruct (30 blocks, hidden 576) → "
+        f"Made by `python bench/experiments/make_results.py --data ../shared/data{' --full' if full else ''}` "
+        f"in {seconds / 60:.0f} min ({settings['machine']}). Source SmolLM2-135M-Instruct (30 blocks, hidden 576) → "
         "target Gemma-3-270M base (18 blocks, hidden 640), float32 on CPU, dev splits of ../shared/data. "
         "Documents per task: " + ", ".join(f"{key} {'all' if value is None else value}" for key, value in limits.items())
         + " (emotion tasks interleave the five other emotions, so a limit takes a balanced mix). "
@@ -323,7 +326,7 @@ def render(args, limits, rows, results, diagnostics, ablation_vectors, ablation_
               "| concept | reference blocks | reference R² | reference cos | default blocks | default R² | default cos |",
               "|---|---|---|---|---|---|---|"]
     for concept in task_groups:
-        ref, new = diagnostics["reference", concept], diagnostics["default", concept]
+        ref, new = diagnostics[f"reference|{concept}"], diagnostics[f"default|{concept}"]
         lines.append(f"| {concept} | {ref['source_layer']}→{ref['target_layer']} | {ref['heldout_r2']:.3f} | {ref['cos_to_own']:.3f} "
                      f"| {new['source_layer']}→{new['target_layer']} | {new['heldout_r2']:.3f} | {new['cos_to_own']:.3f} |")
     lines.append("\nR² is pooled over dimensions on held-out anchor texts (20 %, seeded): last tokens for the "
@@ -337,11 +340,11 @@ def render(args, limits, rows, results, diagnostics, ablation_vectors, ablation_
               "compare maps, not vector norms.", "",
               "| recipe | target blocks | R² | cos to own | " + " | ".join(emotions) + " | ≥ 0.8 |",
               "|---|---|---|---|" + "---|" * (len(emotions) + 1)]
-    names = list(dict.fromkeys(name for name, _ in ablation_vectors))
+    names = list(dict.fromkeys(name for name, _ in ablation_fits))
     for name in names:
-        r2 = sum(ablation_vectors[name, e][0].heldout_r2 for e in emotions) / len(emotions)
-        blocks = [ablation_vectors[name, e][0].target_layer for e in emotions]
-        cosines = [ablation_vectors[name, e][1] for e in emotions]
+        r2 = sum(ablation_fits[name, e]["heldout_r2"] for e in emotions) / len(emotions)
+        blocks = [ablation_fits[name, e]["target_layer"] for e in emotions]
+        cosines = [ablation_fits[name, e]["cos_to_own"] for e in emotions]
         success = [_value(ablation_results[name, e], f"contrans_emotion_{e}", "acc") for e in emotions]
         lines.append(f"| {name} | {blocks[0] if len(set(blocks)) == 1 else ' '.join(map(str, blocks))} | {r2:.3f} | "
                      f"{sum(cosines) / len(cosines):.3f} | " + " | ".join(f"{v:.2f}" for v in success)

@@ -4,11 +4,12 @@ concept at alpha 1, 2, 5, and the source model. Prints a Markdown table (main me
 With --random, each transplant row has a random-vector row of equal norm beside it. A second table
 gives the factual-completion control (contrans_facts acc) under each concept's transplant.
 
-With --json FILE every row is written to FILE as soon as it is measured, and a second run with the
-same FILE skips the rows already there, so a long run that is stopped resumes where it was (the
-file records the settings; it refuses to mix runs with other ones).
+With --json FILE the scores are written to FILE, and a second run with the same FILE skips the rows
+already there and prints the table from it (the file records the settings; it refuses to mix runs
+with other ones). The rows run on the experiment grid, whose folder in the cache keeps each row as it
+finishes, so a long run that is stopped resumes where it was.
 
-Run: python bench/bench_tasks.py [--limit N] [--shared ../shared/data] [--alphas 1 2 5] [--random] [--json FILE]
+Run: python bench/experiments/all_tasks.py [--limit N] [--data ../shared/data] [--alphas 1 2 5] [--random] [--json FILE]
 (Full data takes hours on 2 CPU cores; --limit N evaluates the first N documents of each task.
  On a GPU: --device cuda --batch-size 64, with --source/--target naming the GGUF files if the
  packages are not installed there.)
@@ -19,11 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, add_pair_arguments, machine, shared_task_metadata
+from lm_eval_contrans.experiments.data import add_data_argument, add_pair_arguments, data_folder, machine, task_metadata
 
 FACTS = ("contrans_facts", "acc")
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
@@ -38,12 +38,12 @@ CONCEPT_TASKS = {  # concept: [(task, main metric), ...]
 def data_location(shared: Path) -> str:
     """The data folder relative to this checkout (../shared/data), so that a saved run resumes from
     any clone that sits beside the data, not only from the folder it was measured in."""
-    return Path(os.path.relpath(shared.resolve(), Path(__file__).resolve().parents[1])).as_posix()
+    return Path(os.path.relpath(shared.resolve(), Path(__file__).resolve().parents[2])).as_posix()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--recipe", default="default", choices=["default", "reference"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
@@ -54,26 +54,18 @@ def main() -> None:
     add_pair_arguments(parser)
     args = parser.parse_args()
 
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.build import build_transplant
-    from lm_eval_contrans.controls import random_control
-    from lm_eval_contrans.lm_eval_model import ConTransLM
-    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
-    from lm_eval_contrans.scoring import FastScoringHFLM
+    from lm_eval_contrans.cache import cache_root
+    from lm_eval_contrans.experiments.controls import random_control
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.pipeline import build_transplant
 
     started = time.time()
-    shared = Path(args.shared)
-    task_manager = TaskManager(metadata=shared_task_metadata(shared))
+    shared = data_folder(args.data)
     print(f"machine: {machine()}; limit {args.limit}; data {shared}", flush=True)
 
-    def evaluate(lm, tasks: list[str]) -> dict:
-        results = lm_eval.simple_evaluate(model=lm, tasks=sorted(set(tasks)), task_manager=task_manager,
-                                          limit=args.limit, bootstrap_iters=1000, verbosity="ERROR")["results"]
+    def scores_of(row) -> dict:
         return {(task, metric): (values[f"{metric},none"], values.get(f"{metric}_stderr,none"))
-                for task, values in results.items() for metric in ("acc", "acc_norm", "margin") if f"{metric},none" in values}
+                for task, values in row.results.items() for metric in ("acc", "acc_norm", "margin") if f"{metric},none" in values}
 
     columns = [pair for concept in args.concepts for pair in CONCEPT_TASKS[concept]]
     rows: dict[str, dict] = {}
@@ -89,27 +81,17 @@ def main() -> None:
         diagnostics = saved.get("heldout_r2", {})
         print(f"resuming from {args.json}: {len(rows)} rows", flush=True)
 
-    def record(row: str, scores: dict) -> None:
-        rows.setdefault(row, {}).update(scores)
-        print(f"[{time.time() - started:6.0f} s] {row}: {len(scores)} scores", flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps({
-                "settings": settings, "heldout_r2": diagnostics,
-                "rows": {name: {f"{t}/{m}": v for (t, m), v in scored.items()} for name, scored in rows.items()}}, indent=1))
-
     def measured(row: str, wanted: list) -> bool:
         return all(column in rows.get(row, {}) for column in wanted)
 
-    def hf(spec: str, role: str) -> FastScoringHFLM:  # scored as the steered rows are
-        return FastScoringHFLM(pretrained=pretrained_path(parse_model_spec(spec, role)), device=args.device, batch_size=args.batch_size)
-
-    for row, spec, role, wanted in (("base target", args.target, "target", columns + [FACTS]),
+    # the rows still missing, on one grid (its folder resumes a run stopped half-way, row by row)
+    grid_rows, placed = [], {}  # placed: grid row name -> [(table row, which columns)]
+    for row, spec, kind, wanted in (("base target", args.target, "base", columns + [FACTS]),
                                     ("source", args.source, "source", columns)):
-        missing = sorted({task for task, metric in wanted if not measured(row, [(task, metric)])})
+        missing = tuple(sorted({task for task, metric in wanted if not measured(row, [(task, metric)])}))
         if missing:
-            model = hf(spec, role)
-            record(row, evaluate(model, missing))
-            del model
+            grid_rows.append(GridRow(row, kind, spec, alpha=0.0 if kind == "base" else None, tasks=missing))
+            placed[row] = [(row, None)]
     steer_names = ["ConTrans", "random"] if args.random else ["ConTrans"]
     for concept in args.concepts:
         todo = [(kind, alpha) for kind in steer_names for alpha in args.alphas
@@ -118,17 +100,31 @@ def main() -> None:
         if not todo:
             continue
         transplant = build_transplant(args.source, args.target, concept, device=args.device, recipe=args.recipe)
-        path = Path(tempfile.mkdtemp(prefix="contrans-bench-")) / f"{concept}.safetensors"
-        save_transplant(transplant, path)
         diagnostics[concept] = transplant.heldout_r2
-        steered = ConTransLM(target=args.target, vector=str(path), device=args.device, batch_size=args.batch_size)
         vectors = {"ConTrans": transplant, "random": random_control(transplant, seed=0)}
+        tasks = tuple(sorted({task for task, _ in CONCEPT_TASKS[concept]} | {FACTS[0]}))
         for kind, alpha in todo:
-            steered.transplant, steered.alpha = vectors[kind], alpha
-            scores = evaluate(steered, [task for task, _ in CONCEPT_TASKS[concept]] + [FACTS[0]])
-            record(f"+ {kind} α={alpha:g}", {key: value for key, value in scores.items() if key[0] != FACTS[0]})
-            record(f"facts under {concept} {kind} α={alpha:g}", {FACTS: scores[FACTS]})
-        del steered
+            name = f"{concept} {kind} α={alpha:g}"
+            grid_rows.append(GridRow(name, "contrans" if kind == "ConTrans" else kind, args.target, vectors[kind], alpha,
+                                     tasks=tasks))
+            placed[name] = [(f"+ {kind} α={alpha:g}", "concept"), (f"facts under {concept} {kind} α={alpha:g}", "facts")]
+    if grid_rows:
+        grid = Grid(cache_root() / "experiments" / f"all_tasks-{args.recipe}-{args.limit}",
+                    EvalSettings(tasks=[], limit=args.limit, batch_size=args.batch_size, device=args.device,
+                                 task_metadata=task_metadata(shared)))
+        for result in grid.run(grid_rows):
+            for row, part in placed[result.name]:
+                scores = scores_of(result)
+                if part == "concept":
+                    scores = {key: value for key, value in scores.items() if key[0] != FACTS[0]}
+                elif part == "facts":
+                    scores = {FACTS: scores[FACTS]}
+                rows.setdefault(row, {}).update(scores)
+        print(f"[{time.time() - started:6.0f} s] {len(grid_rows)} rows measured", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "settings": settings, "heldout_r2": diagnostics,
+                "rows": {name: {f"{t}/{m}": v for (t, m), v in scored.items()} for name, scored in rows.items()}}, indent=1))
 
     named = {"base target": f"base target ({args.target})", "source": f"source ({args.source})"}
     header = "| model | " + " | ".join(f"{task.removeprefix('contrans_')} {metric}" for task, metric in columns) + " |"

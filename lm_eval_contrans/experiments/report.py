@@ -1,9 +1,10 @@
 """Comparison tables and plots from lm-eval results: Markdown, CSV and one PNG per task.
 
-A row is one evaluated model configuration: `{"name", "kind", "alpha", "diagnostics", "results"}`
-where `results` is lm-eval's per-task results mapping. Rows come from `contrans compare` (one
-`row.json` per row) or from any lm-eval `--output_path` folder (`results_*.json`), e.g. runs made
-on GPUs elsewhere.
+A row is one evaluated model configuration: `{"name", "kind", "alpha", "diagnostics", "results",
+"main_metrics"}` where `results` is lm-eval's per-task results mapping. Rows come from a grid folder
+(`contrans compare`; the rows its `rows/index.json` lists) or from any lm-eval `--output_path` folder
+(`results_*.json`), e.g. runs made on GPUs elsewhere. A task's main metric is the first metric of
+its YAML's `metric_list`, as lm-eval recorded it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The main metric of each shipped task (others: the first of FALLBACK_METRICS present).
-MAIN_METRICS = {
-    "contrans_sentiment": "acc_norm", "contrans_toxicity": "acc_norm", "contrans_honesty_mc1": "acc",
-    "contrans_honesty_mc2": "acc", "contrans_sentiment_gen": "positive", "contrans_toxicity_gen": "non_toxic",
-}
+# For results without their task's config (a group's aggregate, an old file): the first of these present.
 FALLBACK_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2", "word_perplexity")
 
 
@@ -28,15 +25,34 @@ class Row:
     kind: str = "other"  # base | contrans | random | own | prompt | source | instruct | other
     alpha: float | None = None
     diagnostics: dict = field(default_factory=dict)
+    main_metrics: dict = field(default_factory=dict)  # task -> the first metric of its YAML
+    per_document: dict = field(default_factory=dict)  # task -> metric -> score of each document, by doc_id
+    artifact: str | None = None  # the steering vector's file, relative to the grid folder
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "alpha": self.alpha, "diagnostics": self.diagnostics,
-                "results": self.results}
+                "results": self.results, "main_metrics": self.main_metrics, "per_document": self.per_document,
+                "artifact": self.artifact}
+
+    def value(self, task: str, metric: str) -> float | None:
+        """A metric's value in this row, None where the row lacks it."""
+        value = self.results.get(task, {}).get(f"{metric},none")
+        return value if isinstance(value, (int, float)) else None
 
 
-def main_metric(task: str, values: dict) -> str | None:
-    wanted = [MAIN_METRICS[task]] if task in MAIN_METRICS else []
-    for metric in (*wanted, *FALLBACK_METRICS):
+def main_metrics_of(configs: dict) -> dict:
+    """{task: first metric of its metric_list} from lm-eval's per-task configs."""
+    metrics = {}
+    for task, config in (configs or {}).items():
+        listed = (config or {}).get("metric_list") or []
+        if listed and isinstance(listed[0], dict) and listed[0].get("metric"):
+            metrics[task] = str(listed[0]["metric"])
+    return metrics
+
+
+def main_metric(task: str, values: dict, declared: str | None = None) -> str | None:
+    """The metric a table shows for a task: the one its YAML lists first, else a common one present."""
+    for metric in ((declared,) if declared else ()) + FALLBACK_METRICS:
         if f"{metric},none" in values:
             return metric
     numeric = [key.split(",")[0] for key, value in values.items()
@@ -47,7 +63,7 @@ def main_metric(task: str, values: dict) -> str | None:
 def score(row: Row, task: str, metric: str | None = None) -> tuple[float | None, float | None, str | None]:
     """(value, stderr, metric name) of `metric`, or of the task's main metric when None."""
     values = row.results.get(task, {})
-    metric = metric or main_metric(task, values)
+    metric = metric or main_metric(task, values, row.main_metrics.get(task))
     if metric is not None and f"{metric},none" not in values:
         return None, None, metric
     if metric is None:
@@ -95,12 +111,14 @@ def write_csv(rows: list[Row], path: Path, extra_metrics: tuple[str, ...] = ()) 
     diagnostics = sorted({key for row in rows for key in row.diagnostics})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "kind", "alpha", *(f"{t}/{suffix}" for t, _ in columns for suffix in ("metric", "value", "stderr")), *diagnostics])
+        writer.writerow(["model", "kind", "alpha",
+                         *(f"{task}/{metric}{suffix}" for task, metric in columns for suffix in ("", "_stderr")),
+                         *diagnostics])
         for row in rows:
             cells = [row.name, row.kind, "" if row.alpha is None else row.alpha]
             for task, wanted in columns:
-                value, stderr, metric = score(row, task, wanted)
-                cells += [metric or "", "" if value is None else value, "" if stderr is None else stderr]
+                value, stderr, _ = score(row, task, wanted)
+                cells += ["" if value is None else value, "" if stderr is None else stderr]
             cells += [row.diagnostics.get(key, "") for key in diagnostics]
             writer.writerow(cells)
 
@@ -140,14 +158,19 @@ def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = 
 
 
 def rows_from_folder(folder: Path) -> list[Row]:
-    """Rows from `contrans compare` output (row.json files) or lm-eval output folders (results_*.json)."""
+    """Rows of a grid folder (`contrans compare` output: the rows its index lists, in its order) or of
+    lm-eval output folders (results_*.json)."""
     folder = Path(folder)
-    row_files = sorted(folder.rglob("row.json"))
-    if row_files:
-        index = folder / "rows" / "index.json"
-        order = json.loads(index.read_text()) if index.is_file() else []
-        row_files.sort(key=lambda path: order.index(path.parent.name) if path.parent.name in order else len(order))
-        return [Row(**json.loads(path.read_text())) for path in row_files]
+    index = folder / "rows" / "index.json"
+    if index.is_file():
+        rows = []
+        for name in json.loads(index.read_text()):
+            path = folder / "rows" / name / "row.json"
+            if path.is_file():
+                saved = json.loads(path.read_text())
+                saved.pop("key", None)
+                rows.append(Row(**saved))
+        return rows
     rows = []
     for path in sorted(folder.rglob("results_*.json")):
         data = json.loads(path.read_text())
@@ -159,7 +182,8 @@ def rows_from_folder(folder: Path) -> list[Row]:
         contrans = config.get("contrans") or {}
         rows.append(Row(name=name, results=data.get("results", {}),
                         kind="contrans" if contrans else "other", alpha=contrans.get("alpha"),
-                        diagnostics={"heldout_r2": contrans["heldout_r2"]} if "heldout_r2" in contrans else {}))
+                        diagnostics={"heldout_r2": contrans["heldout_r2"]} if "heldout_r2" in contrans else {},
+                        main_metrics=main_metrics_of(data.get("configs", {}))))
     return rows
 
 
@@ -170,6 +194,7 @@ def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: 
     if plots:
         (out / "plots").mkdir(exist_ok=True)
         for task, metric in columns_of(rows, extra_metrics):
-            suffix = "" if metric == main_metric(task, next((r.results[task] for r in rows if task in r.results), {})) else f"_{metric}"
+            main = next((score(row, task)[2] for row in rows if score(row, task)[2]), None)
+            suffix = "" if metric == main else f"_{metric}"
             plot_task(rows, task, out / "plots" / f"{task}{suffix}.png", metric)
     return out / "table.md"

@@ -5,7 +5,7 @@ vector and the target's own vector at the same block, and emotion steering succe
 first `--emotion-docs` dev scenarios of each `contrans_emotion_<e>` task.
 
 Decides whether a smaller default corpus would shorten the main job's first run (issue 18) without
-losing transfer. Run: python bench/bench_corpus_size.py --shared ../shared/data [--sizes 600 1200]
+losing transfer. Run: python bench/experiments/corpus_size.py --data ../shared/data [--sizes 600 1200]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
 
 CONCEPTS = ["sentiment", "honesty", "toxicity", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 EMOTIONS = CONCEPTS[3:]
@@ -25,22 +25,19 @@ EMOTIONS = CONCEPTS[3:]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=[600, 1200])
     parser.add_argument("--emotion-docs", type=int, default=40)
     parser.add_argument("--alpha", type=float, default=2.0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.artifact import save_transplants
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.controls import cosine, target_own_vector
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.experiments.controls import cosine, target_own_vector
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.pipeline import build_transplant
 
     started = time.time()
     print(f"machine: {machine()}", flush=True)
@@ -53,8 +50,10 @@ def main() -> None:
         path.write_text("\n".join(subset))
         corpora[size] = str(path)
     corpora[len(texts)] = None  # the shipped default
-    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
-    table = {}
+    grid = Grid(cache_root() / "experiments" / "corpus_size",
+                EvalSettings(tasks=[], limit=args.emotion_docs, batch_size=8, device="cpu",
+                             task_metadata=task_metadata(data_folder(args.data))))
+    table, grid_rows = {}, []
     for size, anchors in corpora.items():
         anchor_texts, _ = load_anchor_texts(anchors)
         transplants, cosines = {}, {}
@@ -62,22 +61,19 @@ def main() -> None:
             transplant = build_transplant(SOURCE, TARGET, concept, anchors=anchors, device="cpu")
             own = target_own_vector(transplant, load_concept_set(concept), anchor_texts, device="cpu")
             transplants[concept], cosines[concept] = transplant, cosine(transplant.vector, own)
-        artifact = work / f"emotions{size}.safetensors"
-        success = {}
-        for emotion in EMOTIONS:
-            save_transplants([transplants[emotion]], artifact)
-            lm = ConTransLM(target=TARGET, vector=str(artifact), alpha=args.alpha, device="cpu", batch_size=8)
-            results = lm_eval.simple_evaluate(model=lm, tasks=[f"contrans_emotion_{emotion}"], task_manager=task_manager,
-                                              limit=args.emotion_docs, verbosity="ERROR")["results"]
-            success[emotion] = results[f"contrans_emotion_{emotion}"]["acc,none"]
-            del lm
+        grid_rows += [GridRow(f"{size} {emotion}", "contrans", TARGET, transplants[emotion], args.alpha,
+                              tasks=(f"contrans_emotion_{emotion}",)) for emotion in EMOTIONS]
         first = transplants["sentiment"]
         table[size] = {"texts": size, "source_block": first.source_layer, "heldout_r2": first.heldout_r2,
-                       "cos_to_own": cosines, "mean_cos": sum(cosines.values()) / len(cosines),
-                       "emotion_success": success, "emotions_at_0.8": sum(value >= 0.8 for value in success.values())}
-        print(f"[{time.time() - started:6.0f} s] {size:5d} texts: source block {first.source_layer}, held-out R^2 "
-              f"{first.heldout_r2:.3f}, mean cosine to own {table[size]['mean_cos']:.3f}, emotions >= 0.8 at alpha "
-              f"{args.alpha:g}: {table[size]['emotions_at_0.8']}/6", flush=True)
+                       "cos_to_own": cosines, "mean_cos": sum(cosines.values()) / len(cosines)}
+        print(f"[{time.time() - started:6.0f} s] {size:5d} texts built", flush=True)
+    measured = {row.name: next(iter(row.results.values()))["acc,none"] for row in grid.run(grid_rows)}
+    for size, row in table.items():
+        row["emotion_success"] = {emotion: measured[f"{size} {emotion}"] for emotion in EMOTIONS}
+        row["emotions_at_0.8"] = sum(value >= 0.8 for value in row["emotion_success"].values())
+        print(f"[{time.time() - started:6.0f} s] {size:5d} texts: source block {row['source_block']}, held-out R^2 "
+              f"{row['heldout_r2']:.3f}, mean cosine to own {row['mean_cos']:.3f}, emotions >= 0.8 at alpha "
+              f"{args.alpha:g}: {row['emotions_at_0.8']}/6", flush=True)
     print("\n| anchor texts | source block | held-out R² | mean cos to own | " + " | ".join(CONCEPTS)
           + " | emotions ≥ 0.8 | " + " | ".join(EMOTIONS) + " |")
     print("|" + "---|" * (5 + len(CONCEPTS) + len(EMOTIONS)))

@@ -10,9 +10,9 @@ alpha: whether the transplant beats the control on the same documents, not only 
 their mean on each document, which estimates "a random vector of equal norm" with less noise than
 one direction does. --json writes every per-document score.
 
-Run:  python bench/bench_default_alpha.py --shared ../shared/data [--honesty 50 --toxicity 100]   (about 30 min on 2 cores)
-      python bench/bench_default_alpha.py --concepts toxicity --toxicity 0   (one concept)
-      python bench/bench_default_alpha.py --honesty 0 --toxicity 0 --alphas 1 2 5 --device cuda
+Run:  python bench/experiments/default_alpha.py --data ../shared/data [--honesty 50 --toxicity 100]   (about 30 min on 2 cores)
+      python bench/experiments/default_alpha.py --concepts toxicity --toxicity 0   (one concept)
+      python bench/experiments/default_alpha.py --honesty 0 --toxicity 0 --alphas 1 2 5 --device cuda
             --source S.gguf --target T.gguf --batch-size 64     (all dev documents, on a GPU)
 """
 
@@ -22,11 +22,10 @@ import argparse
 import json
 import math
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED, add_pair_arguments, machine, shared_task_metadata
+from lm_eval_contrans.experiments.data import add_data_argument, add_pair_arguments, data_folder, machine, task_metadata
 
 CONCEPT_TASKS = {"honesty": ("contrans_honesty_mc2", "acc"), "toxicity": ("contrans_toxicity", "acc_norm")}
 FACTS = ("contrans_facts", "acc")
@@ -34,7 +33,7 @@ FACTS = ("contrans_facts", "acc")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--honesty", type=int, default=50, help="TruthfulQA MC2 questions (0: all)")
     parser.add_argument("--toxicity", type=int, default=100, help="ToxiGen prompt lists (0: all)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
@@ -47,24 +46,14 @@ def main() -> None:
     if 1 in (args.honesty, args.toxicity):
         parser.error("a paired standard error needs at least 2 documents per task (0: all)")
 
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.build import build_transplant
-    from lm_eval_contrans.controls import random_control
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.cache import cache_root
+    from lm_eval_contrans.experiments.controls import random_control
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.pipeline import build_transplant
 
     started = time.time()
-    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
     limits = {"contrans_honesty_mc2": args.honesty or None, "contrans_toxicity": args.toxicity or None, "contrans_facts": None}
     print(f"machine: {machine()}; alphas {args.alphas}; documents {limits}", flush=True)
-
-    def per_document(lm, task: str, metric: str) -> list[float]:
-        output = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=task_manager, limit=limits[task],
-                                         log_samples=True, bootstrap_iters=0, verbosity="ERROR")
-        samples = sorted(output["samples"][task], key=lambda sample: sample["doc_id"])
-        return [float(sample[metric]) for sample in samples]
 
     def paired(after: list[float], before: list[float]) -> str:
         differences = [a - b for a, b in zip(after, before)]
@@ -72,31 +61,38 @@ def main() -> None:
         return f"{statistics.mean(differences):+.3f} ± {error:.3f}"
 
     transplants = {concept: build_transplant(args.source, args.target, concept, device=args.device) for concept in args.concepts}
-    first = Path(tempfile.mkdtemp(prefix="contrans-alpha-")) / f"{args.concepts[0]}.safetensors"
-    save_transplant(transplants[args.concepts[0]], first)
-    lm = ConTransLM(target=args.target, vector=str(first), device=args.device, batch_size=args.batch_size)
-
-    lm.alpha = 0.0
-    base = {task: per_document(lm, task, metric) for task, metric in [*(CONCEPT_TASKS[c] for c in args.concepts), FACTS]}
-    print(f"[{time.time() - started:5.0f} s] base target evaluated", flush=True)
-    print("\n| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |")
-    print("|---|---|---|---|---|---|---|---|")
-    steered = {}  # (concept, kind, alpha, task) -> per-document scores
     randoms = ["random, equal norm"] if args.random_seeds == 1 else [f"random seed {seed}" for seed in range(args.random_seeds)]
+    grid_rows = [GridRow("base target", "base", args.target, alpha=0.0,
+                         tasks=tuple(sorted({CONCEPT_TASKS[c][0] for c in args.concepts} | {FACTS[0]})))]
     for concept in args.concepts:
-        task, metric = CONCEPT_TASKS[concept]
         vectors = [transplants[concept]] + [random_control(transplants[concept], seed=seed) for seed in range(args.random_seeds)]
         for kind, vector in zip(["transplanted", *randoms], vectors):
             for alpha in args.alphas:
-                lm.transplant, lm.alpha = vector, alpha
+                grid_rows.append(GridRow(f"{concept} {kind} α={alpha:g}", "contrans" if kind == "transplanted" else "random",
+                                         args.target, vector, alpha, tasks=(CONCEPT_TASKS[concept][0], FACTS[0])))
+    grid = Grid(cache_root() / "experiments" / "default_alpha",
+                EvalSettings(tasks=[], limit=limits, batch_size=args.batch_size, device=args.device, bootstrap_iters=0,
+                             task_metadata=task_metadata(data_folder(args.data)), per_document=("acc", "acc_norm")))
+    measured = {row.name: row for row in grid.run(grid_rows)}
+    print(f"[{time.time() - started:5.0f} s] every row evaluated", flush=True)
+    base = {task: measured["base target"].per_document[task][metric]
+            for task, metric in [*(CONCEPT_TASKS[c] for c in args.concepts), FACTS]}
+    steered = {}  # (concept, kind, alpha, task) -> per-document scores
+    print("\n| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |")
+    print("|---|---|---|---|---|---|---|---|")
+    for concept in args.concepts:
+        task, metric = CONCEPT_TASKS[concept]
+        for kind in ["transplanted", *randoms]:
+            for alpha in args.alphas:
+                row = measured[f"{concept} {kind} α={alpha:g}"]
                 for row_task, row_metric in ((task, metric), FACTS):
-                    scores = steered[concept, kind, alpha, row_task] = per_document(lm, row_task, row_metric)
-                    if args.json:
-                        Path(args.json).write_text(json.dumps({"base": base, "steered": {
-                            " / ".join(map(str, key)): value for key, value in steered.items()}}))
+                    scores = steered[concept, kind, alpha, row_task] = row.per_document[row_task][row_metric]
                     before = base[row_task]
                     print(f"| {concept} | {kind} | {alpha:g} | {row_task} {row_metric} | {statistics.mean(before):.3f} | "
                           f"{statistics.mean(scores):.3f} | {paired(scores, before)} | {len(scores)} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"base": base, "steered": {
+            " / ".join(map(str, key)): value for key, value in steered.items()}}))
     control_name = "random" if args.random_seeds == 1 else f"mean of {args.random_seeds} random"
     print("\nThe transplant against the random vector of equal norm, paired on the same documents"
           + ("" if args.random_seeds == 1 else f" (the mean of {args.random_seeds} random directions on each)") + ":\n")

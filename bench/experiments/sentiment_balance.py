@@ -8,7 +8,7 @@ point for and one against (or only the point against), a question that names bot
 both orders), other verdict forms (recommend yes/no, star ratings, thumbs up/down, satisfied), and
 openings balanced as a set (half give a point for, half a point against).
 
-Run: python bench/bench_sentiment_balance.py [--target packaged:gemma-3-270m] [--frames TEXT]
+Run: python bench/experiments/sentiment_balance.py [--target packaged:gemma-3-270m] [--frames TEXT]
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import TARGET, machine
+from lm_eval_contrans.experiments.data import TARGET, machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_sentiment_prompts import SUBJECTS, VERDICTS  # noqa: E402
 
 # one point for and one against, in SUBJECTS order (written for this benchmark)

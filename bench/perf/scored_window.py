@@ -6,9 +6,9 @@ With Gemma 3's 262k-word vocabulary that projection and its log-softmax dominate
 This runs each task both ways in one process (steered, alpha 1; contexts not shared, so that every
 request goes through the window), prints seconds, the speed-up and the largest difference between
 the two runs' per-choice log-likelihoods (it should be float noise). `compare_scoring` is also what
-bench_shared_context.py runs.
+shared_context.py runs.
 
-Run:  python bench/bench_scored_window.py --shared ../shared/data   (about 10 min on 2 cores)
+Run:  python bench/perf/scored_window.py --data ../shared/data   (about 10 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
+from _timing import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
 
 TASKS = {"contrans_honesty_mc2": 8, "contrans_honesty_mc1": 8, "contrans_toxicity": 8,
          "contrans_emotion_fear": 40, "contrans_facts": None, "contrans_sentiment": None}  # task: documents (None: all)
@@ -29,7 +29,7 @@ def per_choice_loglikelihoods(results: dict, task: str) -> list[float]:
 def compare_scoring(description: str, settings: dict[str, dict]) -> None:
     """Run every task under each of two settings of ConTransLM's attributes, interleaved; print the table."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--concept", default="honesty")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
@@ -39,7 +39,7 @@ def compare_scoring(description: str, settings: dict[str, dict]) -> None:
 
     from lm_eval_contrans.lm_eval_model import ConTransLM
 
-    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
+    task_manager = TaskManager(metadata=task_metadata(data_folder(args.data)))
     print(f"machine: {machine()}; concept {args.concept}, alpha 1, batch {args.batch_size}", flush=True)
     lm = ConTransLM(source=SOURCE, target=TARGET, concept=args.concept, device="cpu", batch_size=args.batch_size)
     lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")

@@ -6,19 +6,20 @@ states and goes through the same map; only the pairing with the emotion is broke
 steered in residual units (equal norm at equal alpha) on the emotion's steering-success task.
 A transplant that works only as "any push among scenario states" scores like its shuffled copy.
 
-Run:  python bench/bench_shuffled_labels.py --shared ../shared/data [--limit 40] [--alphas 1 2 5]   (about 8 min on 2 cores)
+Run:  python bench/experiments/shuffled_labels.py --data ../shared/data [--limit 40] [--alphas 1 2 5]   (about 8 min on 2 cores)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from _common import SHARED, SOURCE, TARGET, machine, shared_task_metadata
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 
@@ -41,48 +42,41 @@ def shuffled_copy(concept: str, folder: Path, seed: int = 0) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=str(SHARED))
+    add_data_argument(parser)
     parser.add_argument("--limit", type=int, default=40, help="scenarios per task (make_results.py uses 40)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--emotions", nargs="+", default=EMOTIONS)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", default=None, help="also write the table's numbers to this file")
     args = parser.parse_args()
 
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.build import build_transplant
-    from lm_eval_contrans.controls import cosine
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.cache import cache_root
+    from lm_eval_contrans.experiments.controls import cosine
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.pipeline import build_transplant
 
     folder = Path(tempfile.mkdtemp(prefix="contrans-shuffled-"))
-    task_manager = TaskManager(metadata=shared_task_metadata(args.shared))
     print(f"machine: {machine()}; {args.limit} scenarios per task", flush=True)
-
-    def success(lm, emotion: str) -> float:
-        task = f"contrans_emotion_{emotion}"
-        results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=task_manager, limit=args.limit,
-                                          bootstrap_iters=0, verbosity="ERROR")["results"]
-        return results[task]["acc,none"]
-
-    lm = None
-    rows = []
+    grid = Grid(cache_root() / "experiments" / "shuffled_labels",
+                EvalSettings(tasks=[], limit=args.limit, batch_size=args.batch_size, device="cpu", bootstrap_iters=0,
+                             task_metadata=task_metadata(data_folder(args.data))))
+    built, grid_rows = {}, []
     for emotion in args.emotions:
         real = build_transplant(SOURCE, TARGET, emotion, device="cpu")
         shuffled = build_transplant(SOURCE, TARGET, shuffled_copy(emotion, folder), device="cpu")
-        if lm is None:
-            first = folder / "first.safetensors"
-            save_transplant(real, first)
-            lm = ConTransLM(target=TARGET, vector=str(first), device="cpu", batch_size=args.batch_size)
-        scores = {}
+        built[emotion] = cosine(real.vector, shuffled.vector)
         for kind, transplant in (("transplanted", real), ("shuffled labels", shuffled)):
-            lm.transplant = transplant
             for alpha in args.alphas:
-                lm.alpha = alpha
-                scores[kind, alpha] = success(lm, emotion)
-        rows.append((emotion, cosine(real.vector, shuffled.vector), scores))
-        print(f"{emotion}: " + ", ".join(f"{kind} α={alpha:g} {value:.2f}" for (kind, alpha), value in scores.items()), flush=True)
+                grid_rows.append(GridRow(f"{emotion} {kind} α={alpha:g}", "contrans" if kind == "transplanted" else "shuffled",
+                                         TARGET, transplant, alpha, tasks=(f"contrans_emotion_{emotion}",)))
+    success = {row.name: next(iter(row.results.values()))["acc,none"] for row in grid.run(grid_rows)}
+    rows = [(emotion, built[emotion], {(kind, alpha): success[f"{emotion} {kind} α={alpha:g}"]
+                                      for kind in ("transplanted", "shuffled labels") for alpha in args.alphas})
+            for emotion in args.emotions]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"limit": args.limit, "alphas": args.alphas, "rows": [
+            {"emotion": emotion, "cosine": similarity, "success": {f"{kind} α={alpha:g}": value for (kind, alpha), value in scores.items()}}
+            for emotion, similarity, scores in rows]}, indent=1))
 
     print("\n| emotion | cos(transplanted, shuffled) | " + " | ".join(
         f"{kind} α={alpha:g}" for kind in ("transplanted", "shuffled labels") for alpha in args.alphas) + " |")

@@ -7,14 +7,14 @@ spread along the random control's direction. Both are in units of the alpha = 1 
 given norm is a bigger push, relative to what the target's states do, along a direction where they
 barely vary: this is what the "random vector of equal norm" control means on this pair.
 
-Run:  python bench/bench_direction_spread.py      (about 3 min on 2 cores with a warm state cache)
+Run:  python bench/experiments/direction_spread.py      (about 3 min on 2 cores with a warm state cache)
 """
 
 from __future__ import annotations
 
 import argparse
 
-from _common import SOURCE, TARGET, machine
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, machine
 
 CONCEPTS = ["honesty", "toxicity", "sentiment", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 
@@ -27,9 +27,11 @@ def main() -> None:
     from transformers import AutoConfig
 
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.build import build_transplant, model_type_of, target_anchor_side
     from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.controls import random_control, target_own_vector
+    from lm_eval_contrans.experiments.controls import random_control, target_own_vector
+    from lm_eval_contrans.pipeline import build_transplant
+    from lm_eval_contrans.pipeline.depth import model_type_of
+    from lm_eval_contrans.pipeline.states import target_anchor_states
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
     from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
 
@@ -42,8 +44,8 @@ def main() -> None:
         transplant = build_transplant(SOURCE, TARGET, concept, device="cpu")
         block = transplant.target_layer
         if block not in states:
-            side = target_anchor_side(target_spec, anchor_texts, block, num_layers=transplant.target_num_layers,
-                                      model_type=model_type, dtype="float32", device="cpu", anchor_tokens="dense")
+            side = target_anchor_states(target_spec, anchor_texts, block, num_layers=transplant.target_num_layers,
+                                        model_type=model_type, dtype="float32", device="cpu", anchor_tokens="dense")
             centred = side.anchor_states.double()
             states[block] = centred - centred.mean(0)
         unit = ALPHA_UNIT_FRACTION * transplant.residual_norm

@@ -4,7 +4,7 @@ Target (issue 5): peak RSS(contrans, building) <= 1.15 x peak RSS(hf). Each eval
 child process (`lm_eval` Python API on contrans_sentiment); peak RSS is the child's ru_maxrss.
 The state cache starts empty, so the contrans child really loads the source and builds.
 
-Run: python bench/bench_memory.py [--dtype bfloat16]
+Run: python bench/perf/peak_memory.py [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from _common import SOURCE, TARGET, fresh_cache_with_gguf, machine
+from _timing import SOURCE, TARGET, fresh_cache_with_gguf, machine
 
 CHILD = """
 import sys, lm_eval

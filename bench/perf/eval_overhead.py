@@ -5,7 +5,7 @@ docs: every "Q: ...\\nA:" + " <answer>" pair) and for generation (50 prompts x 3
 in float32 and bfloat16. Runs are interleaved (hf, contrans, contrans, hf, ...) and the median of
 each is compared, because this machine is noisy.
 
-Run: python bench/bench_eval_overhead.py --truthfulqa ../shared/data/truthfulqa/truthfulqa_mc_dev.jsonl
+Run: python bench/perf/eval_overhead.py --data ../shared/data
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import json
 import os
 import tempfile
 
-from _common import SHARED, SOURCE, TARGET, fresh_cache_with_gguf, machine, median, timed
+from _timing import SOURCE, TARGET, add_data_argument, data_folder, fresh_cache_with_gguf, machine, median, task_metadata, timed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--truthfulqa", default=str(SHARED / "truthfulqa" / "truthfulqa_mc_dev.jsonl"))
+    add_data_argument(parser)
     parser.add_argument("--docs", type=int, default=200)
     parser.add_argument("--generations", type=int, default=50)
     parser.add_argument("--tokens", type=int, default=32)
@@ -33,14 +33,15 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
 
     from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.build import build_transplant
+    from lm_eval_contrans.pipeline import build_transplant
     from lm_eval_contrans.lm_eval_model import ConTransLM
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
     fresh_cache_with_gguf()
     artifact = os.path.join(tempfile.mkdtemp(), "sentiment.safetensors")
     save_transplant(build_transplant(SOURCE, TARGET, "sentiment", device="cpu"), artifact)
-    docs = [json.loads(line) for line in open(args.truthfulqa, encoding="utf-8")][: args.docs]
+    truthfulqa = task_metadata(data_folder(args.data))["truthfulqa_data"]
+    docs = [json.loads(line) for line in open(truthfulqa, encoding="utf-8")][: args.docs]
     pairs = [(f"Q: {doc['question']}\nA:", f" {choice}") for doc in docs for choice in doc["mc2_targets"]["choices"]]
     loglikelihood_requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     generation_kwargs = {"until": ["<never-stop>"], "max_gen_toks": args.tokens, "min_new_tokens": args.tokens,

@@ -1,0 +1,106 @@
+"""`contrans compare`: one grid of lm-eval runs, the table a user pastes into a paper.
+
+Rows: the base target; target + transplanted concept at each alpha; the two vector controls at
+each alpha (a seeded random vector of the same norm, the target's own concept vector); the prompt
+baseline (the concept's instruction as a prefix); the source; optionally an instruction-tuned
+target. The rows run on the experiment grid (grid.py): each is stored with the key of every
+setting that determines it, so an interrupted comparison resumes, and one rerun with other
+settings runs again instead of reusing rows it does not match. The transplant is keyed the same
+way: a rerun with another recipe, layer or concept builds again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lm_eval_contrans.artifact import Transplant, load_transplant, save_transplant
+from lm_eval_contrans.cache import content_key
+from lm_eval_contrans.concepts import load_concept_set
+from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
+from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+from lm_eval_contrans.experiments.report import Row, write_report
+from lm_eval_contrans.loading import default_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ComparePlan:
+    source: str
+    target: str
+    concept: str
+    tasks: list[str]
+    alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0])
+    instruct: str | None = None
+    out: Path = Path("contrans_compare")
+    limit: int | float | None = None
+    batch_size: int | str = 8
+    device: str | None = None
+    seed: int = 0
+    model_args: dict = field(default_factory=dict)  # passed to HFLM: dtype, max_length, ...
+    task_metadata: dict = field(default_factory=dict)  # --metadata for the tasks (local data paths)
+    include_path: list[str] = field(default_factory=list)  # the user's own task folders
+    controls: bool = True
+    extra_metrics: tuple[str, ...] = ("margin",)  # shown next to each task's main metric when reported
+    build_options: dict = field(default_factory=dict)  # plan_build's recipe and its overrides
+
+
+def _alpha_name(alpha: float) -> str:
+    return f"{alpha:g}"
+
+
+def _built(plan: ComparePlan, device: str) -> Transplant:
+    """The transplant for this plan, from the output folder when it was built with the same settings."""
+    from lm_eval_contrans.pipeline import build_transplant
+
+    concept = load_concept_set(plan.concept)
+    key = content_key({"source": plan.source, "target": plan.target, "concept": concept.pairs_hash,
+                       "build": {name: value for name, value in sorted(plan.build_options.items()) if value is not None},
+                       "dtype": plan.model_args.get("dtype")})
+    path = Path(plan.out) / "artifacts" / f"{concept.name}-{key[:12]}.safetensors"
+    if not path.exists():
+        save_transplant(build_transplant(plan.source, plan.target, concept, device=device, **plan.build_options), path)
+    return load_transplant(path)
+
+
+def compare_rows(plan: ComparePlan, transplant: Transplant, device: str) -> list[GridRow]:
+    """The comparison's rows, controls included."""
+    concept = load_concept_set(plan.concept)
+    diagnostics = {"heldout_r2": transplant.heldout_r2}
+    rows = [GridRow("base target", "base", plan.target, alpha=0.0)]
+    own = random = None
+    if plan.controls:
+        from lm_eval_contrans.anchors import load_anchor_texts
+
+        anchor_texts, _ = load_anchor_texts(transplant.anchors if transplant.anchors != "default" else None)
+        own = own_control(transplant, target_own_vector(transplant, concept, anchor_texts, device=device))
+        random = random_control(transplant, plan.seed)
+        diagnostics["cos_to_own"] = cosine(transplant.vector, own.vector)
+    rows += [GridRow(f"+ ConTrans α={_alpha_name(alpha)}", "contrans", plan.target, transplant, alpha,
+                     diagnostics=dict(diagnostics)) for alpha in plan.alphas]
+    if plan.controls:
+        for alpha in plan.alphas:
+            rows.append(GridRow(f"random vector α={_alpha_name(alpha)}", "random", plan.target, random, alpha,
+                                diagnostics={"cos_to_own": cosine(random.vector, own.vector)}))
+            rows.append(GridRow(f"target's own vector α={_alpha_name(alpha)}", "own", plan.target, own, alpha))
+        if concept.instruction:
+            rows.append(GridRow("prompt baseline", "prompt", plan.target, prefix=concept.instruction.strip() + "\n\n"))
+        else:
+            logger.warning("concept %s has no instruction: no prompt-baseline row", concept.name)
+    rows.append(GridRow("source", "source", plan.source))
+    if plan.instruct:
+        rows.append(GridRow(f"instruct ({plan.instruct})", "instruct", plan.instruct))
+    return rows
+
+
+def run_compare(plan: ComparePlan) -> list[Row]:
+    device = plan.device or default_device()
+    transplant = _built(plan, device)
+    settings = EvalSettings(tasks=list(plan.tasks), limit=plan.limit, batch_size=plan.batch_size, device=device,
+                            model_args=dict(plan.model_args), task_metadata=dict(plan.task_metadata),
+                            include_path=[str(Path(path).resolve()) for path in plan.include_path])
+    rows = Grid(plan.out, settings).run(compare_rows(plan, transplant, device))
+    write_report(rows, Path(plan.out), extra_metrics=tuple(plan.extra_metrics))
+    return rows

@@ -1,0 +1,242 @@
+"""An experiment grid: rows of (model, transplant, alpha, control) evaluated with lm-eval.
+
+Every kind of experiment in this project is a list of `GridRow`s run by one `Grid`: `contrans
+compare`, and the scripts in bench/experiments. The grid
+
+- scores every row the same way (FastScoringHFLM and its subclasses, the same batch size);
+- loads the target once for all of its consecutive steered rows (`ConTransLM.use_transplants`);
+- writes each row's results as soon as it finishes, under `rows/<name>/`, with the key of every
+  setting that determines them (the row's model, transplant file hash, alpha, prefix and tasks;
+  the grid's limits, batch size, model args, task metadata and include paths; the lm-eval and
+  package versions). A rerun reuses a row only when its key matches, and runs it again otherwise:
+  an interrupted grid resumes, and a grid with other settings never mixes old results in.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lm_eval_contrans import __version__
+from lm_eval_contrans.artifact import Transplant, save_transplants
+from lm_eval_contrans.cache import content_key
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.experiments.report import Row, main_metrics_of
+
+logger = logging.getLogger(__name__)
+STEERED_KINDS = ("base", "contrans", "random", "own", "shuffled")  # rows on the (steered) target
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "row"
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One evaluated configuration. `transplant`: a Transplant, several (steered at once, `alpha` one
+    value each) or an artifact path (None: unsteered); `prefix`: text put before every context (the
+    prompt baseline); `tasks`: this row's tasks (None: the grid's)."""
+
+    name: str
+    kind: str  # base | contrans | random | own | shuffled | prompt | source | instruct | other
+    model: str
+    transplant: Transplant | list[Transplant] | str | Path | None = field(default=None, compare=False)
+    alpha: float | tuple[float, ...] | None = None
+    prefix: str | None = None
+    tasks: tuple[str, ...] | None = None
+    diagnostics: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def steered(self) -> bool:
+        return self.kind in STEERED_KINDS
+
+
+@dataclass
+class EvalSettings:
+    """What every row is evaluated with. `limit`: one for every task, or {task: limit}."""
+
+    tasks: list[str]
+    limit: int | float | dict | None = None
+    batch_size: int | str = 8
+    device: str | None = None
+    model_args: dict = field(default_factory=dict)  # to HFLM: dtype, max_length, ...
+    task_metadata: dict = field(default_factory=dict)  # --metadata for the tasks (local data paths)
+    include_path: list[str] = field(default_factory=list)
+    bootstrap_iters: int = 1000
+    per_document: tuple[str, ...] = ()  # metrics to keep per document (by doc_id), for paired comparisons
+
+    def limit_of(self, task: str):
+        return self.limit.get(task) if isinstance(self.limit, dict) else self.limit
+
+
+_ENVIRONMENT: list[str] = []
+
+
+@contextmanager
+def environment_described_once() -> Iterator[None]:
+    """lm-eval describes the machine after every evaluation with torch's collect_env, which runs
+    `pip list` and more (3-7 s on 2 cores); within the block it is described once per process."""
+    import torch.utils.collect_env as collect_env
+
+    original = collect_env.get_pretty_env_info
+
+    def described() -> str:
+        if not _ENVIRONMENT:
+            _ENVIRONMENT.append(original())
+        return _ENVIRONMENT[0]
+
+    collect_env.get_pretty_env_info = described
+    try:
+        yield
+    finally:
+        collect_env.get_pretty_env_info = original
+
+
+class Grid:
+    """Runs rows and keeps their results in `folder` (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, settings: EvalSettings) -> None:
+        import lm_eval
+
+        self.folder = Path(folder)
+        self.settings = settings
+        self.lm_eval_version = lm_eval.__version__
+        self._task_manager = None
+        self._target_lm = None  # (model name, ConTransLM) kept across consecutive steered rows
+
+    @property
+    def task_manager(self):
+        if self._task_manager is None:
+            from lm_eval.tasks import TaskManager
+
+            self._task_manager = TaskManager(include_path=list(self.settings.include_path) or None,
+                                             metadata=self.settings.task_metadata or None)
+        return self._task_manager
+
+    # ---- keys: everything that determines a row's results
+    def artifact_path(self, transplant: Transplant | str | Path) -> tuple[Path, str]:
+        """(file, sha256) of a row's transplant: saved into the grid folder if it is in memory."""
+        if isinstance(transplant, (Transplant, list, tuple)):
+            folder = self.folder / "artifacts"
+            folder.mkdir(parents=True, exist_ok=True)
+            several = [transplant] if isinstance(transplant, Transplant) else list(transplant)
+            staging = save_transplants(several, folder / ".staging.safetensors")
+            digest = hashlib.sha256(staging.read_bytes()).hexdigest()
+            path = folder / f"{digest[:16]}.safetensors"
+            staging.replace(path)
+            return path, digest
+        path = Path(transplant)
+        if not path.is_file():
+            raise ConTransError("transplant", f"artifact not found: {path}")
+        return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def row_key(self, row: GridRow, transplant_sha: str | None) -> str:
+        settings = asdict(self.settings)
+        settings["tasks"] = sorted(row.tasks or self.settings.tasks)
+        if isinstance(self.settings.limit, dict):
+            settings["limit"] = {task: self.settings.limit_of(task) for task in settings["tasks"]}
+        alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
+        return content_key({"row": {"kind": row.kind, "model": row.model, "transplant": transplant_sha,
+                                    "alpha": alpha, "prefix": row.prefix},
+                            "settings": settings, "lm_eval": self.lm_eval_version, "package": __version__})
+
+    # ---- running
+    def run(self, rows: Iterable[GridRow]) -> list[Row]:
+        """Each row's results, from the folder where its key matches, else evaluated now."""
+        rows = list(rows)
+        names = [slug(row.name) for row in rows]
+        if len(set(names)) != len(names):
+            raise ConTransError("rows", f"row names must differ: {sorted(n for n in names if names.count(n) > 1)}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "rows").mkdir(exist_ok=True)
+        (self.folder / "rows" / "index.json").write_text(json.dumps(names, indent=1))
+        done = []
+        try:
+            for row, name in tqdm(list(zip(rows, names)), desc="grid rows", unit="row"):
+                done.append(self._row(row, self.folder / "rows" / name))
+        finally:
+            self._release_target()
+        return done
+
+    def _row(self, row: GridRow, folder: Path) -> Row:
+        path, sha = self.artifact_path(row.transplant) if row.transplant is not None else (None, None)
+        key = self.row_key(row, sha)
+        stored = folder / "row.json"
+        if stored.is_file():
+            saved = json.loads(stored.read_text())
+            if saved.pop("key", None) == key:
+                return Row(**saved)
+            logger.info("row %r was run with other settings; running it again", row.name)
+        results, configs, documents = self._evaluate(row, path)
+        artifact = None if path is None else (path.relative_to(self.folder).as_posix()
+                                              if path.is_relative_to(self.folder) else str(path))
+        result = Row(row.name, results, row.kind, row.alpha, dict(row.diagnostics), main_metrics_of(configs), documents,
+                     artifact)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps({"results": results, "configs": configs}, indent=1,
+                                                        default=str))
+        stored.write_text(json.dumps({**result.to_json(), "key": key}, indent=1))
+        return result
+
+    def _evaluate(self, row: GridRow, artifact: Path | None) -> tuple[dict, dict, dict]:
+        import lm_eval
+
+        lm = self._model(row, artifact)
+        tasks = list(row.tasks or self.settings.tasks)
+        by_limit: dict = {}
+        for task in tasks:
+            by_limit.setdefault(self.settings.limit_of(task), []).append(task)
+        results, configs, documents = {}, {}, {}
+        wanted = self.settings.per_document
+        for limit, group in by_limit.items():
+            with environment_described_once():
+                output = lm_eval.simple_evaluate(model=lm, tasks=sorted(group), task_manager=self.task_manager,
+                                                 limit=limit, bootstrap_iters=self.settings.bootstrap_iters,
+                                                 log_samples=bool(wanted), verbosity="ERROR")
+            results.update(output["results"])
+            configs.update({task: {"metric_list": config.get("metric_list", [])}
+                            for task, config in output.get("configs", {}).items()})
+            for task, samples in (output.get("samples") or {}).items():
+                ordered = sorted(samples, key=lambda sample: sample["doc_id"])
+                documents[task] = {metric: [float(sample[metric]) for sample in ordered]
+                                   for metric in wanted if ordered and metric in ordered[0]}
+        return results, configs, documents
+
+    def _hf_args(self) -> dict:
+        return {"device": self.settings.device, "batch_size": self.settings.batch_size, **self.settings.model_args}
+
+    def _model(self, row: GridRow, artifact: Path | None):
+        from lm_eval_contrans.artifact import load_transplants
+        from lm_eval_contrans.experiments.prompt_baseline import PromptBaselineLM
+        from lm_eval_contrans.lm_eval_model import ConTransLM
+        from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+        from lm_eval_contrans.scoring import FastScoringHFLM
+
+        if row.steered:
+            transplants = [] if artifact is None else load_transplants(artifact, "transplant")
+            alphas = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else (row.alpha or 0.0)
+            if self._target_lm is None or self._target_lm[0] != row.model:
+                self._release_target()
+                self._target_lm = (row.model, ConTransLM.from_transplants(row.model, transplants, alphas,
+                                                                         **self._hf_args()))
+            self._target_lm[1].use_transplants(transplants, alphas)
+            return self._target_lm[1]
+        self._release_target()  # another model is loaded next: free the target first
+        pretrained = pretrained_path(parse_model_spec(row.model, "model"))
+        if row.prefix is not None:
+            return PromptBaselineLM(prefix=row.prefix, pretrained=pretrained, **self._hf_args())
+        return FastScoringHFLM(pretrained=pretrained, **self._hf_args())
+
+    def _release_target(self) -> None:
+        if self._target_lm is not None:
+            self._target_lm = None
+            gc.collect()

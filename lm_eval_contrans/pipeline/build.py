@@ -1,0 +1,212 @@
+"""The build, composed once: plan -> record the source -> finish in the target.
+
+`plan_build` checks every argument and settles the recipe and the blocks (running the target-layer
+sweep where a layer is "auto"); `record_sources` records what the source owes every concept in one
+load of it (freed before the target is touched, so the two are never resident at once);
+`finish_build` records the target's anchor states (from the cache, from a target model the caller
+already loaded, such as lm-eval's, or from a load of its own), fits the map and transplants each
+concept. `build_transplants` is the three in a row: what `contrans build`, the Python API and
+`lm_eval --model contrans` all run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from lm_eval_contrans.alignment import check_anchor_count
+from lm_eval_contrans.anchors import load_anchor_texts
+from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.concepts import ConceptSet, load_concept_set
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.loading import (
+    ModelSpec, default_device, free_model, load_model, parse_model_spec, pretrained_path, return_freed_memory_to_the_os,
+)
+from lm_eval_contrans.pipeline.depth import (
+    config_layer_count, is_auto, model_layer_count, model_type_of, relative_depth, target_block,
+)
+from lm_eval_contrans.pipeline.fit import make_transplant
+from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
+from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states
+from lm_eval_contrans.pipeline.target_layer import choose_target_layers
+
+logger = logging.getLogger(__name__)
+
+
+def per_concept(value, count: int, argument: str) -> list:
+    """`a+b` (or [a, b]) -> [a, b]; a single value applies to every concept."""
+    if isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = str(value).split("+") if isinstance(value, str) and "+" in value else [value]
+    if len(parts) == 1:
+        return parts * count
+    if len(parts) != count:
+        raise ConTransError(argument, f"{len(parts)} values ({value!r}) for {count} concepts; give one, or one per concept")
+    return [part.strip() if isinstance(part, str) else part for part in parts]
+
+
+def concept_sets(concepts: str | Path | ConceptSet | list) -> list[ConceptSet]:
+    """Concept sets from `a+b`, a list, a path or a ConceptSet."""
+    if isinstance(concepts, str) and "+" in concepts:
+        concepts = concepts.split("+")
+    if not isinstance(concepts, (list, tuple)):
+        concepts = [concepts]
+    return [concept if isinstance(concept, ConceptSet) else load_concept_set(str(concept).strip() if isinstance(concept, str) else concept)
+            for concept in concepts]
+
+
+@dataclass
+class BuildPlan:
+    """Everything the build will do, settled before any model is loaded for it."""
+
+    source: ModelSpec
+    target: ModelSpec
+    concepts: list[ConceptSet]
+    recipe: Recipe  # anchor tokens settled for these tokenizers; layers: see source_layers / target_layers
+    source_layers: list  # per concept: block, depth fraction, "auto" or a list of blocks
+    target_layers: list  # per concept: block (chosen by the sweep where "auto"), or depth fraction
+    anchor_texts: list[str]
+    anchors_name: str
+    target_num_layers: int | None  # from the target's config; None: known once the model is loaded
+    dtype: str = "float32"
+    source_dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int | str = "auto"
+    notes: list[dict] = field(default_factory=list)  # per concept: what goes into the artifact's `extra`
+
+    def target_depth(self, position: int) -> float | None:
+        if self.target_num_layers is None:
+            return None
+        return relative_depth(target_block(self.target_layers[position], self.target_num_layers), self.target_num_layers)
+
+
+def plan_build(
+    source: str | ModelSpec, target: str | ModelSpec, concepts: str | Path | ConceptSet | list = "sentiment", *,
+    recipe: str | Recipe | None = None, source_layer=None, target_layer=None, anchors: str | Path | None = None,
+    anchor_tokens: str | None = None, map_method: str | None = None, ridge: float | str | None = None,
+    center: bool | str | None = None, alpha_unit: str | None = None, dtype: str = "float32",
+    source_dtype: str | None = None, device: str | None = None, batch_size: int | str = "auto",
+    source_block_path: str | None = None, block_path: str | None = None,
+) -> BuildPlan:
+    """Check every argument, settle the recipe, and choose the blocks (the target-layer sweep loads
+    both models where a layer is "auto" and the cache lacks their states). `source_layer` and
+    `target_layer` take `x+y` (or a list): one value per concept."""
+    target = parse_model_spec(target, "target", block_path)  # a bad target fails before the slow part
+    source = parse_model_spec(source, "source", source_block_path)
+    recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map_method, ridge=ridge, center=center,
+                         alpha_unit=alpha_unit)
+    sets = concept_sets(concepts)
+    layers = {name: [value if value is not None else getattr(recipe, name)
+                     for value in per_concept(given, len(sets), name)]
+              for name, given in (("source_layer", source_layer), ("target_layer", target_layer))}
+    anchor_texts, anchors_name = load_anchor_texts(anchors)
+    recipe, anchor_note = settle_anchor_tokens(recipe, source, target)
+    plan = BuildPlan(source=source, target=target, concepts=sets, recipe=recipe,
+                     source_layers=layers["source_layer"], target_layers=layers["target_layer"],
+                     anchor_texts=anchor_texts, anchors_name=anchors_name,
+                     target_num_layers=config_layer_count(pretrained_path(target)), dtype=dtype,
+                     source_dtype=source_dtype or dtype, device=device or default_device(), batch_size=batch_size,
+                     notes=[dict(anchor_note) for _ in sets])
+    automatic = [position for position, layer in enumerate(plan.target_layers) if is_auto(layer)]
+    if automatic:
+        if plan.target_num_layers is None:
+            model, _ = load_model(target, argument="target", dtype=dtype, device=plan.device)
+            plan.target_num_layers = model_layer_count(model)
+            free_model(model)
+        others = tuple(StateRequest(sets[position], plan.source_layers[position], (plan.target_depth(position),))
+                       for position in range(len(sets)) if position not in automatic)  # one source load for all
+        chosen = choose_target_layers(
+            source, target, [sets[position] for position in automatic], target_num_layers=plan.target_num_layers,
+            source_layers=[plan.source_layers[position] for position in automatic], anchor_texts=anchor_texts,
+            anchors_name=anchors_name, recipe=recipe, dtype=dtype, source_dtype=plan.source_dtype, device=plan.device,
+            batch_size=batch_size, also_record=others)
+        for position, (block, sweep) in zip(automatic, chosen):
+            plan.target_layers[position] = block
+            plan.notes[position].update(sweep)
+    return plan
+
+
+def record_sources(plan: BuildPlan) -> list[ConceptStates]:
+    """The source's concept vectors and anchor states for every concept, in one load of it at most."""
+    requests = [StateRequest(concept, layer, (plan.target_depth(position),))
+                for position, (concept, layer) in enumerate(zip(plan.concepts, plan.source_layers))]
+    sources = record_concept_states(plan.source, requests, anchor_texts=plan.anchor_texts, dtype=plan.source_dtype,
+                                    device=plan.device, batch_size=plan.batch_size,
+                                    anchor_tokens=plan.recipe.anchor_tokens)
+    if plan.recipe.anchor_tokens == "last":
+        check_anchor_count(len(plan.anchor_texts), sources[0].hidden_size, plan.recipe.ridge, plan.recipe.map_method)
+    return sources
+
+
+def finish_build(plan: BuildPlan, sources: list[ConceptStates], target_model: nn.Module | None = None,
+                 target_tokenizer=None) -> list[Transplant]:
+    """Fit and transplant each concept. The target's anchor states come from the cache, else from
+    `target_model` (lm-eval's, already loaded), else from a load of the target freed afterwards."""
+    own_load = False
+    if target_model is None and plan.target_num_layers is not None:
+        found = _target_states(plan, None, None, plan.target_num_layers, plan.dtype, plan.device)
+        if all(side is not None for side in found):
+            logger.info("target states for %s found in the cache; the target model was not loaded", plan.target.name)
+            return _transplants(plan, sources, found)
+    if target_model is None:
+        target_model, target_tokenizer = load_model(plan.target, argument="target", dtype=plan.dtype, device=plan.device)
+        own_load = True
+    try:
+        parameter = next(target_model.parameters())
+        found = _target_states(plan, target_model, target_tokenizer, model_layer_count(target_model),
+                               str(parameter.dtype).removeprefix("torch."), str(parameter.device))
+        return _transplants(plan, sources, found)
+    finally:
+        if own_load:
+            free_model(target_model)
+        else:  # the fit's temporaries are freed but glibc keeps their pages, on top of what evaluation needs
+            return_freed_memory_to_the_os()
+
+
+def _target_states(plan: BuildPlan, model, tokenizer, num_layers: int, dtype: str, device: str) -> list:
+    model_type = model_type_of(model) if model is not None else _configured_model_type(plan.target)
+    return [target_anchor_states(plan.target, plan.anchor_texts, target_block(layer, num_layers), num_layers=num_layers,
+                                 model_type=model_type, dtype=dtype, device=device,
+                                 anchor_tokens=plan.recipe.anchor_tokens, model=model, tokenizer=tokenizer,
+                                 batch_size=plan.batch_size)
+            for layer in plan.target_layers]
+
+
+def _configured_model_type(spec: ModelSpec) -> str:
+    from transformers import AutoConfig
+
+    return model_type_of(AutoConfig.from_pretrained(pretrained_path(spec)))
+
+
+def _transplants(plan: BuildPlan, sources: list[ConceptStates], targets: list) -> list[Transplant]:
+    transplants = []
+    for concept, source, target, note in zip(plan.concepts, sources, targets, plan.notes):
+        transplant = make_transplant(source, target, target_name=plan.target.name, concept=concept,
+                                     anchor_texts=plan.anchor_texts, anchors_name=plan.anchors_name, recipe=plan.recipe)
+        transplant.extra.update(note)
+        logger.info("built transplant:\n%s", transplant.summary())
+        transplants.append(transplant)
+    return transplants
+
+
+def build_transplants(source: str | ModelSpec, target: str | ModelSpec,
+                      concepts: str | Path | ConceptSet | list = "sentiment", **options) -> list[Transplant]:
+    """One transplant per concept (`a+b` or a list), from model names or paths alone. `options` are
+    `plan_build`'s: recipe and its overrides, layers (one value, or one per concept), anchors, dtype,
+    source_dtype, device, batch_size, block paths."""
+    plan = plan_build(source, target, concepts, **options)
+    return finish_build(plan, record_sources(plan))
+
+
+def build_transplant(source: str | ModelSpec, target: str | ModelSpec, concept: str | Path | ConceptSet = "sentiment",
+                     **options) -> Transplant:
+    """Build one transplant (what `contrans build` runs). `recipe` is "default" or "reference" (the
+    paper's); the other options override its fields (see `plan_build`)."""
+    transplants = build_transplants(source, target, concept, **options)
+    if len(transplants) != 1:
+        raise ConTransError("concept", f"{len(transplants)} concepts given; use build_transplants")
+    return transplants[0]

@@ -1,0 +1,71 @@
+"""Depth geometry: block counts, relative depth, and the candidate blocks of the `auto` layer choices."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lm_eval_contrans.blocks import configured_layer_count, decoder_blocks, resolve_layer
+
+SOURCE_LAYER_BAND = 0.15  # source_layer=auto tries blocks within this relative depth of the target's
+TARGET_LAYER_RANGE = (0.4, 0.85)  # target_layer=auto tries the blocks in this range of relative depth
+
+
+def model_layer_count(model: nn.Module) -> int:
+    return len(decoder_blocks(model))
+
+
+def config_layer_count(folder: str) -> int | None:
+    """Decoder-block count from the config alone (no weights), or None if it does not say."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception:
+        return None
+    return configured_layer_count(config)
+
+
+def model_type_of(model_or_config) -> str:
+    config = getattr(model_or_config, "config", model_or_config)
+    return str(getattr(config, "model_type", type(model_or_config).__name__))
+
+
+def relative_depth(index: int, num_layers: int) -> float:
+    return index / max(1, num_layers - 1)
+
+
+def is_auto(layer) -> bool:
+    return isinstance(layer, str) and layer.strip() == "auto"
+
+
+def target_block(layer, num_layers: int) -> int:
+    return resolve_layer(layer, num_layers, "target_layer")
+
+
+def source_layer_candidates(num_layers: int, target_depth: float | None) -> list[int]:
+    """Source blocks whose relative depth lies within SOURCE_LAYER_BAND of the target block's (in a
+    shallow model, at least the neighbouring blocks)."""
+    if target_depth is None:
+        target_depth = 0.75
+    band = max(SOURCE_LAYER_BAND, 1 / max(1, num_layers - 1))
+    candidates = [index for index in range(num_layers)
+                  if abs(relative_depth(index, num_layers) - target_depth) <= band + 1e-9]
+    return candidates or [round(target_depth * (num_layers - 1))]
+
+
+def target_layer_candidates(num_layers: int) -> list[int]:
+    """Target blocks that target_layer=auto scores: relative depth within TARGET_LAYER_RANGE, and
+    the fixed default's block (0.75) in any case, so a shallow model still gets a choice."""
+    low, high = TARGET_LAYER_RANGE
+    candidates = {index for index in range(num_layers) if low - 1e-9 <= relative_depth(index, num_layers) <= high + 1e-9}
+    return sorted(candidates | {resolve_layer(0.75, num_layers, "target_layer")})
+
+
+def source_blocks(layer, num_layers: int, target_depths: list[float | None]) -> list[int]:
+    """The source blocks a layer argument asks for: "auto" gives the candidates around each target
+    depth; a list gives those blocks; anything else the one block it names."""
+    if isinstance(layer, (list, tuple)):
+        return sorted({resolve_layer(value, num_layers, "source_layer") for value in layer})
+    if is_auto(layer):
+        return sorted({index for depth in target_depths for index in source_layer_candidates(num_layers, depth)})
+    return [resolve_layer(layer, num_layers, "source_layer")]

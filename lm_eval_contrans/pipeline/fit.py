@@ -1,0 +1,100 @@
+"""Reformulate and transplant: fit the map on paired anchor states and carry the concept vector over.
+
+With several candidate source blocks (source_layer=auto) a map is fitted at each and the one with the
+best held-out R^2 is kept. The map does not depend on the concept, so fits are remembered within a
+process: several concepts, or the blocks of a target-layer sweep, on the same states share one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from lm_eval_contrans.alignment import fit_linear_map
+from lm_eval_contrans.anchors import anchors_hash, matched_token_pairs
+from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.concepts import ConceptSet
+from lm_eval_contrans.pipeline.recipe import REFERENCE, Recipe
+from lm_eval_contrans.pipeline.states import ConceptStates, TargetAnchorStates
+
+logger = logging.getLogger(__name__)
+
+
+def paired_indices(source: ConceptStates, target: TargetAnchorStates) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source row index, target row index, anchor text of each pair) of the states the map is fitted on."""
+    if source.anchor_ends is None:
+        rows = torch.arange(len(target.anchor_states))
+        return rows, rows, rows
+    source_index, target_index = matched_token_pairs(source.anchor_ends, target.anchor_ends)
+    groups = torch.repeat_interleave(torch.arange(len(target.anchor_ends)),
+                                     torch.tensor([len(ends) for ends in target.anchor_ends]))
+    target_index = torch.tensor(target_index)
+    return torch.tensor(source_index), target_index, groups[target_index]
+
+
+_FITS: dict = {}  # fitted maps by state fingerprint, shared across concepts in one process
+FITS_KEPT = 256  # one auto target sweep fits ~70 maps; each holds a source x target matrix
+
+
+def _fingerprint(states: torch.Tensor) -> tuple:
+    # a sample of rows is enough to tell apart the states of different models, blocks or corpora,
+    # and costs a hundredth of hashing every row (this runs for every candidate map of every build)
+    values = states[::97].double()
+    return tuple(states.shape), float(values.sum()), float(values.square().sum()), float(values[::7].abs().sum())
+
+
+def make_transplant(
+    source: ConceptStates, target: TargetAnchorStates, *, target_name: str, concept: ConceptSet, anchor_texts: list[str],
+    anchors_name: str, recipe: Recipe = REFERENCE,
+) -> Transplant:
+    """Fit the map on paired anchor states (choosing the source block if several are candidates)
+    and transplant the source concept vector."""
+    source_index, target_index, groups = paired_indices(source, target)
+    target_rows = target.anchor_states[target_index]
+    fits = {}
+    for layer in source.layers:
+        source_rows = source.anchor_states[layer][source_index]
+        # the map does not depend on the concept: several concepts on the same states share one fit
+        key = (recipe.map_method, recipe.ridge, recipe.center, _fingerprint(source_rows), _fingerprint(target_rows))
+        if key not in _FITS:
+            if len(_FITS) >= FITS_KEPT:
+                _FITS.pop(next(iter(_FITS)))
+            _FITS[key] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
+                                        center=recipe.center, groups=groups)
+        fits[layer] = _FITS[key]
+    layer = max(fits, key=lambda index: fits[index].heldout_r2)
+    linear_map = fits[layer]
+    extra = {}
+    if len(fits) > 1:
+        extra["source_layer_sweep"] = {str(index): round(fit.heldout_r2, 4) for index, fit in fits.items()}
+        logger.info("source block chosen by held-out R^2: %s", ", ".join(f"{i}: {f.heldout_r2:.3f}" for i, f in fits.items()))
+    logger.info("source block %d -> target block %d: held-out R^2 %.3f", layer, target.layer, linear_map.heldout_r2)
+    return Transplant(
+        vector=linear_map.transplant(source.concept_vectors[layer][None])[0].float(),
+        source_vector=source.concept_vectors[layer].float(),
+        map_weight=linear_map.weight.float(),
+        source=source.name,
+        target=target_name,
+        source_hidden_size=source.hidden_size,
+        target_hidden_size=int(target.anchor_states.shape[1]),
+        source_num_layers=source.num_layers,
+        target_num_layers=target.num_layers,
+        source_layer=layer,
+        target_layer=target.layer,
+        target_model_type=target.model_type,
+        concept=concept.name,
+        concept_hash=concept.pairs_hash,
+        concept_pairs=len(concept),
+        anchors=anchors_name,
+        anchors_hash=anchors_hash(anchor_texts),
+        anchor_count=len(anchor_texts),
+        map_method=linear_map.method,
+        ridge=linear_map.ridge,
+        heldout_r2=linear_map.heldout_r2,
+        anchor_tokens="dense" if source.anchor_ends is not None else "last",
+        center=linear_map.center,
+        alpha_unit=recipe.alpha_unit,
+        residual_norm=float(target_rows.double().norm(dim=1).median()),
+        extra=extra,
+    )
