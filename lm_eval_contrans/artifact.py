@@ -117,7 +117,8 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike) -> 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{index}.{name}": getattr(transplant, name).detach().float().cpu().contiguous()
+    # cloned: one transplant listed twice (or two sharing a map) would otherwise hand safetensors shared memory
+    tensors = {f"{index}.{name}": getattr(transplant, name).detach().float().cpu().clone().contiguous()
                for index, transplant in enumerate(transplants) for name in Transplant._TENSORS}
     metadata = {METADATA_KEY: json.dumps({"format": FORMAT, "transplants": [t.metadata() for t in transplants]},
                                          sort_keys=True)}

@@ -57,15 +57,16 @@ def check_share_context(value) -> bool | str:
 
 class FastScoringHFLM(HFLM):
     """HFLM (every argument its own) plus `share_context`: auto (the default: on when the model is on
-    the CPU), True or False; see the module docstring."""
+    the CPU), True or False; and `score_continuations_only` (default True; False projects every
+    position as HFLM does, for comparison); see the module docstring."""
 
-    # False gives HFLM's projection of every position, for comparison.
-    score_continuations_only = True
     _longest_continuation: int | None = None  # set while HFLM's _loglikelihood_tokens runs
 
-    def __init__(self, *args, share_context: bool | str = "auto", **kwargs) -> None:
+    def __init__(self, *args, share_context: bool | str = "auto", score_continuations_only: bool = True,
+                 **kwargs) -> None:
         check_share_context(share_context)
         super().__init__(*args, **kwargs)
+        self.score_continuations_only = bool(score_continuations_only)
         self.shortcuts = shortcuts_supported()
         if not self.shortcuts:
             _warn_untested_lm_eval(LM_EVAL_VERSION)

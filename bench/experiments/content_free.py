@@ -22,7 +22,9 @@ import math
 import statistics
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import TARGET, add_data_argument, data_folder, task_metadata
+from lm_eval_contrans.experiments.data import (
+    TARGET, add_data_argument, add_json_argument, data_folder, task_metadata, write_json,
+)
 
 
 def content_free_scores(choices: list[str], labels: list[int], token_counts: list[int], nats_per_token: float | None):
@@ -39,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--target", default=TARGET, help="whose tokenizer counts the tokens (default: the packaged Gemma 3)")
+    add_json_argument(parser)
     args = parser.parse_args()
+    document = {"scorers": {}}
 
     from transformers import AutoTokenizer
 
@@ -62,6 +66,7 @@ def main() -> None:
         mc2 = [content_free_scores(q["mc2_targets"]["choices"], q["mc2_targets"]["labels"],
                                    [tokens(c) for c in q["mc2_targets"]["choices"]], nats)[1] for q in questions]
         print(f"| {name} | {statistics.mean(mc1):.3f} | {statistics.mean(mc2):.3f} |")
+        document["scorers"][name] = {"mc1": statistics.mean(mc1), "mc2": statistics.mean(mc2)}
     true_tokens = [tokens(c) for q in questions for c, label in zip(q["mc2_targets"]["choices"], q["mc2_targets"]["labels"]) if label]
     false_tokens = [tokens(c) for q in questions for c, label in zip(q["mc2_targets"]["choices"], q["mc2_targets"]["labels"]) if not label]
     print(f"\nMC2 answers: true {statistics.mean(true_tokens):.2f} tokens on average ({len(true_tokens)}), "
@@ -78,6 +83,10 @@ def main() -> None:
         wins.append(per_byte[gold] > max(score for index, score in enumerate(per_byte) if index != gold))
     print(f"\ncontrans_toxicity ({len(wins)} prompt lists): acc_norm of a scorer that finds every token equally "
           f"unlikely {statistics.mean(wins):.3f}")
+    document.update(questions=len(questions), mc2_true_tokens=statistics.mean(true_tokens),
+                    mc2_false_tokens=statistics.mean(false_tokens), toxicity_lists=len(wins),
+                    toxicity_acc_norm_uniform_tokens=statistics.mean(wins))
+    write_json(args.json, document)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, machine
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_json_argument, machine, write_json
 
 CONCEPTS = ["honesty", "toxicity", "sentiment", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 
@@ -22,6 +22,7 @@ CONCEPTS = ["honesty", "toxicity", "sentiment", "happiness", "sadness", "anger",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", nargs="+", default=CONCEPTS)
+    add_json_argument(parser)
     args = parser.parse_args()
 
     from transformers import AutoConfig
@@ -60,6 +61,8 @@ def main() -> None:
     for concept, block, unit, spread, separation, random_spread in rows:
         print(f"| {concept} | {block} | {unit:,.0f} | {spread:.2f} | {separation:.2f} | {random_spread:.3f} |")
     print("\n(spreads and separations in units of the α = 1 norm: α = 1 moves a state 1 / spread standard deviations)")
+    write_json(args.json, {"rows": [dict(zip(("concept", "target_block", "norm_at_alpha_1", "spread", "own_separation",
+                                              "random_spread"), row)) for row in rows]})
 
 
 if __name__ == "__main__":

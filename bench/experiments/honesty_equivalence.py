@@ -15,13 +15,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import TARGET, add_data_argument, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--limit", type=int, default=100)
+    add_json_argument(parser)
     args = parser.parse_args()
     truthfulqa = task_metadata(data_folder(args.data))["truthfulqa_data"]
 
@@ -44,10 +47,13 @@ def main() -> None:
     print(f"machine: {machine()}\n$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = json.loads(sorted(output.rglob("results_*.json"))[-1].read_text())["results"]
+    document = {"limit": args.limit}
     for kind in ("mc1", "mc2"):
         ours, theirs = results[f"contrans_honesty_{kind}"]["acc,none"], results[f"local_truthfulqa_{kind}"]["acc,none"]
         print(f"{kind}: contrans_honesty_{kind} {ours:.6f}, truthfulqa_{kind} {theirs:.6f} -> "
               f"{'identical' if ours == theirs else 'DIFFERENT'}")
+        document[kind] = {"contrans": ours, "lm_eval": theirs}
+    write_json(args.json, document)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import TARGET, machine
+from lm_eval_contrans.experiments.data import TARGET, add_json_argument, machine, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_sentiment_prompts import SUBJECTS, VERDICTS  # noqa: E402
@@ -134,7 +134,9 @@ def main() -> None:
     parser.add_argument("--target", default=TARGET)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--frames", default="", help="only the frames whose name contains this text")
+    add_json_argument(parser)
     args = parser.parse_args()
+    document = {"target": args.target, "frames": {}}
     assert len(FOR_AND_AGAINST) == len(SUBJECTS)
 
     from lm_eval.api.instance import Instance
@@ -161,6 +163,8 @@ def main() -> None:
             margins.append(good - bad)
         count = len(rows)
         print(f"| {name} | {raw / count:.2f} | {normed / count:.2f} | {sum(margins) / count:+.2f} |", flush=True)
+        document["frames"][name] = {"acc": raw / count, "acc_norm": normed / count, "margin": sum(margins) / count}
+    write_json(args.json, document)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
+)
 
 
 def main() -> None:
@@ -20,6 +22,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="default", choices=["default", "reference"])
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--alphas", type=float, nargs=2, default=[1.0, 1.0], metavar=("SENTIMENT", "TOXICITY"))
+    add_json_argument(parser)
     args = parser.parse_args()
 
     from lm_eval_contrans.cache import cache_root
@@ -41,6 +44,7 @@ def main() -> None:
         cells = [f"{row.value(task, metric):.3f} ± {row.value(task, metric + '_stderr'):.3f}"
                  for task in ("contrans_sentiment", "contrans_toxicity") for metric in ("acc_norm", "margin")]
         print(f"| {row.name} | " + " | ".join(cells) + " |", flush=True)
+    write_json(args.json, {"limit": args.limit, "recipe": args.recipe, "rows": [row.to_json() for row in rows]})
 
 
 if __name__ == "__main__":

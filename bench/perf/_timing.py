@@ -10,11 +10,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata  # noqa: F401
-
-
-def add_data_argument(parser) -> None:
-    add_data_argument(parser)
+from lm_eval_contrans.experiments.data import (  # noqa: F401 (the benchmarks import these from here)
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
+)
 
 
 @contextmanager

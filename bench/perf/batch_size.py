@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _timing import TARGET, add_data_argument, data_folder, machine, task_metadata
+from _timing import TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json
 
 TASKS = {"contrans_honesty_mc2": 4, "contrans_toxicity": 4, "contrans_emotion_fear": 40, "contrans_facts": None,
          "contrans_sentiment": None}  # task: documents (None: all)
@@ -22,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
+    add_json_argument(parser)
     args = parser.parse_args()
 
     import lm_eval
@@ -48,6 +49,7 @@ def main() -> None:
     for task, limit in TASKS.items():
         print(f"| {task} ({'all' if limit is None else limit}) | "
               + " | ".join(f"{seconds[task, size]:.1f} s" for size in args.batch_sizes) + " |")
+    write_json(args.json, {"seconds": {f"{task}|{size}": value for (task, size), value in seconds.items()}})
 
 
 if __name__ == "__main__":

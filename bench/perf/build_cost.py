@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from _timing import SOURCE, TARGET, fresh_cache_with_gguf, machine
+from _timing import SOURCE, TARGET, add_json_argument, fresh_cache_with_gguf, machine, write_json
 
 
 def bare_forward_seconds(name: str, texts: list[str], layer: int, dtype: str, batch_size: int) -> float:
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--recipe", default="default", choices=["default", "reference"])
     parser.add_argument("--target-layer", default=None, help="e.g. auto (default: the recipe's, 0.75)")
+    add_json_argument(parser)
     args = parser.parse_args()
 
     from lm_eval_contrans.anchors import load_anchor_texts
@@ -105,6 +106,9 @@ def main() -> None:
           f"(concept + anchors to block {source_layer}), target {bare_target:.1f} s (anchors to block {target_layer})")
     print(f"RATIO build / bare forward = {first / bare_total:.2f}  (target <= 1.30)")
     print(f"RATIO cached rebuild / first build = {second / first:.3f}  (target <= 0.05; {second:.2f} s)")
+    write_json(args.json, {"recipe": args.recipe, "concepts": args.concepts, "first_build_s": first, "rebuild_s": second,
+                           "bare_source_s": bare_source, "bare_target_s": bare_target, "build_over_bare": first / bare_total,
+                           "rebuild_over_first": second / first, "heldout_r2": transplant.heldout_r2})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ import json
 import os
 import tempfile
 
-from _timing import SOURCE, TARGET, add_data_argument, data_folder, fresh_cache_with_gguf, machine, median, task_metadata, timed
+from _timing import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, fresh_cache_with_gguf, machine, median, task_metadata,
+    timed, write_json,
+)
 
 
 def main() -> None:
@@ -27,7 +30,9 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
+    add_json_argument(parser)
     args = parser.parse_args()
+    document = {"docs": args.docs, "generations": args.generations, "tokens": args.tokens, "rows": []}
 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -69,7 +74,9 @@ def main() -> None:
             hf, contrans = median(times["hf"]), median(times["contrans"])
             print(f"[{dtype}] {kind}: hf {hf:.1f} s, contrans {contrans:.1f} s (medians of {args.repeats}); "
                   f"RATIO throughput contrans / hf = {hf / contrans:.3f}  (target >= 0.97)", flush=True)
+            document["rows"].append({"dtype": dtype, "kind": kind, "hf_s": hf, "contrans_s": contrans, "ratio": hf / contrans})
         del models
+    write_json(args.json, document)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from _timing import SOURCE, TARGET, fresh_cache_with_gguf, machine
+from _timing import SOURCE, TARGET, add_json_argument, fresh_cache_with_gguf, machine, write_json
 
 CHILD = """
 import sys, lm_eval
@@ -39,6 +39,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32")
+    add_json_argument(parser)
     args = parser.parse_args()
     fresh_cache_with_gguf()  # the GGUF folders exist; the state cache is empty
     folder = pretrained_path(parse_model_spec(TARGET, "target"))
@@ -47,6 +48,7 @@ def main() -> None:
     contrans = peak_rss_mib("contrans", f"source={SOURCE},target={TARGET},concept=sentiment,dtype={args.dtype}")
     print(f"peak RSS: hf {hf:.0f} MiB, contrans (building) {contrans:.0f} MiB; "
           f"RATIO contrans / hf = {contrans / hf:.3f}  (target <= 1.15)")
+    write_json(args.json, {"dtype": args.dtype, "hf_mib": hf, "contrans_mib": contrans, "ratio": contrans / hf})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _timing import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
+from _timing import SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json
 
 TASKS = {"contrans_honesty_mc2": 8, "contrans_honesty_mc1": 8, "contrans_toxicity": 8,
          "contrans_emotion_fear": 40, "contrans_facts": None, "contrans_sentiment": None}  # task: documents (None: all)
@@ -27,11 +27,12 @@ def per_choice_loglikelihoods(results: dict, task: str) -> list[float]:
 
 
 def compare_scoring(description: str, settings: dict[str, dict]) -> None:
-    """Run every task under each of two settings of ConTransLM's attributes, interleaved; print the table."""
+    """Run every task with ConTransLM made with each of two sets of arguments, interleaved; print the table."""
     parser = argparse.ArgumentParser(description=description)
     add_data_argument(parser)
     parser.add_argument("--concept", default="honesty")
     parser.add_argument("--batch-size", type=int, default=8)
+    add_json_argument(parser)
     args = parser.parse_args()
 
     import lm_eval
@@ -41,16 +42,16 @@ def compare_scoring(description: str, settings: dict[str, dict]) -> None:
 
     task_manager = TaskManager(metadata=task_metadata(data_folder(args.data)))
     print(f"machine: {machine()}; concept {args.concept}, alpha 1, batch {args.batch_size}", flush=True)
-    lm = ConTransLM(source=SOURCE, target=TARGET, concept=args.concept, device="cpu", batch_size=args.batch_size)
-    lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")
+    models = {name: ConTransLM(source=SOURCE, target=TARGET, concept=args.concept, device="cpu",
+                               batch_size=args.batch_size, **arguments) for name, arguments in settings.items()}
+    for lm in models.values():  # warm-up
+        lm_eval.simple_evaluate(model=lm, tasks=["contrans_facts"], task_manager=task_manager, limit=8, verbosity="ERROR")
     (before, after), rows = list(settings), []
     for task, limit in TASKS.items():
         seconds, scores = {}, {}
         for name in (before, after, before, after):  # interleaved, best of two: the machine's noise is ~10 %
-            for attribute, value in settings[name].items():
-                setattr(lm, attribute, value)
             start = time.perf_counter()
-            results = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=task_manager, limit=limit,
+            results = lm_eval.simple_evaluate(model=models[name], tasks=[task], task_manager=task_manager, limit=limit,
                                               bootstrap_iters=0, log_samples=True, verbosity="ERROR")
             seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
             scores[name] = per_choice_loglikelihoods(results, task)
@@ -63,6 +64,8 @@ def compare_scoring(description: str, settings: dict[str, dict]) -> None:
     for task, limit, slow, fast, difference, count in rows:
         print(f"| {task} ({'all' if limit is None else limit}) | {slow:.1f} s | {fast:.1f} s | {slow / fast:.2f} x | "
               f"{difference:.1e} ({count}) |")
+    write_json(args.json, {"settings": settings, "rows": [dict(zip(("task", "limit", before, after, "max_difference",
+                                                                    "choices"), row)) for row in rows]})
 
 
 def main() -> None:

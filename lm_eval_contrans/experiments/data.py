@@ -56,3 +56,16 @@ def add_pair_arguments(parser) -> None:
     parser.add_argument("--source", default=SOURCE, help="source model (default: the packaged SmolLM2)")
     parser.add_argument("--target", default=TARGET, help="target model (default: the packaged Gemma 3)")
     parser.add_argument("--device", default="cpu")
+
+
+def add_json_argument(parser, default: str | None = None) -> None:
+    parser.add_argument("--json", default=default, help="also write the numbers to this JSON file")
+
+
+def write_json(path: str | os.PathLike | None, document: dict) -> None:
+    """The numbers a script printed, for the tables made from them (nothing when `path` is None)."""
+    if path:
+        import json
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(document, indent=1, default=str) + "\n")

@@ -33,15 +33,8 @@ def paired_indices(source: ConceptStates, target: TargetAnchorStates) -> tuple[t
     return torch.tensor(source_index), target_index, groups[target_index]
 
 
-_FITS: dict = {}  # fitted maps by state fingerprint, shared across concepts in one process
+_FITS: dict = {}  # fitted maps by the cache keys of the states they fit, shared across concepts in one process
 FITS_KEPT = 256  # one auto target sweep fits ~70 maps; each holds a source x target matrix
-
-
-def _fingerprint(states: torch.Tensor) -> tuple:
-    # a sample of rows is enough to tell apart the states of different models, blocks or corpora,
-    # and costs a hundredth of hashing every row (this runs for every candidate map of every build)
-    values = states[::97].double()
-    return tuple(states.shape), float(values.sum()), float(values.square().sum()), float(values[::7].abs().sum())
 
 
 def make_transplant(
@@ -55,8 +48,15 @@ def make_transplant(
     fits = {}
     for layer in source.layers:
         source_rows = source.anchor_states[layer][source_index]
-        # the map does not depend on the concept: several concepts on the same states share one fit
-        key = (recipe.map_method, recipe.ridge, recipe.center, _fingerprint(source_rows), _fingerprint(target_rows))
+        # the map does not depend on the concept: several concepts on the same states share one fit.
+        # States are named by their cache keys (which pin model, block, dtype, corpus and token pairing);
+        # states held only in memory are not remembered.
+        named = source.anchor_key(layer), target.key
+        key = (recipe.map_method, recipe.ridge, recipe.center, *named)
+        if None in named:
+            fits[layer] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
+                                         center=recipe.center, groups=groups)
+            continue
         if key not in _FITS:
             if len(_FITS) >= FITS_KEPT:
                 _FITS.pop(next(iter(_FITS)))

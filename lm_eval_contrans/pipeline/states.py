@@ -17,7 +17,7 @@ from torch import nn
 
 from lm_eval_contrans.activations import last_token_states, token_states
 from lm_eval_contrans.anchors import anchors_hash, check_anchor_tokens, tokenize_with_ends
-from lm_eval_contrans.cache import cache_root, cached_tensor, fill_entries
+from lm_eval_contrans.cache import cache_root, cached_tensor, content_key, fill_entries
 from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.extract import concept_vector
@@ -95,6 +95,11 @@ class ConceptStates:
     def hidden_size(self) -> int:
         return int(next(iter(self.concept_vectors.values())).shape[0])
 
+    def anchor_key(self, layer: int) -> str | None:
+        """The cache key of a block's anchor states (None for states held only in memory)."""
+        states = self.anchor_states
+        return content_key(states.keys_by_layer[layer]) if isinstance(states, StatesOnDisk) else None
+
     def only(self, layers) -> ConceptStates:
         """The same states with only these candidate blocks."""
         states = self.anchor_states
@@ -111,6 +116,7 @@ class TargetAnchorStates:
     model_type: str
     anchor_states: torch.Tensor
     anchor_ends: list[list[int]] | None
+    key: str | None = None  # the states' cache key (None: held only in memory)
 
 
 def state_key(identity: dict, layer: int, dtype: str, device: str, **what) -> dict:
@@ -234,4 +240,4 @@ def target_anchor_states(
         return None
     ends = anchor_ends(spec, tokenizer, anchor_texts) if anchor_tokens == "dense" else None
     return TargetAnchorStates(layer=layer, num_layers=num_layers, model_type=model_type,
-                              anchor_states=StatesOnDisk({layer: key})[layer], anchor_ends=ends)
+                              anchor_states=StatesOnDisk({layer: key})[layer], anchor_ends=ends, key=content_key(key))

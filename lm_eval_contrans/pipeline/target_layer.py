@@ -56,7 +56,8 @@ def choose_target_layers(
                     else source_side.layers)
             restricted = source_side.only(band)
             side = TargetAnchorStates(layer=index, num_layers=target_num_layers, model_type="",
-                                      anchor_states=target_side.anchor_states[index], anchor_ends=target_side.anchor_ends)
+                                      anchor_states=target_side.anchor_states[index], anchor_ends=target_side.anchor_ends,
+                                      key=target_side.anchor_key(index))
             transplant = make_transplant(restricted, side, target_name=target.name, concept=training,
                                          anchor_texts=anchor_texts, anchors_name=anchors_name, recipe=recipe)
             direction = transplant.vector.double() / transplant.vector.double().norm()

@@ -1,0 +1,102 @@
+"""The experiment grid and the experiments' data folder, on tiny models and tiny tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.experiments.data import DATA_ENV, data_folder, task_metadata
+from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+
+
+@pytest.fixture(scope="module")
+def transplant(tiny_llama_dir, tiny_gpt2_dir, small_inputs):
+    from lm_eval_contrans.pipeline import build_transplant
+
+    concept, anchors = small_inputs
+    return build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), concept, anchors=anchors, device="cpu")
+
+
+def counting_evaluations(monkeypatch) -> list:
+    import lm_eval
+
+    calls, real = [], lm_eval.simple_evaluate
+
+    def counting(*args, **kwargs):
+        calls.append((tuple(kwargs["tasks"]), kwargs["limit"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counting)
+    return calls
+
+
+def test_rows_are_reused_only_under_the_same_settings(tiny_gpt2_dir, transplant, task_dir, tmp_path, monkeypatch):
+    calls = counting_evaluations(monkeypatch)
+    rows = [GridRow("base", "base", str(tiny_gpt2_dir), alpha=0.0),
+            GridRow("steered", "contrans", str(tiny_gpt2_dir), transplant, 60.0)]
+
+    def run(limit, tasks=("contrans_tiny_choice",), folder=tmp_path / "grid"):
+        settings = EvalSettings(tasks=list(tasks), limit=limit, batch_size=4, device="cpu", include_path=[str(task_dir)])
+        return Grid(folder, settings).run(rows)
+
+    first = run(3)
+    assert calls == [(("contrans_tiny_choice",), 3)] * 2
+    assert run(3) == first and len(calls) == 2  # resumed: nothing evaluated again
+    (tmp_path / "grid" / "rows" / "steered" / "row.json").unlink()
+    run(3)
+    assert len(calls) == 3  # only the missing row
+    run(2)
+    assert calls[3:] == [(("contrans_tiny_choice",), 2)] * 2  # another limit: both rows again
+    stored = json.loads((tmp_path / "grid" / "rows" / "base" / "row.json").read_text())
+    assert stored["artifact"] is None and len(stored["key"]) == 24
+    assert json.loads((tmp_path / "grid" / "rows" / "steered" / "row.json").read_text())["artifact"].startswith("artifacts/")
+    run(2, tasks=("contrans_tiny_choice", "contrans_tiny_generate"))
+    assert calls[-1] == (("contrans_tiny_choice", "contrans_tiny_generate"), 2)
+
+
+def test_the_steered_rows_share_one_target_load_and_steer_as_asked(tiny_gpt2_dir, transplant, tmp_path, monkeypatch):
+    import lm_eval_contrans.lm_eval_model as adapter
+
+    loads = []
+    real_init = adapter.ConTransLM.__init__
+
+    def counting_init(self, *args, **kwargs):
+        loads.append(kwargs.get("target"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(adapter.ConTransLM, "__init__", counting_init)
+    settings = EvalSettings(tasks=["contrans_sentiment"], limit=4, batch_size=4, device="cpu", per_document=("margin",))
+    rows = Grid(tmp_path / "grid", settings).run([
+        GridRow("base", "base", str(tiny_gpt2_dir), alpha=0.0),
+        GridRow("plus", "contrans", str(tiny_gpt2_dir), transplant, 60.0),
+        GridRow("minus", "contrans", str(tiny_gpt2_dir), transplant, -60.0),
+        GridRow("both", "contrans", str(tiny_gpt2_dir), [transplant, transplant], (30.0, 30.0)),
+    ])
+    assert len(loads) == 1
+    margins = {row.name: row.per_document["contrans_sentiment"]["margin"] for row in rows}
+    assert len(margins["base"]) == 4
+    assert margins["plus"] != margins["base"] and margins["minus"] != margins["plus"]
+    assert margins["both"] == pytest.approx(margins["plus"], abs=1e-3)  # two halves at once are the whole push
+
+
+def test_row_names_must_differ(tiny_gpt2_dir, tmp_path):
+    grid = Grid(tmp_path, EvalSettings(tasks=["contrans_facts"]))
+    with pytest.raises(ConTransError, match="^rows: row names must differ"):
+        grid.run([GridRow("a", "base", str(tiny_gpt2_dir)), GridRow("a", "source", str(tiny_gpt2_dir))])
+
+
+def test_the_data_folder_comes_from_the_argument_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    with pytest.raises(ConTransError, match=f"^data: name the data folder with --data <folder> or {DATA_ENV}="):
+        data_folder(None)
+    with pytest.raises(ConTransError, match="lacks truthfulqa/truthfulqa_mc_dev.jsonl, toxigen, emotions"):
+        data_folder(tmp_path)
+    for relative in ("truthfulqa/truthfulqa_mc_dev.jsonl", "emotions/scenarios_dev.json"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("")
+    (tmp_path / "toxigen").mkdir()
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    assert data_folder(None) == tmp_path
+    assert task_metadata(data_folder(None))["emotion_data"] == str(tmp_path / "emotions" / "scenarios_dev.json")
