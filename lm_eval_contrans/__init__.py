@@ -29,6 +29,8 @@ _LAZY = {
     "GridRow": "lm_eval_contrans.experiments.grid",
     "EvalSettings": "lm_eval_contrans.experiments.grid",
     "plan_build": "lm_eval_contrans.pipeline",
+    "port_vector": "lm_eval_contrans.pipeline",
+    "read_vector": "lm_eval_contrans.vectors",
     "Recipe": "lm_eval_contrans.pipeline",
     "steer": "lm_eval_contrans.steering",
     "concept_vector": "lm_eval_contrans.extract",

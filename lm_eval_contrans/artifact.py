@@ -137,6 +137,15 @@ def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
     return save_transplants([transplant], path)
 
 
+def is_transplant_file(path: str | os.PathLike) -> bool:
+    """Whether a safetensors file is one of our artifacts (from its header; False for any other file)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return METADATA_KEY in (handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[Transplant]:
     path = Path(path)
     if not path.is_file():

@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--also-metrics", nargs="*", default=["margin"],
                          help="metrics shown next to each task's main metric where the task reports them")
 
+    port = commands.add_parser("port", help="transplant another tool's steering vector for the source into the target")
+    port.add_argument("--vector", required=True,
+                      help="llama.cpp/repeng control vector .gguf, lm-eval steered .pt, or a tensor in .safetensors/.pt/.npy")
+    port.add_argument("--source", required=True, help="the model the vector was made for")
+    port.add_argument("--target", required=True)
+    port.add_argument("--out", required=True, help="where to write the artifact (.safetensors)")
+    port.add_argument("--source-layer", default=None, help="the block a file that names no block was made at")
+    port.add_argument("--target-layer", default=None,
+                      help="one target block for every block of the file (default: the same relative depth)")
+    port.add_argument("--recipe", default="default", choices=["default", "reference"])
+    port.add_argument("--anchors", default=None, help="anchor corpus .txt/.jsonl (default: shipped corpus)")
+    port.add_argument("--dtype", default="float32")
+    port.add_argument("--device", default=None)
+
     export = commands.add_parser("export", help="write an artifact in another tool's format")
     export.add_argument("artifact")
     export.add_argument("--format", required=True, choices=["steered", "gguf"],
@@ -137,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(markdown_table(run_compare(plan), plan.extra_metrics))
             print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")
+        elif args.command == "port":
+            from lm_eval_contrans.artifact import save_transplants
+            from lm_eval_contrans.pipeline import port_vector
+
+            transplants = port_vector(args.source, args.target, args.vector, source_layer=args.source_layer,
+                                      target_layer=args.target_layer, recipe=args.recipe, anchors=args.anchors,
+                                      dtype=args.dtype, device=args.device)
+            save_transplants(transplants, args.out)
+            print("\n\n".join(transplant.summary() for transplant in transplants))
+            print(f"wrote {args.out} ({len(transplants)} block(s))")
         elif args.command == "export":
             from lm_eval_contrans.artifact import load_transplant
             from lm_eval_contrans.export import export_gguf, export_steered

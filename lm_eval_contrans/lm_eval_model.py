@@ -12,19 +12,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import torch
 from lm_eval.api.registry import register_model
 
-from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, load_transplants, save_transplants
+from lm_eval_contrans.artifact import (
+    Transplant, as_dict, check_against_target, is_transplant_file, load_transplants, save_transplants,
+)
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import evaluation_device, parse_model_spec, pretrained_path
-from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, record_sources
+from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, plan_port, record_sources
 from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions
+from lm_eval_contrans.vectors import ForeignVector, read_vector, steering_transplants
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
 logger = logging.getLogger("lm_eval.contrans")
@@ -66,6 +70,7 @@ class ConTransLM(FastScoringHFLM):
         center: bool | str | None = None,
         alpha_unit: str | None = None,
         vector: str | None = None,
+        source_vector: str | None = None,
         save_vector: str | None = None,
         build_batch_size: int | str = "auto",
         source_dtype: str | None = None,
@@ -98,14 +103,25 @@ class ConTransLM(FastScoringHFLM):
             logger.warning("parallelize=True: no GPU on this machine, so the model is loaded whole on the CPU")
             kwargs["parallelize"] = False
 
+        foreign = None
         if vector is not None:
-            transplants = _given_transplants(vector)
+            transplants = _given_transplants(vector, target_layer)
+            if isinstance(transplants, ForeignVector):  # made for the target itself by another tool
+                foreign, transplants = transplants, []
             if source is not None:
                 logger.warning("vector= given: the source model %s is not loaded", source)
             if alpha_unit is not None:
                 transplants = [dataclasses.replace(t, alpha_unit=check_alpha_unit(alpha_unit)) for t in transplants]
             plan = None
-            alphas = [check_alpha(value) for value in per_concept(alpha, len(transplants), "alpha")]
+            count = len(foreign.directions) if foreign is not None else len(transplants)
+            alphas = [check_alpha(value) for value in per_concept(alpha, count, "alpha")]
+        elif source_vector is not None:  # another tool's vector for the source, ported through the map
+            plan = plan_port(source, target_spec, source_vector, source_layer=source_layer, target_layer=target_layer,
+                             recipe=recipe, anchors=anchors, anchor_tokens=anchor_tokens, map_method=map, ridge=ridge,
+                             center=center, alpha_unit=alpha_unit, dtype=kwargs.get("dtype", "float32"),
+                             source_dtype=source_dtype, device=build_device, batch_size=build_batch_size)
+            sources = record_sources(plan)
+            alphas = [check_alpha(value) for value in per_concept(alpha, len(plan.concepts), "alpha")]
         else:
             count = len(concept) if isinstance(concept, (list, tuple)) else len(str(concept).split("+"))
             alphas = [check_alpha(value) for value in per_concept(alpha, count, "alpha")]  # before any model loads
@@ -125,6 +141,14 @@ class ConTransLM(FastScoringHFLM):
         self._check_target_name = as_bool(check_target_name, "check_target_name")
         if plan is not None:
             transplants = finish_build(plan, sources, self.model, self.tokenizer)
+        elif foreign is not None:
+            transplants = steering_transplants(foreign, target=target_spec.name,
+                                               hidden_size=self.model.get_input_embeddings().embedding_dim,
+                                               num_layers=model_layer_count(self.model), model_type=model_type_of(self.model))
+            if alpha_unit is not None and alpha_unit != "raw":
+                raise ConTransError("alpha_unit", "a vector made for the target by another tool steers in its own "
+                                                  "units (alpha_unit=raw); port it with source= and source_vector= "
+                                                  "for residual units")
         self.use_transplants(transplants, alphas)
         if save_vector:
             save_transplants(self.transplants, save_vector)
@@ -195,10 +219,15 @@ class ConTransLM(FastScoringHFLM):
         return info
 
 
-def _given_transplants(vector) -> list[Transplant]:
-    """vector=: an artifact file, or (from Python) a Transplant or a list of them."""
+def _given_transplants(vector, block) -> list[Transplant] | ForeignVector:
+    """vector=: an artifact file, another tool's vector file for the target (`block` places a bare
+    tensor), or (from Python) a Transplant or a list of them."""
     if isinstance(vector, Transplant):
         return [vector]
     if isinstance(vector, (list, tuple)) and all(isinstance(item, Transplant) for item in vector):
         return list(vector)  # an empty list: the target unsteered, until use_transplants
-    return load_transplants(vector, "vector")
+    if str(vector).lower().endswith(".safetensors") and is_transplant_file(vector):
+        return load_transplants(vector, "vector")
+    if str(vector).lower().endswith(".safetensors") and not Path(vector).is_file():
+        return load_transplants(vector, "vector")  # its "not found" error
+    return read_vector(vector, block, "vector")

@@ -220,3 +220,29 @@ def test_contrans_compare_runs_the_users_own_tasks(tiny_llama_dir, tiny_gpt2_dir
     rows = {json.loads((out / "rows" / name / "row.json").read_text())["name"]: name
             for name in json.loads((out / "rows" / "index.json").read_text())}
     assert set(rows) == {"base target", "+ ConTrans α=60", "source"}
+
+
+def test_contrans_port_writes_an_artifact_that_lm_eval_steers_with(tiny_llama_dir, tiny_gpt2_dir, task_dir,
+                                                                    small_inputs, tmp_path):
+    import numpy
+
+    concept, anchors = small_inputs
+    vector = tmp_path / "made-elsewhere.npy"
+    numpy.save(vector, numpy.random.default_rng(0).standard_normal(32).astype("float32"))
+    artifact = tmp_path / "ported.safetensors"
+    ported = run([str(BIN / "contrans"), "port", "--vector", str(vector), "--source-layer", "2", "--source",
+                  str(tiny_llama_dir), "--target", str(tiny_gpt2_dir), "--anchors", anchors, "--out", str(artifact),
+                  "--device", "cpu"], tmp_path)
+    assert ported.returncode == 0, ported.stderr[-4000:]
+    inspect = run([str(BIN / "contrans"), "inspect", str(artifact), "--json"], tmp_path)
+    metadata = json.loads(inspect.stdout)
+    assert (metadata["source_layer"], metadata["target_layer"]) == (2, 1)  # depth 2/3 of 4 blocks -> 1 of 3
+    assert metadata["extra"]["imported"]["format"] == "npy" and metadata["extra"]["imported"]["file"] == vector.name
+    result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", f"target={tiny_gpt2_dir},vector={artifact}",
+                  "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit", "2",
+                  "--device", "cpu", "--output_path", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert lm_eval_results(tmp_path / "out")["config"]["contrans"]["extra"]["imported"]["file"] == vector.name
+    bad = run([str(BIN / "contrans"), "port", "--vector", str(vector), "--source", str(tiny_llama_dir),
+               "--target", str(tiny_gpt2_dir), "--out", str(tmp_path / "x.safetensors")], tmp_path)
+    assert bad.returncode == 2 and "source_vector: " in bad.stderr and "give source_layer= (--source-layer)" in bad.stderr

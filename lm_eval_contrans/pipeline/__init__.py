@@ -2,9 +2,9 @@
 their composition (`build`)."""
 
 from lm_eval_contrans.pipeline.build import (
-    BuildPlan, build_transplant, build_transplants, finish_build, plan_build, record_sources,
+    BuildPlan, build_transplant, build_transplants, finish_build, plan_build, plan_port, port_vector, record_sources,
 )
 from lm_eval_contrans.pipeline.recipe import DEFAULT, REFERENCE, Recipe, make_recipe
 
 __all__ = ["BuildPlan", "DEFAULT", "REFERENCE", "Recipe", "build_transplant", "build_transplants", "finish_build",
-           "make_recipe", "plan_build", "record_sources"]
+           "make_recipe", "plan_build", "plan_port", "port_vector", "record_sources"]

@@ -26,12 +26,13 @@ from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, parse_model_spec, pretrained_path, return_freed_memory_to_the_os,
 )
 from lm_eval_contrans.pipeline.depth import (
-    config_layer_count, is_auto, model_layer_count, model_type_of, relative_depth, target_block,
+    config_facts, config_layer_count, is_auto, model_layer_count, model_type_of, relative_depth, target_block,
 )
 from lm_eval_contrans.pipeline.fit import make_transplant
 from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
 from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states
 from lm_eval_contrans.pipeline.target_layer import choose_target_layers
+from lm_eval_contrans.vectors import ForeignVector, ImportedDirection, read_vector
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,14 @@ def per_concept(value, count: int, argument: str) -> list:
     return [part.strip() if isinstance(part, str) else part for part in parts]
 
 
-def concept_sets(concepts: str | Path | ConceptSet | list) -> list[ConceptSet]:
-    """Concept sets from `a+b`, a list, a path or a ConceptSet."""
+def concept_sets(concepts: str | Path | ConceptSet | list) -> list[ConceptSet | ImportedDirection]:
+    """Concept sets from `a+b`, a list, a path or a ConceptSet (imported directions pass through)."""
     if isinstance(concepts, str) and "+" in concepts:
         concepts = concepts.split("+")
     if not isinstance(concepts, (list, tuple)):
         concepts = [concepts]
-    return [concept if isinstance(concept, ConceptSet) else load_concept_set(str(concept).strip() if isinstance(concept, str) else concept)
-            for concept in concepts]
+    return [concept if isinstance(concept, (ConceptSet, ImportedDirection)) else
+            load_concept_set(str(concept).strip() if isinstance(concept, str) else concept) for concept in concepts]
 
 
 @dataclass
@@ -65,7 +66,7 @@ class BuildPlan:
 
     source: ModelSpec
     target: ModelSpec
-    concepts: list[ConceptSet]
+    concepts: list[ConceptSet | ImportedDirection]  # an imported direction: a foreign vector's block
     recipe: Recipe  # anchor tokens settled for these tokenizers; layers: see source_layers / target_layers
     source_layers: list  # per concept: block, depth fraction, "auto" or a list of blocks
     target_layers: list  # per concept: block (chosen by the sweep where "auto"), or depth fraction
@@ -128,6 +129,42 @@ def plan_build(
             plan.target_layers[position] = block
             plan.notes[position].update(sweep)
     return plan
+
+
+def plan_port(
+    source: str | ModelSpec, target: str | ModelSpec, vector: str | Path | ForeignVector, *,
+    source_layer: int | str | None = None, target_layer=None, source_block_path: str | None = None, **options,
+) -> BuildPlan:
+    """Plan the transplant of a steering vector another tool made for `source` (see `vectors.py`):
+    the same anchors, recipe and map as a concept build, one map per block the file carries. Each
+    block lands on the target block of the same relative depth, or on `target_layer` if given.
+    `source_layer` places a file that names no block."""
+    source = parse_model_spec(source, "source", source_block_path)
+    foreign = vector if isinstance(vector, ForeignVector) else read_vector(vector, source_layer, "source_vector")
+    facts = config_facts(pretrained_path(source))
+    if facts["num_layers"] is not None and facts["hidden_size"] is not None:
+        foreign.checked(facts["hidden_size"], facts["num_layers"], "source_vector")
+    hint, family = foreign.model_hint, facts["model_type"]
+    if hint and family and hint.removesuffix("_text") != family.removesuffix("_text"):
+        logger.warning("source_vector: %s was made for a %s model (controlvector.model_hint); source %s is a %s",
+                       foreign.file, hint, source.name, family)
+    directions = [ImportedDirection(foreign, block) for block in foreign.blocks]
+    if target_layer is None:
+        target_spec = parse_model_spec(target, "target", options.get("block_path"))
+        target_count = config_layer_count(pretrained_path(target_spec))
+        source_count = facts["num_layers"] or max(foreign.blocks) + 1
+        target_layer = [round(relative_depth(block, source_count) * (target_count - 1)) if target_count else
+                        relative_depth(block, source_count) for block in foreign.blocks]
+    return plan_build(source, target, directions, source_layer=[direction.block for direction in directions],
+                      target_layer=target_layer, **options)
+
+
+def port_vector(source: str | ModelSpec, target: str | ModelSpec, vector: str | Path | ForeignVector,
+                **options) -> list[Transplant]:
+    """`contrans port`: a foreign steering vector for `source`, transplanted into `target` (one
+    transplant per block the file carries). `options`: `plan_port`'s and `plan_build`'s."""
+    plan = plan_port(source, target, vector, **options)
+    return finish_build(plan, record_sources(plan))
 
 
 def record_sources(plan: BuildPlan) -> list[ConceptStates]:

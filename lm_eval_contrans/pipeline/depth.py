@@ -25,6 +25,21 @@ def config_layer_count(folder: str) -> int | None:
     return configured_layer_count(config)
 
 
+def config_facts(folder: str) -> dict:
+    """Block count, hidden size and model type from the config alone (None where it does not say)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception:
+        return {"num_layers": None, "hidden_size": None, "model_type": None}
+    text = getattr(config, "text_config", None) or config
+    hidden = next((getattr(text, name) for name in ("hidden_size", "n_embd", "d_model")
+                   if isinstance(getattr(text, name, None), int)), None)
+    return {"num_layers": configured_layer_count(config), "hidden_size": hidden,
+            "model_type": str(getattr(text, "model_type", None) or getattr(config, "model_type", "")) or None}
+
+
 def model_type_of(model_or_config) -> str:
     config = getattr(model_or_config, "config", model_or_config)
     return str(getattr(config, "model_type", type(model_or_config).__name__))

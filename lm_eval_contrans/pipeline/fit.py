@@ -15,6 +15,7 @@ from lm_eval_contrans.alignment import fit_linear_map
 from lm_eval_contrans.anchors import anchors_hash, matched_token_pairs
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import ConceptSet
+from lm_eval_contrans.vectors import ImportedDirection
 from lm_eval_contrans.pipeline.recipe import REFERENCE, Recipe
 from lm_eval_contrans.pipeline.states import ConceptStates, TargetAnchorStates
 
@@ -38,7 +39,8 @@ FITS_KEPT = 256  # one auto target sweep fits ~70 maps; each holds a source x ta
 
 
 def make_transplant(
-    source: ConceptStates, target: TargetAnchorStates, *, target_name: str, concept: ConceptSet, anchor_texts: list[str],
+    source: ConceptStates, target: TargetAnchorStates, *, target_name: str, concept: ConceptSet | ImportedDirection,
+    anchor_texts: list[str],
     anchors_name: str, recipe: Recipe = REFERENCE,
 ) -> Transplant:
     """Fit the map on paired anchor states (choosing the source block if several are candidates)
@@ -65,7 +67,7 @@ def make_transplant(
         fits[layer] = _FITS[key]
     layer = max(fits, key=lambda index: fits[index].heldout_r2)
     linear_map = fits[layer]
-    extra = {}
+    extra = {"imported": concept.vector.origin()} if isinstance(concept, ImportedDirection) else {}
     if len(fits) > 1:
         extra["source_layer_sweep"] = {str(index): round(fit.heldout_r2, 4) for index, fit in fits.items()}
         logger.info("source block chosen by held-out R^2: %s", ", ".join(f"{i}: {f.heldout_r2:.3f}" for i, f in fits.items()))

@@ -25,6 +25,7 @@ from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, model_identity, parse_model_spec, pretrained_path,
 )
 from lm_eval_contrans.pipeline.depth import config_layer_count, model_layer_count, source_blocks
+from lm_eval_contrans.vectors import ImportedDirection
 
 logger = logging.getLogger(__name__)
 STATE_FORMAT = 1  # bump when the way states are recorded changes
@@ -35,9 +36,13 @@ class StateRequest:
     """What to record for one concept: its pairs, the source-layer argument, and the relative depth(s)
     of the target block(s) that "auto" centres its candidate blocks on (None: 0.75)."""
 
-    concept: ConceptSet
+    concept: ConceptSet | ImportedDirection  # an imported direction: its vector, no concept pass
     layer: int | float | str | list | None = None
     target_depths: tuple[float | None, ...] = (None,)
+
+    @property
+    def given(self) -> torch.Tensor | None:
+        return self.concept.direction if isinstance(self.concept, ImportedDirection) else None
 
 
 class StatesOnDisk(Mapping):
@@ -179,7 +184,8 @@ def record_concept_states(
         anchor_keys = {layer: anchor_key(identity, layer, dtype, device, anchor_texts, anchor_tokens)
                        for layer in every_block}
         concept_keys = {(position, layer): state_key(identity, layer, str(dtype), device, concept=request.concept.pairs_hash)
-                        for position, (request, indices) in enumerate(zip(requests, blocks)) for layer in indices}
+                        for position, (request, indices) in enumerate(zip(requests, blocks)) for layer in indices
+                        if request.given is None}
         entries = {**{("anchors", layer): ("anchor_states", key) for layer, key in anchor_keys.items()},
                    **{("concept", *name): ("concept_vectors", key) for name, key in concept_keys.items()}}
 
@@ -205,10 +211,11 @@ def record_concept_states(
         ends = anchor_ends(spec, loaded[1] if loaded else None, anchor_texts) if anchor_tokens == "dense" else None
         on_disk = StatesOnDisk(anchor_keys)
         return [ConceptStates(name=spec.name, num_layers=num_layers,
-                              concept_vectors={layer: cached_tensor("concept_vectors", concept_keys[(position, layer)])
+                              concept_vectors={layer: request.given if request.given is not None else
+                                               cached_tensor("concept_vectors", concept_keys[(position, layer)])
                                                for layer in indices},
                               anchor_states=on_disk.only(indices), anchor_ends=ends)
-                for position, indices in enumerate(blocks)]
+                for position, (request, indices) in enumerate(zip(requests, blocks))]
     finally:
         if loaded:
             free_model(loaded[0])

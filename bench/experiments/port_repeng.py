@@ -1,0 +1,103 @@
+"""A steering vector made by another tool, ported: repeng's control vector for SmolLM2-135M-Instruct,
+trained on our sentiment pairs and saved with repeng's own `export_gguf`, carried into Gemma-3-270M by
+`contrans port` (issue 20), against the base target, a random vector of equal norm and our own ConTrans
+sentiment transplant, on contrans_sentiment and contrans_emotion_happiness.
+
+repeng 0.4.0 (PyPI) declares numpy<2; this project runs numpy 2. A bench-only `pip install --no-deps
+repeng==0.4.0` runs once numpy's removed alias `np.float_` (used in one type annotation of repeng's
+ControlVector) is pointed at `np.float64` before the import; nothing else in repeng needs numpy 1.
+repeng trains at the source block our default build chooses for sentiment (by held-out R^2), and the
+port lands at the same target block, so the two transplants differ only in how the source direction
+was made: repeng's first principal component of the pair differences (unit norm), ours the mean
+difference. Both are used in residual units, so at each alpha the three vectors have equal norms.
+
+Run: pip install --no-deps repeng==0.4.0
+     python bench/experiments/port_repeng.py --data ../shared/data [--alphas 1 2] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from lm_eval_contrans.experiments.data import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
+)
+
+TASKS = {"contrans_sentiment": ("acc_norm", "margin"), "contrans_emotion_happiness": ("acc",)}
+
+
+def import_repeng():
+    import numpy
+
+    if not hasattr(numpy, "float_"):  # removed in numpy 2; repeng 0.4.0 names it in an annotation
+        numpy.float_ = numpy.float64
+    import repeng
+
+    return repeng
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    add_json_argument(parser)
+    args = parser.parse_args()
+    repeng = import_repeng()
+
+    from lm_eval_contrans.cache import cache_root
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.experiments.controls import cosine, random_control
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.loading import free_model, load_model
+    from lm_eval_contrans.pipeline import build_transplant, port_vector
+
+    started = time.time()
+    print(f"machine: {machine()}; repeng {getattr(repeng, '__version__', '0.4.0')}", flush=True)
+    ours = build_transplant(SOURCE, TARGET, "sentiment", device="cpu")
+    block = ours.source_layer
+    pairs = load_concept_set("sentiment")
+    model, tokenizer = load_model(SOURCE, argument="source", device="cpu")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset = [repeng.DatasetEntry(positive=p, negative=n) for p, n in zip(pairs.positives, pairs.negatives)]
+    control_vector = repeng.ControlVector.train(model, tokenizer, dataset, hidden_layers=[block], method="pca_diff")
+    free_model(model)
+    exported = Path(tempfile.mkdtemp(prefix="contrans-repeng-")) / "sentiment_smollm2_repeng.gguf"
+    control_vector.export_gguf(str(exported))  # repeng's own writer
+    print(f"[{time.time() - started:5.0f} s] repeng trained at block {block}, exported {exported.name}", flush=True)
+    ported, = port_vector(SOURCE, TARGET, str(exported), target_layer=ours.target_layer, device="cpu")
+    print(f"[{time.time() - started:5.0f} s] ported: blocks {ported.source_layer} -> {ported.target_layer}, "
+          f"held-out R^2 {ported.heldout_r2:.3f}; cosine to ours {cosine(ported.vector, ours.vector):.3f}", flush=True)
+
+    random = random_control(ours, seed=0)
+    rows = [GridRow("base target", "base", TARGET, alpha=0.0)]
+    for alpha in args.alphas:
+        rows += [GridRow(f"ConTrans sentiment α={alpha:g}", "contrans", TARGET, ours, alpha),
+                 GridRow(f"repeng vector, ported α={alpha:g}", "contrans", TARGET, ported, alpha),
+                 GridRow(f"random vector α={alpha:g}", "random", TARGET, random, alpha)]
+    grid = Grid(cache_root() / "experiments" / "port_repeng",
+                EvalSettings(tasks=sorted(TASKS), limit=args.limit, batch_size=args.batch_size, device="cpu",
+                             task_metadata=task_metadata(data_folder(args.data))))
+    measured = grid.run(rows)
+    header = [f"{task.removeprefix('contrans_')} {metric}" for task, metrics in TASKS.items() for metric in metrics]
+    print("\n| row | " + " | ".join(header) + " |\n|---|" + "---|" * len(header))
+    for row in measured:
+        cells = [f"{row.value(task, metric):.3f} ± {row.value(task, metric + '_stderr'):.3f}"
+                 for task, metrics in TASKS.items() for metric in metrics]
+        print(f"| {row.name} | " + " | ".join(cells) + " |")
+    print(f"\nsource block {block} -> target block {ours.target_layer}; held-out R^2 of the map {ported.heldout_r2:.3f}; "
+          f"cosine(ported repeng, ConTrans) {cosine(ported.vector, ours.vector):.3f}; cosine at the source "
+          f"{cosine(ported.source_vector, ours.source_vector):.3f}; {time.time() - started:.0f} s")
+    write_json(args.json, {"source_block": block, "target_block": ours.target_layer, "heldout_r2": ported.heldout_r2,
+                           "cosine_target": cosine(ported.vector, ours.vector),
+                           "cosine_source": cosine(ported.source_vector, ours.source_vector),
+                           "imported": ported.extra["imported"], "rows": [row.to_json() for row in measured]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Steering vectors made by other tools, read for one model: the input of `contrans port` and of the
+`source_vector=` / `vector=` model args.
+
+Formats, by file suffix:
+
+- `.gguf`: a llama.cpp control vector (llama.cpp's `cvector-generator`, repeng's `export_gguf`, our own
+  `contrans export --format gguf`): one `direction.<block>` tensor per steered block, added after
+  decoder block `<block>` (0-based; llama.cpp has no slot for block 0), and `controlvector.model_hint`.
+- `.pt`: lm-eval's `--model steered` file, `{hookpoint: {"steering_vector": tensor, ...}}` (its
+  hookpoints name the blocks: `...layers.<block>`), or a bare tensor; loaded with `weights_only=True`,
+  so no code in the file runs.
+- `.safetensors`: one tensor, or `direction.<block>` / `<block>` tensors (one per block).
+- `.npy`: one array.
+
+A file that names no block (a bare tensor) needs `source_layer=` (`--source-layer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lm_eval_contrans.errors import ConTransError
+
+FORMATS = ("gguf", "steered", "safetensors", "pt", "npy")
+_BLOCK_IN_NAME = re.compile(r"(?:^|[._])(\d+)$")
+
+
+@dataclass
+class ForeignVector:
+    """Steering directions for one model, by 0-based decoder block, and where they came from."""
+
+    directions: dict[int, torch.Tensor]
+    file: str
+    sha256: str
+    format: str
+    model_hint: str | None = None
+    coefficients: dict[int, float] = field(default_factory=dict)  # the file's own scale per block, if it has one
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).stem
+
+    @property
+    def blocks(self) -> list[int]:
+        return sorted(self.directions)
+
+    def origin(self) -> dict:
+        """What an artifact records about the imported file."""
+        return {"file": Path(self.file).name, "sha256": self.sha256, "format": self.format, "blocks": self.blocks,
+                **({"model_hint": self.model_hint} if self.model_hint else {})}
+
+    def checked(self, hidden_size: int, num_layers: int, argument: str) -> ForeignVector:
+        """Refuse a width that is not the model's hidden size, or a block it does not have."""
+        for block, direction in self.directions.items():
+            if direction.ndim != 1 or direction.shape[0] != hidden_size:
+                raise ConTransError(argument, f"{self.file}: the vector for block {block} has shape "
+                                              f"{tuple(direction.shape)}; the model's hidden size is {hidden_size}")
+            if not 0 <= block < num_layers:
+                raise ConTransError(argument, f"{self.file}: block {block} is out of range for a model with "
+                                              f"{num_layers} decoder blocks")
+        return self
+
+
+@dataclass(frozen=True)
+class ImportedDirection:
+    """One block of a foreign vector, standing where a build has a concept set: the pipeline takes its
+    vector instead of refining one, and records where it came from."""
+
+    vector: ForeignVector
+    block: int
+
+    @property
+    def name(self) -> str:
+        return self.vector.name if len(self.vector.directions) == 1 else f"{self.vector.name}@{self.block}"
+
+    @property
+    def pairs_hash(self) -> str:
+        return self.vector.sha256
+
+    @property
+    def direction(self) -> torch.Tensor:
+        return self.vector.directions[self.block]
+
+    def __len__(self) -> int:
+        return 0  # no concept pairs: the direction was made elsewhere
+
+
+def read_vector(path: str | Path, source_layer: int | str | None = None, argument: str = "source_vector") -> ForeignVector:
+    """Read a steering vector file (see the module docstring); `source_layer` places a bare tensor
+    (for `vector=`, a vector made for the target, that is `target_layer`)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConTransError(argument, f"steering vector file not found: {path}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    suffix = path.suffix.lower()
+    if suffix == ".gguf":
+        directions, hint, kind = _from_gguf(path, argument), _gguf_model_hint(path), "gguf"
+        coefficients = {}
+    elif suffix == ".pt":
+        directions, coefficients, kind = _from_pt(path, argument)
+        hint = None
+    elif suffix == ".safetensors":
+        directions, coefficients, kind, hint = _from_safetensors(path, argument), {}, "safetensors", None
+    elif suffix == ".npy":
+        import numpy
+
+        try:
+            array = numpy.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise ConTransError(argument, f"{path} is not a plain .npy array: {error}") from None
+        directions, coefficients, kind, hint = {None: torch.from_numpy(array)}, {}, "npy", None
+    else:
+        raise ConTransError(argument, f"{path}: unknown steering-vector format {suffix or '(no suffix)'}; "
+                                      "expected .gguf, .pt, .safetensors or .npy")
+    if None in directions:  # a bare tensor: the caller says where it belongs
+        if source_layer is None:
+            layer_argument = "target_layer=" if argument == "vector" else "source_layer= (--source-layer)"
+            raise ConTransError(argument, f"{path} holds one tensor and names no block; give {layer_argument} "
+                                          "for the block it was made at")
+        directions = {int(source_layer): directions[None]}
+    directions = {block: vector.detach().float().reshape(-1) if vector.ndim == 2 and 1 in vector.shape else
+                  vector.detach().float() for block, vector in directions.items()}
+    if not directions:
+        raise ConTransError(argument, f"{path} holds no steering vector")
+    return ForeignVector(directions=directions, file=str(path), sha256=digest, format=kind, model_hint=hint,
+                         coefficients=coefficients)
+
+
+def _from_gguf(path: Path, argument: str) -> dict[int, torch.Tensor]:
+    from lm_eval_contrans.export import read_gguf_control_vector
+
+    try:
+        _, tensors = read_gguf_control_vector(path)
+    except Exception as error:  # gguf raises ValueError, KeyError, struct errors on a foreign file
+        raise ConTransError(argument, f"{path} is not a readable GGUF file: {error}") from None
+    directions = {int(name.split(".", 1)[1]): tensor for name, tensor in tensors.items()
+                  if re.fullmatch(r"direction\.\d+", name)}
+    if not directions:
+        raise ConTransError(argument, f"{path} has no direction.<block> tensors; it is not a control vector "
+                                      f"(tensors: {', '.join(sorted(tensors)[:5]) or 'none'})")
+    return directions
+
+
+def _gguf_model_hint(path: Path) -> str | None:
+    from lm_eval_contrans.export import read_gguf_control_vector
+
+    metadata, _ = read_gguf_control_vector(path)
+    hint = metadata.get("controlvector.model_hint")
+    return str(hint) if hint else None
+
+
+def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
+    import pickle
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ConTransError(argument, f"{path} is not a tensor file that loads with weights_only=True "
+                                      f"(a pickle of other objects is refused): {str(error).splitlines()[0][:200]}") from None
+    if isinstance(loaded, torch.Tensor):
+        return {None: loaded}, {}, "pt"
+    if not isinstance(loaded, dict) or not loaded:
+        raise ConTransError(argument, f"{path} holds a {type(loaded).__name__}; expected a tensor or a dict of "
+                                      "tensors (lm-eval's steered format: {hookpoint: {'steering_vector': ...}})")
+    directions, coefficients = {}, {}
+    for key, value in loaded.items():
+        if isinstance(value, dict) and isinstance(value.get("steering_vector"), torch.Tensor):  # lm-eval steered
+            block = _block_of(str(key), path, argument)
+            directions[block] = value["steering_vector"]
+            coefficients[block] = float(value.get("steering_coefficient", 1.0))
+        elif isinstance(value, torch.Tensor):
+            directions[_block_of(str(key), path, argument)] = value
+        else:
+            raise ConTransError(argument, f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor or a "
+                                          "steered entry with 'steering_vector'")
+    return directions, coefficients, "steered" if coefficients else "pt"
+
+
+def _from_safetensors(path: Path, argument: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ConTransError(argument, f"{path} is not a readable safetensors file: {error}") from None
+    if len(tensors) == 1 and _BLOCK_IN_NAME.search(next(iter(tensors))) is None:
+        return {None: next(iter(tensors.values()))}
+    return {_block_of(name, path, argument): tensor for name, tensor in tensors.items()}
+
+
+def _block_of(name: str, path: Path, argument: str) -> int:
+    match = _BLOCK_IN_NAME.search(name)
+    if match is None:
+        raise ConTransError(argument, f"{path}: cannot tell which block {name!r} belongs to; name tensors "
+                                      "direction.<block> (or give one tensor and source_layer=)")
+    return int(match.group(1))
+
+
+def steering_transplants(vector: ForeignVector, *, target: str, hidden_size: int, num_layers: int,
+                         model_type: str) -> list:
+    """A foreign vector made for the target itself, as transplants that steer it as they are (no map:
+    `alpha_unit=raw`, alpha multiplies the file's vector, as llama.cpp's scale does)."""
+    from lm_eval_contrans.artifact import Transplant
+
+    vector.checked(hidden_size, num_layers, "vector")
+    transplants = []
+    for block in vector.blocks:
+        direction = vector.directions[block]
+        transplants.append(Transplant(
+            vector=direction, source_vector=direction, map_weight=torch.eye(hidden_size), source=target, target=target,
+            source_hidden_size=hidden_size, target_hidden_size=hidden_size, source_num_layers=num_layers,
+            target_num_layers=num_layers, source_layer=block, target_layer=block, target_model_type=model_type,
+            concept=ImportedDirection(vector, block).name, concept_hash=vector.sha256, concept_pairs=0,
+            anchors="none", anchors_hash="", anchor_count=0, map_method="identity", ridge=0.0, heldout_r2=1.0,
+            alpha_unit="raw", extra={"imported": vector.origin()}))
+    return transplants
