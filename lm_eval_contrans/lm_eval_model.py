@@ -48,7 +48,7 @@ def _show_package_logs_with_lm_evals() -> None:
 @register_model("contrans")
 class ConTransLM(FastScoringHFLM):
     """Model args: target (alias pretrained), source, concept, alpha, recipe, source_layer,
-    target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, save_vector,
+    target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, source_vector, save_vector,
     build_batch_size, source_dtype, check_target_name, positions, share_context, block_path,
     source_block_path; every other arg goes
     to HFLM unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
@@ -108,6 +108,10 @@ class ConTransLM(FastScoringHFLM):
             transplants = _given_transplants(vector, target_layer)
             if isinstance(transplants, ForeignVector):  # made for the target itself by another tool
                 foreign, transplants = transplants, []
+                if alpha_unit not in (None, "raw"):
+                    raise ConTransError("alpha_unit", "a vector made for the target by another tool steers in its own "
+                                                      "units (alpha_unit=raw); port it with source= and source_vector= "
+                                                      "for residual units")
             if source is not None:
                 logger.warning("vector= given: the source model %s is not loaded", source)
             if alpha_unit is not None:
@@ -145,10 +149,6 @@ class ConTransLM(FastScoringHFLM):
             transplants = steering_transplants(foreign, target=target_spec.name,
                                                hidden_size=self.model.get_input_embeddings().embedding_dim,
                                                num_layers=model_layer_count(self.model), model_type=model_type_of(self.model))
-            if alpha_unit is not None and alpha_unit != "raw":
-                raise ConTransError("alpha_unit", "a vector made for the target by another tool steers in its own "
-                                                  "units (alpha_unit=raw); port it with source= and source_vector= "
-                                                  "for residual units")
         self.use_transplants(transplants, alphas)
         if save_vector:
             save_transplants(self.transplants, save_vector)
@@ -176,13 +176,12 @@ class ConTransLM(FastScoringHFLM):
             )
         self.transplants, self.alphas = transplants, [check_alpha(value) for value in alphas]
 
-    # One concept is the common case: `transplant` / `alpha` read and set it directly.
+    # One concept is the common case: `transplant` / `alpha` read it (use_transplants changes it).
     @property
     def transplant(self) -> Transplant:
         if len(self.transplants) != 1:
             raise AttributeError("several concepts are steered: use .transplants and .alphas")
         return self.transplants[0]
-
 
     @property
     def alpha(self) -> float:

@@ -98,7 +98,7 @@ def parse_model_spec(spec: str | ModelSpec, argument: str, block_path: str | Non
 def gguf_parsed_once() -> Iterator[None]:
     """Within the block, each GGUF file's metadata is parsed once. transformers parses it afresh for the
     config, the tokenizer and the weights, and gguf's reader spends ~20 s a time on Gemma 3's
-    262k-token vocabulary (bench/bench_gguf.py)."""
+    262k-token vocabulary (bench/perf/gguf_load.py)."""
     import gguf
 
     original = gguf.GGUFReader

@@ -9,7 +9,7 @@
 - Loglikelihood batches that are not shared project through the output layer only the final
   positions that hold continuation tokens (`score_continuations_only`; see `_scored_window`).
   Scores equal HFLM's bit for bit. With Gemma 3's 262k-word vocabulary this is 2.4-3.2 x on
-  TruthfulQA (bench/bench_scored_window.py).
+  TruthfulQA (bench/perf/scored_window.py).
 
 `ConTransLM` is this class plus steering; the bench scripts and `contrans compare` score their
 unsteered rows with it too, so that every row of a table takes the same numerical path.
@@ -152,7 +152,7 @@ class FastScoringHFLM(HFLM):
         (its `ctx_len` arithmetic), so returning only the last `window` positions scores the same.
         A real trailing token 0 only makes the inferred length shorter and the window wider.
         With a 262k vocabulary the output projection and log-softmax over every prompt position
-        cost more than the blocks themselves (bench/bench_scored_window.py)."""
+        cost more than the blocks themselves (bench/perf/scored_window.py)."""
         longest = self._longest_continuation
         if not self.score_continuations_only or longest is None or not self._accepts_logits_to_keep:
             return None

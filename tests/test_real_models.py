@@ -29,13 +29,23 @@ except ConTransError as missing:
 PROMPTS = Path(__file__).resolve().parents[1] / "tasks" / "contrans_sentiment" / "sentiment_prompts.jsonl"
 
 
+ANCHOR_TEXTS = 600  # of the shipped 2,397: a quarter of the anchor passes (bench/experiments/corpus_size.py: R^2 0.52 vs 0.58)
+
+
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
+    import random
+
+    from lm_eval_contrans.anchors import load_anchor_texts
     from lm_eval_contrans.artifact import save_transplant
     from lm_eval_contrans.pipeline import build_transplant
 
-    transplant = build_transplant(SOURCE, TARGET, "sentiment", device="cpu")
-    path = tmp_path_factory.mktemp("real") / "sentiment.safetensors"
+    folder = tmp_path_factory.mktemp("real")
+    texts, _ = load_anchor_texts(None)
+    anchors = folder / "anchors.txt"
+    anchors.write_text("\n".join(random.Random(0).sample(texts, ANCHOR_TEXTS)))  # corpus_size.py's seeded subset
+    transplant = build_transplant(SOURCE, TARGET, "sentiment", anchors=str(anchors), device="cpu")
+    path = folder / "sentiment.safetensors"
     save_transplant(transplant, path)
     return transplant, path
 
@@ -47,7 +57,7 @@ def test_build_diagnostics(artifact):
     sweep = {int(layer): r2 for layer, r2 in transplant.extra["source_layer_sweep"].items()}
     assert transplant.target_layer == 14 and sorted(sweep) == list(range(20, 29))  # within 0.15 of 14/17 depth
     assert transplant.source_layer == max(sweep, key=sweep.get)
-    assert transplant.target_model_type == "gemma3_text"
+    assert transplant.target_model_type == "gemma3_text" and transplant.anchor_count == ANCHOR_TEXTS
     assert 0.2 < transplant.heldout_r2 < 1.0
 
 

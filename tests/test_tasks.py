@@ -36,12 +36,13 @@ def test_honesty_tasks_equal_lm_evals_truthfulqa_on_the_same_file(tiny_llama_dir
     assert 0 < scores["contrans_honesty_mc2"] < 1
 
 
-def test_sentiment_task_runs_under_contrans_and_moves_with_alpha(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+def test_sentiment_task_runs_under_contrans_and_moves_with_alpha(tiny_llama_dir, tiny_gpt2_dir, small_inputs, tmp_path):
+    concept, anchors = small_inputs  # the task is under test here, not the shipped corpus
     margins = {}
     for alpha in (-20, 20):
         output = tmp_path / f"out{alpha}"
         result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args",
-                      f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept=sentiment,alpha={alpha}",
+                      f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors},alpha={alpha}",
                       "--tasks", "contrans_sentiment", "--limit", "8", "--device", "cpu",
                       "--output_path", str(output)], tmp_path)
         assert result.returncode == 0, result.stderr[-4000:]

@@ -121,8 +121,13 @@ def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, smal
         port(tmp_path / "bare.pt")
     with pytest.raises(ConTransError, match="^source_vector: steering vector file not found"):
         port(tmp_path / "missing.gguf")
-    with caplog.at_level(logging.WARNING):
-        port(write_control_vector(tmp_path / "gemma.gguf", {1: torch.ones(32)}, model_hint="gemma3"))
+    ours = logging.getLogger("lm_eval_contrans")  # once lm-eval's handlers serve it, it no longer propagates
+    ours.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="lm_eval_contrans"):
+            port(write_control_vector(tmp_path / "gemma.gguf", {1: torch.ones(32)}, model_hint="gemma3"))
+    finally:
+        ours.removeHandler(caplog.handler)
     assert "was made for a gemma3 model (controlvector.model_hint); source" in caplog.text
 
 

@@ -1,7 +1,7 @@
 """A steering vector made by another tool, ported: repeng's control vector for SmolLM2-135M-Instruct,
 trained on our sentiment pairs and saved with repeng's own `export_gguf`, carried into Gemma-3-270M by
 `contrans port` (issue 20), against the base target, a random vector of equal norm and our own ConTrans
-sentiment transplant, on contrans_sentiment and contrans_emotion_happiness.
+sentiment transplant, on contrans_sentiment (all 50 prompts) and contrans_emotion_happiness (40 scenarios).
 
 repeng 0.4.0 (PyPI) declares numpy<2; this project runs numpy 2. A bench-only `pip install --no-deps
 repeng==0.4.0` runs once numpy's removed alias `np.float_` (used in one type annotation of repeng's
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0])
-    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--emotion-docs", type=int, default=40, help="happiness scenarios (make_results.py uses 40)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_json_argument(parser)
     args = parser.parse_args()
@@ -81,7 +81,8 @@ def main() -> None:
                  GridRow(f"repeng vector, ported α={alpha:g}", "contrans", TARGET, ported, alpha),
                  GridRow(f"random vector α={alpha:g}", "random", TARGET, random, alpha)]
     grid = Grid(cache_root() / "experiments" / "port_repeng",
-                EvalSettings(tasks=sorted(TASKS), limit=args.limit, batch_size=args.batch_size, device="cpu",
+                EvalSettings(tasks=sorted(TASKS), limit={"contrans_sentiment": None, "contrans_emotion_happiness": args.emotion_docs},
+                             batch_size=args.batch_size, device="cpu",
                              task_metadata=task_metadata(data_folder(args.data))))
     measured = grid.run(rows)
     header = [f"{task.removeprefix('contrans_')} {metric}" for task, metrics in TASKS.items() for metric in metrics]
