@@ -162,17 +162,18 @@ def main(argv: list[str] | None = None) -> int:
             print("\n\n".join(transplant.summary() for transplant in transplants))
             print(f"wrote {args.out} ({len(transplants)} block(s))")
         elif args.command == "export":
-            from lm_eval_contrans.artifact import load_transplant
+            from lm_eval_contrans.artifact import load_transplants
             from lm_eval_contrans.export import export_gguf, export_steered
             from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
-            transplant = load_transplant(args.artifact, "artifact")
+            transplants = load_transplants(args.artifact, "artifact")
             if args.format == "steered":
-                folder = pretrained_path(parse_model_spec(args.target or transplant.target, "target"))
-                export_steered(transplant, args.out, folder, args.alpha)
+                folder = pretrained_path(parse_model_spec(args.target or transplants[0].target, "target"))
+                export_steered(transplants, args.out, folder, args.alpha)
             else:
-                export_gguf(transplant, args.out)
-            print(f"wrote {args.out} ({args.format}, block {transplant.target_layer})")
+                export_gguf(transplants, args.out)
+            blocks = sorted({transplant.target_layer for transplant in transplants})
+            print(f"wrote {args.out} ({args.format}, block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))})")
         elif args.command == "table":
             from lm_eval_contrans.experiments.report import markdown_table, rows_from_folder, write_report
 

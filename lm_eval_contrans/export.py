@@ -37,23 +37,39 @@ def steered_hookpoint(target_folder: str, layer: int) -> str:
     raise ConTransError("format", f"block {layer} is not under the model's base_model; cannot name a hookpoint")
 
 
-def export_steered(transplant: Transplant, path: str | Path, target_folder: str, alpha: float = 1.0) -> Path:
-    hookpoint = steered_hookpoint(target_folder, transplant.target_layer)
-    config = {hookpoint: {"steering_vector": transplant.steering_vector().clone(), "steering_coefficient": float(alpha),
-                          "action": "add", "bias": None, "head_index": None}}
+def _by_block(transplants: Transplant | list[Transplant]) -> dict[int, torch.Tensor]:
+    """What alpha 1 adds at each target block; several transplants at one block (a ported multi-block
+    vector sent to one block, or several concepts) add up, as they do when steering."""
+    transplants = [transplants] if isinstance(transplants, Transplant) else list(transplants)
+    blocks: dict[int, torch.Tensor] = {}
+    for transplant in transplants:
+        vector = transplant.steering_vector().float()
+        blocks[transplant.target_layer] = blocks[transplant.target_layer] + vector if transplant.target_layer in blocks else vector
+    return dict(sorted(blocks.items()))
+
+
+def export_steered(transplants: Transplant | list[Transplant], path: str | Path, target_folder: str,
+                   alpha: float = 1.0) -> Path:
+    config = {steered_hookpoint(target_folder, block): {"steering_vector": vector.clone(),
+                                                        "steering_coefficient": float(alpha), "action": "add",
+                                                        "bias": None, "head_index": None}
+              for block, vector in _by_block(transplants).items()}
     torch.save(config, path)  # lm-eval's steered model reads a pickled .pt; it is its format, not ours
     return Path(path)
 
 
-def export_gguf(transplant: Transplant, path: str | Path) -> Path:
+def export_gguf(transplants: Transplant | list[Transplant], path: str | Path) -> Path:
     import gguf
 
-    if transplant.target_layer == 0:
+    blocks = _by_block(transplants)
+    if 0 in blocks:
         raise ConTransError("format", "llama.cpp control vectors cannot steer block 0; rebuild with target_layer >= 1")
+    first = transplants if isinstance(transplants, Transplant) else transplants[0]
     writer = gguf.GGUFWriter(str(path), "controlvector")
-    writer.add_string("controlvector.model_hint", transplant.target_model_type.removesuffix("_text"))
-    writer.add_uint32("controlvector.layer_count", 1)
-    writer.add_tensor(f"direction.{transplant.target_layer}", transplant.steering_vector().float().numpy())
+    writer.add_string("controlvector.model_hint", first.target_model_type.removesuffix("_text"))
+    writer.add_uint32("controlvector.layer_count", len(blocks))
+    for block, vector in blocks.items():
+        writer.add_tensor(f"direction.{block}", vector.numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

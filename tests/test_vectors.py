@@ -181,3 +181,31 @@ def test_our_gguf_and_steered_exports_steer_like_the_artifact(direct, tiny_gpt2_
     expected = scores(artifact)
     assert scores(tmp_path / "built.gguf") == pytest.approx(expected, abs=1e-5)
     assert scores(tmp_path / "built.pt") == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_ported_multi_block_vector_exports_every_block(tiny_llama_dir, tiny_gpt2_dir, small_inputs, tmp_path):
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_contrans.artifact import save_transplants
+    from lm_eval_contrans.export import export_gguf, export_steered, read_gguf_control_vector
+
+    _, anchors = small_inputs
+    generator = torch.Generator().manual_seed(1)
+    file = write_control_vector(tmp_path / "three.gguf", {1: torch.randn(32, generator=generator),
+                                                          2: torch.randn(32, generator=generator),
+                                                          3: torch.randn(32, generator=generator)})
+    ported = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(file), anchors=anchors, device="cpu")
+    assert [t.target_layer for t in ported] == [1, 1, 2]  # depths 1/3, 2/3, 1 of 4 -> blocks of 3
+    _, tensors = read_gguf_control_vector(export_gguf(ported, tmp_path / "out.gguf"))
+    assert sorted(tensors) == ["direction.1", "direction.2"]
+    torch.testing.assert_close(tensors["direction.1"], ported[0].steering_vector() + ported[1].steering_vector())
+    requests = [Instance("loglikelihood", {}, ("The hotel room was", " clean"), 0)]
+
+    def score(vector):
+        lm = ConTransLM(target=str(tiny_gpt2_dir), vector=str(vector), alpha=2.0, device="cpu", batch_size=4)
+        return lm.loglikelihood(requests, disable_tqdm=True)[0][0]
+
+    artifact = save_transplants(ported, tmp_path / "ported.safetensors")
+    export_steered(ported, tmp_path / "out.pt", str(tiny_gpt2_dir))
+    assert score(tmp_path / "out.gguf") == pytest.approx(score(artifact), abs=1e-4)
+    assert score(tmp_path / "out.pt") == pytest.approx(score(artifact), abs=1e-4)
