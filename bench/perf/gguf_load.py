@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 
-from _timing import SOURCE, TARGET, machine
+from _timing import SOURCE, TARGET, add_json_argument, machine, write_json
 
 
 def first_and_second_load(name: str) -> tuple[float, float]:
@@ -30,9 +30,15 @@ def first_and_second_load(name: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    import argparse
+
     from lm_eval_contrans import loading
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_json_argument(parser)
+    args = parser.parse_args()
     print(f"machine: {machine()}")
+    document = {}
     for name in (SOURCE, TARGET):
         once_first, second = first_and_second_load(name)
         parse_once = loading.gguf_parsed_once
@@ -44,6 +50,8 @@ def main() -> None:
         print(f"{name}: first load {once_first:.1f} s (metadata parsed once) vs {afresh_first:.1f} s (parsed "
               f"afresh each time): RATIO {afresh_first / once_first:.2f}x; second load {second:.2f} s: "
               f"RATIO first / second = {once_first / second:.1f}  (target >= 5)")
+        document[name] = {"first_parsed_once_s": once_first, "first_parsed_afresh_s": afresh_first, "second_s": second}
+    write_json(args.json, document)
 
 
 if __name__ == "__main__":

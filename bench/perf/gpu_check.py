@@ -40,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", default=None)
     parser.add_argument("--target", default=None)
+    parser.add_argument("--json", default=None, help="also write the throughput figures to this JSON file")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
     if args.source and args.target:
@@ -139,6 +140,10 @@ def checks(source: str, target: str, target_folder: Path, tokenizer) -> None:
     print(f"3. forward 32 x 256 tokens, bfloat16, device_map=auto: plain {plain_time * 1e3:.2f} ms, steered "
           f"{steered_time * 1e3:.2f} ms (medians of 10); RATIO throughput steered / plain = {plain_time / steered_time:.3f}",
           flush=True)
+    from lm_eval_contrans.experiments.data import write_json
+
+    write_json(args.json, {"device": torch.cuda.get_device_name(0), "plain_ms": plain_time * 1e3,
+                           "steered_ms": steered_time * 1e3, "ratio": plain_time / steered_time})
 
 
 if __name__ == "__main__":

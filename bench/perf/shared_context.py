@@ -97,6 +97,10 @@ def synthetic(args) -> None:
     print(f"{args.documents} documents x {args.choices} choices, context {args.context_tokens} tokens, batch "
           f"{args.batch_size}, {args.device} {args.dtype}: each choice in full {full:.2f} s, shared contexts {fast:.2f} s "
           f"-> {full / fast:.2f} x; max |difference| of sorted per-choice scores {difference:.1e}", flush=True)
+    from lm_eval_contrans.experiments.data import write_json
+
+    write_json(args.json, {"full_s": full, "shared_s": fast, "ratio": full / fast, "max_difference": difference,
+                           "documents": args.documents, "choices": args.choices, "device": args.device, "dtype": args.dtype})
 
 
 def main() -> None:
@@ -116,6 +120,7 @@ def main() -> None:
     parser.add_argument("--context-tokens", type=int, default=400)
     parser.add_argument("--choices", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     synthetic(parser.parse_args())
 
 
