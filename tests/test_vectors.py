@@ -209,3 +209,9 @@ def test_a_ported_multi_block_vector_exports_every_block(tiny_llama_dir, tiny_gp
     export_steered(ported, tmp_path / "out.pt", str(tiny_gpt2_dir))
     assert score(tmp_path / "out.gguf") == pytest.approx(score(artifact), abs=1e-4)
     assert score(tmp_path / "out.pt") == pytest.approx(score(artifact), abs=1e-4)
+
+
+def test_a_vector_for_the_target_refuses_residual_units_before_loading(tiny_gpt2_dir, tmp_path):
+    file = write_control_vector(tmp_path / "for-gpt2.gguf", {1: torch.ones(48)}, model_hint="gpt2")
+    with pytest.raises(ConTransError, match="^alpha_unit: a vector made for the target by another tool steers in its own units"):
+        ConTransLM(target=str(tiny_gpt2_dir), vector=str(file), alpha_unit="residual", device="cpu")

@@ -13,11 +13,13 @@ difference. Both are used in residual units, so at each alpha the three vectors 
 
 Run: pip install --no-deps repeng==0.4.0
      python bench/experiments/port_repeng.py --data ../shared/data [--alphas 1 2] [--json FILE]
+     python bench/experiments/port_repeng.py --render --json bench/results/port_repeng.json   (the table, from the JSON)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +47,36 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--emotion-docs", type=int, default=40, help="happiness scenarios (make_results.py uses 40)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
     add_json_argument(parser)
     args = parser.parse_args()
-    repeng = import_repeng()
+    if args.render:
+        print(render(json.loads(Path(args.json).read_text())))
+        return
+    document = measure(args)
+    write_json(args.json, document)
+    print(render(document))
 
+
+def render(document: dict) -> str:
+    """The docs/RESULTS.md table, from what `measure` wrote."""
+    from lm_eval_contrans.experiments.report import Row
+
+    header = [f"{task.removeprefix('contrans_')} {metric}" for task, metrics in TASKS.items() for metric in metrics]
+    lines = ["| row | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for saved in document["rows"]:
+        row = Row(**saved)
+        cells = [f"{row.value(task, metric):.3f} ± {row.value(task, metric + '_stderr'):.3f}"
+                 for task, metrics in TASKS.items() for metric in metrics]
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    lines.append(f"\nsource block {document['source_block']} -> target block {document['target_block']}; held-out R^2 of "
+                 f"the map {document['heldout_r2']:.3f}; cosine(ported repeng, ConTrans) {document['cosine_target']:.3f}; "
+                 f"cosine at the source {document['cosine_source']:.3f}")
+    return "\n".join(lines)
+
+
+def measure(args) -> dict:
+    repeng = import_repeng()
     from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.experiments.controls import cosine, random_control
@@ -85,19 +113,12 @@ def main() -> None:
                              batch_size=args.batch_size, device="cpu",
                              task_metadata=task_metadata(data_folder(args.data))))
     measured = grid.run(rows)
-    header = [f"{task.removeprefix('contrans_')} {metric}" for task, metrics in TASKS.items() for metric in metrics]
-    print("\n| row | " + " | ".join(header) + " |\n|---|" + "---|" * len(header))
-    for row in measured:
-        cells = [f"{row.value(task, metric):.3f} ± {row.value(task, metric + '_stderr'):.3f}"
-                 for task, metrics in TASKS.items() for metric in metrics]
-        print(f"| {row.name} | " + " | ".join(cells) + " |")
-    print(f"\nsource block {block} -> target block {ours.target_layer}; held-out R^2 of the map {ported.heldout_r2:.3f}; "
-          f"cosine(ported repeng, ConTrans) {cosine(ported.vector, ours.vector):.3f}; cosine at the source "
-          f"{cosine(ported.source_vector, ours.source_vector):.3f}; {time.time() - started:.0f} s")
-    write_json(args.json, {"source_block": block, "target_block": ours.target_layer, "heldout_r2": ported.heldout_r2,
-                           "cosine_target": cosine(ported.vector, ours.vector),
-                           "cosine_source": cosine(ported.source_vector, ours.source_vector),
-                           "imported": ported.extra["imported"], "rows": [row.to_json() for row in measured]})
+    print(f"{time.time() - started:.0f} s", flush=True)
+    return {"source_block": block, "target_block": ours.target_layer, "heldout_r2": ported.heldout_r2,
+            "cosine_target": cosine(ported.vector, ours.vector),
+            "cosine_source": cosine(ported.source_vector, ours.source_vector),
+            "imported": ported.extra["imported"], "seconds": time.time() - started,
+            "rows": [row.to_json() for row in measured]}
 
 
 if __name__ == "__main__":

@@ -48,7 +48,11 @@ def main() -> None:
     parser.add_argument("--emotions", nargs="+", default=EMOTIONS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", default=None, help="also write the table's numbers to this file")
+    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.json).read_text())))
+        return
 
     from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.experiments.controls import cosine
@@ -73,17 +77,21 @@ def main() -> None:
     rows = [(emotion, built[emotion], {(kind, alpha): success[f"{emotion} {kind} α={alpha:g}"]
                                       for kind in ("transplanted", "shuffled labels") for alpha in args.alphas})
             for emotion in args.emotions]
+    document = {"limit": args.limit, "alphas": args.alphas, "rows": [
+        {"emotion": emotion, "cosine": similarity, "success": {f"{kind} α={alpha:g}": value for (kind, alpha), value in scores.items()}}
+        for emotion, similarity, scores in rows]}
     if args.json:
-        Path(args.json).write_text(json.dumps({"limit": args.limit, "alphas": args.alphas, "rows": [
-            {"emotion": emotion, "cosine": similarity, "success": {f"{kind} α={alpha:g}": value for (kind, alpha), value in scores.items()}}
-            for emotion, similarity, scores in rows]}, indent=1))
+        Path(args.json).write_text(json.dumps(document, indent=1))
+    print(render(document))
 
-    print("\n| emotion | cos(transplanted, shuffled) | " + " | ".join(
-        f"{kind} α={alpha:g}" for kind in ("transplanted", "shuffled labels") for alpha in args.alphas) + " |")
-    print("|---|---|" + "---|" * (2 * len(args.alphas)))
-    for emotion, similarity, scores in rows:
-        print(f"| {emotion} | {similarity:.2f} | " + " | ".join(
-            f"{scores[kind, alpha]:.2f}" for kind in ("transplanted", "shuffled labels") for alpha in args.alphas) + " |")
+
+def render(document: dict) -> str:
+    """The docs/RESULTS.md table, from the numbers `main` measured."""
+    columns = [f"{kind} α={alpha:g}" for kind in ("transplanted", "shuffled labels") for alpha in document["alphas"]]
+    lines = ["| emotion | cos(transplanted, shuffled) | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for row in document["rows"]:
+        lines.append(f"| {row['emotion']} | {row['cosine']:.2f} | " + " | ".join(f"{row['success'][c]:.2f}" for c in columns) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

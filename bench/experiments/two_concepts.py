@@ -10,6 +10,8 @@ Run: python bench/experiments/two_concepts.py [--limit 60] [--alphas 1 1] [--dat
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from lm_eval_contrans.experiments.data import (
     SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
@@ -23,7 +25,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--alphas", type=float, nargs=2, default=[1.0, 1.0], metavar=("SENTIMENT", "TOXICITY"))
     add_json_argument(parser)
+    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.json).read_text())))
+        return
 
     from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
@@ -39,12 +45,20 @@ def main() -> None:
     rows = grid.run(GridRow(name, "contrans", TARGET, transplants, tuple(alphas)) for name, alphas in [
         ("none", (0.0, 0.0)), (f"sentiment α={a:g}", (a, 0.0)), (f"toxicity α={b:g}", (0.0, b)),
         (f"sentiment α={a:g} + toxicity α={b:g}", (a, b))])
-    print("\n| steering | sentiment acc_norm | sentiment margin | toxicity acc_norm | toxicity margin |\n|---|---|---|---|---|")
-    for row in rows:
+    document = {"limit": args.limit, "recipe": args.recipe, "rows": [row.to_json() for row in rows]}
+    write_json(args.json, document)
+    print(render(document))
+
+
+def render(document: dict) -> str:
+    from lm_eval_contrans.experiments.report import Row
+
+    lines = ["| steering | sentiment acc_norm | sentiment margin | toxicity acc_norm | toxicity margin |", "|---|---|---|---|---|"]
+    for row in map(lambda saved: Row(**saved), document["rows"]):
         cells = [f"{row.value(task, metric):.3f} ± {row.value(task, metric + '_stderr'):.3f}"
                  for task in ("contrans_sentiment", "contrans_toxicity") for metric in ("acc_norm", "margin")]
-        print(f"| {row.name} | " + " | ".join(cells) + " |", flush=True)
-    write_json(args.json, {"limit": args.limit, "recipe": args.recipe, "rows": [row.to_json() for row in rows]})
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
