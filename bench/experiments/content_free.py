@@ -42,7 +42,11 @@ def main() -> None:
     add_data_argument(parser)
     parser.add_argument("--target", default=TARGET, help="whose tokenizer counts the tokens (default: the packaged Gemma 3)")
     add_json_argument(parser)
+    parser.add_argument("--render", action="store_true", help="print the figures from --json without reading the data")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.json).read_text())))
+        return
     document = {"scorers": {}}
 
     from transformers import AutoTokenizer
@@ -87,6 +91,17 @@ def main() -> None:
                     mc2_false_tokens=statistics.mean(false_tokens), toxicity_lists=len(wins),
                     toxicity_acc_norm_uniform_tokens=statistics.mean(wins))
     write_json(args.json, document)
+
+
+def render(document: dict) -> str:
+    """The figures docs/RESULTS.md quotes, from the numbers `main` measured."""
+    lines = ["| scorer | MC1 | MC2 |", "|---|---|---|"]
+    lines += [f"| {name} | {values['mc1']:.3f} | {values['mc2']:.3f} |" for name, values in document["scorers"].items()]
+    lines.append(f"\nMC2 answers ({document['questions']} questions): true {document['mc2_true_tokens']:.2f} tokens on "
+                 f"average, false {document['mc2_false_tokens']:.2f}")
+    lines.append(f"contrans_toxicity ({document['toxicity_lists']} prompt lists): acc_norm of a scorer that finds every "
+                 f"token equally unlikely {document['toxicity_acc_norm_uniform_tokens']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ Run:  python bench/experiments/direction_spread.py      (about 3 min on 2 cores 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_json_argument, machine, write_json
 
@@ -23,7 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", nargs="+", default=CONCEPTS)
     add_json_argument(parser)
+    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
     args = parser.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.json).read_text())))
+        return
 
     from transformers import AutoConfig
 
@@ -56,13 +62,21 @@ def main() -> None:
         own = target_own_vector(transplant, load_concept_set(concept), anchor_texts, device="cpu").double()
         rows.append((concept, block, unit, float((states[block] @ direction).std()) / unit,
                      float(own @ direction) / unit, float((states[block] @ random_direction).std()) / unit))
-    print("\n| concept | target block | norm at α = 1 | spread along the transplant | target's own separation along it | spread along the random control |")
-    print("|---|---|---|---|---|---|")
-    for concept, block, unit, spread, separation, random_spread in rows:
-        print(f"| {concept} | {block} | {unit:,.0f} | {spread:.2f} | {separation:.2f} | {random_spread:.3f} |")
-    print("\n(spreads and separations in units of the α = 1 norm: α = 1 moves a state 1 / spread standard deviations)")
-    write_json(args.json, {"rows": [dict(zip(("concept", "target_block", "norm_at_alpha_1", "spread", "own_separation",
-                                              "random_spread"), row)) for row in rows]})
+    document = {"rows": [dict(zip(("concept", "target_block", "norm_at_alpha_1", "spread", "own_separation",
+                                   "random_spread"), row)) for row in rows]}
+    write_json(args.json, document)
+    print("\n" + render(document))
+
+
+def render(document: dict) -> str:
+    """The docs/RESULTS.md table, from the numbers `main` measured."""
+    lines = ["| concept | target block | norm at α = 1 | spread along the transplant | target's own separation along it "
+             "| spread along the random control |", "|---|---|---|---|---|---|"]
+    for row in document["rows"]:
+        lines.append(f"| {row['concept']} | {row['target_block']} | {row['norm_at_alpha_1']:,.0f} | {row['spread']:.2f} | "
+                     f"{row['own_separation']:.2f} | {row['random_spread']:.3f} |")
+    lines.append("\n(spreads and separations in units of the α = 1 norm: α = 1 moves a state 1 / spread standard deviations)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
