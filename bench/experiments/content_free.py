@@ -20,10 +20,9 @@ import argparse
 import json
 import math
 import statistics
-from pathlib import Path
 
 from lm_eval_contrans.experiments.data import (
-    TARGET, add_data_argument, add_json_argument, data_folder, task_metadata, write_json,
+    TARGET, add_data_argument, add_json_argument, data_folder, printed_from_saved, task_metadata, write_json,
 )
 
 
@@ -41,11 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(parser)
     parser.add_argument("--target", default=TARGET, help="whose tokenizer counts the tokens (default: the packaged Gemma 3)")
-    add_json_argument(parser)
-    parser.add_argument("--render", action="store_true", help="print the figures from --json without reading the data")
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
-    if args.render:
-        print(render(json.loads(Path(args.json).read_text())))
+    if printed_from_saved(args, render):
         return
     document = {"scorers": {}}
 

@@ -13,10 +13,8 @@ Run:  python bench/experiments/direction_spread.py      (about 3 min on 2 cores 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_json_argument, machine, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_json_argument, machine, printed_from_saved, write_json
 
 CONCEPTS = ["honesty", "toxicity", "sentiment", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 
@@ -24,11 +22,9 @@ CONCEPTS = ["honesty", "toxicity", "sentiment", "happiness", "sadness", "anger",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", nargs="+", default=CONCEPTS)
-    add_json_argument(parser)
-    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
-    if args.render:
-        print(render(json.loads(Path(args.json).read_text())))
+    if printed_from_saved(args, render):
         return
 
     from transformers import AutoConfig

@@ -19,13 +19,12 @@ Run: pip install --no-deps repeng==0.4.0
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from lm_eval_contrans.experiments.data import (
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
 )
 
 TASKS = {"contrans_sentiment": ("acc_norm", "margin"), "contrans_emotion_happiness": ("acc",)}
@@ -47,11 +46,9 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--emotion-docs", type=int, default=40, help="happiness scenarios (make_results.py uses 40)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
-    add_json_argument(parser)
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
-    if args.render:
-        print(render(json.loads(Path(args.json).read_text())))
+    if printed_from_saved(args, render):
         return
     document = measure(args)
     write_json(args.json, document)

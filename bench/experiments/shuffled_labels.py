@@ -19,7 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata,
+)
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 
@@ -47,11 +49,9 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
     parser.add_argument("--emotions", nargs="+", default=EMOTIONS)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--json", default=None, help="also write the table's numbers to this file")
-    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
-    if args.render:
-        print(render(json.loads(Path(args.json).read_text())))
+    if printed_from_saved(args, render):
         return
 
     from lm_eval_contrans.cache import cache_root

@@ -10,11 +10,9 @@ Run: python bench/experiments/two_concepts.py [--limit 60] [--alphas 1 1] [--dat
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from lm_eval_contrans.experiments.data import (
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
 )
 
 
@@ -24,11 +22,9 @@ def main() -> None:
     parser.add_argument("--recipe", default="default", choices=["default", "reference"])
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--alphas", type=float, nargs=2, default=[1.0, 1.0], metavar=("SENTIMENT", "TOXICITY"))
-    add_json_argument(parser)
-    parser.add_argument("--render", action="store_true", help="print the table from --json without running a model")
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
-    if args.render:
-        print(render(json.loads(Path(args.json).read_text())))
+    if printed_from_saved(args, render):
         return
 
     from lm_eval_contrans.cache import cache_root

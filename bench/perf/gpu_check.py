@@ -42,9 +42,12 @@ def main() -> None:
     parser.add_argument("--target", default=None)
     parser.add_argument("--json", default=None, help="also write the throughput figures to this JSON file")
     args = parser.parse_args()
+    from lm_eval_contrans.experiments.data import write_json
+
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
     if args.source and args.target:
-        real_check(args.source, args.target)
+        figures = real_check(args.source, args.target)
+        write_json(args.json, figures)
         return
     tokenizer = _word_level_tokenizer()
     root = Path(tempfile.mkdtemp())
@@ -60,10 +63,10 @@ def main() -> None:
         tokenizer.save_pretrained(root / name)
     del source, target
 
-    checks(str(root / "source"), str(root / "target"), root / "target", tokenizer)
+    write_json(args.json, checks(str(root / "source"), str(root / "target"), root / "target", tokenizer))
 
 
-def real_check(source: str, target: str) -> None:
+def real_check(source: str, target: str) -> dict:
     from transformers import AutoTokenizer
 
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
@@ -72,10 +75,10 @@ def real_check(source: str, target: str) -> None:
     folder = Path(pretrained_path(parse_model_spec(target, "target")))  # de-quantizes a GGUF file once
     pretrained_path(parse_model_spec(source, "source"))
     print(f"0. de-quantized both GGUF files in {time.perf_counter() - start:.1f} s", flush=True)
-    checks(source, target, folder, AutoTokenizer.from_pretrained(folder))
+    return checks(source, target, folder, AutoTokenizer.from_pretrained(folder))
 
 
-def checks(source: str, target: str, target_folder: Path, tokenizer) -> None:
+def checks(source: str, target: str, target_folder: Path, tokenizer) -> dict:
     from transformers import AutoModelForCausalLM
 
     from lm_eval_contrans.blocks import decoder_blocks
@@ -140,10 +143,8 @@ def checks(source: str, target: str, target_folder: Path, tokenizer) -> None:
     print(f"3. forward 32 x 256 tokens, bfloat16, device_map=auto: plain {plain_time * 1e3:.2f} ms, steered "
           f"{steered_time * 1e3:.2f} ms (medians of 10); RATIO throughput steered / plain = {plain_time / steered_time:.3f}",
           flush=True)
-    from lm_eval_contrans.experiments.data import write_json
-
-    write_json(args.json, {"device": torch.cuda.get_device_name(0), "plain_ms": plain_time * 1e3,
-                           "steered_ms": steered_time * 1e3, "ratio": plain_time / steered_time})
+    return {"device": torch.cuda.get_device_name(0), "plain_ms": plain_time * 1e3, "steered_ms": steered_time * 1e3,
+            "ratio": plain_time / steered_time}
 
 
 if __name__ == "__main__":

@@ -58,8 +58,24 @@ def add_pair_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def add_json_argument(parser, default: str | None = None) -> None:
+def add_json_argument(parser, default: str | None = None, render: bool = False) -> None:
+    """--json FILE (the numbers, written after a run); with `render`, also --render (print from FILE)."""
     parser.add_argument("--json", default=default, help="also write the numbers to this JSON file")
+    if render:
+        parser.add_argument("--render", action="store_true", help="print the tables from --json without running a model")
+
+
+def printed_from_saved(args, render) -> bool:
+    """With --render, print `render(the saved --json document)` and say so (the script stops there)."""
+    if not getattr(args, "render", False):
+        return False
+    if not args.json or not Path(args.json).is_file():
+        raise ConTransError("render", f"--render prints from a saved run: give --json FILE of one "
+                                      f"({args.json or 'none given'} is not a file; run without --render to make it)")
+    import json
+
+    print(render(json.loads(Path(args.json).read_text())))
+    return True
 
 
 def write_json(path: str | os.PathLike | None, document: dict) -> None:
