@@ -100,3 +100,19 @@ def test_the_data_folder_comes_from_the_argument_or_the_environment(tmp_path, mo
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
     assert data_folder(None) == tmp_path
     assert task_metadata(data_folder(None))["emotion_data"] == str(tmp_path / "emotions" / "scenarios_dev.json")
+
+
+def test_render_prints_a_saved_run_and_names_what_is_missing(tmp_path, capsys):
+    import argparse
+
+    from lm_eval_contrans.experiments.data import add_json_argument, printed_from_saved, write_json
+
+    parser = argparse.ArgumentParser()
+    add_json_argument(parser, render=True)
+    render = lambda document: f"{len(document['rows'])} rows"  # noqa: E731
+    assert not printed_from_saved(parser.parse_args([]), render)  # no --render: the script runs
+    with pytest.raises(ConTransError, match="^render: --render prints from a saved run"):
+        printed_from_saved(parser.parse_args(["--render", "--json", str(tmp_path / "none.json")]), render)
+    write_json(tmp_path / "saved.json", {"rows": [1, 2, 3]})
+    assert printed_from_saved(parser.parse_args(["--render", "--json", str(tmp_path / "saved.json")]), render)
+    assert capsys.readouterr().out == "3 rows\n"
