@@ -99,8 +99,7 @@ def read_vector(path: str | Path, source_layer: int | str | None = None, argumen
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     suffix = path.suffix.lower()
     if suffix == ".gguf":
-        directions, hint, kind = _from_gguf(path, argument), _gguf_model_hint(path), "gguf"
-        coefficients = {}
+        (directions, hint), kind, coefficients = _from_gguf(path, argument), "gguf", {}
     elif suffix == ".pt":
         directions, coefficients, kind = _from_pt(path, argument)
         hint = None
@@ -131,11 +130,12 @@ def read_vector(path: str | Path, source_layer: int | str | None = None, argumen
                          coefficients=coefficients)
 
 
-def _from_gguf(path: Path, argument: str) -> dict[int, torch.Tensor]:
+def _from_gguf(path: Path, argument: str) -> tuple[dict[int, torch.Tensor], str | None]:
+    """(directions by block, the file's model hint), from one read of the file."""
     from lm_eval_contrans.export import read_gguf_control_vector
 
     try:
-        _, tensors = read_gguf_control_vector(path)
+        metadata, tensors = read_gguf_control_vector(path)
     except Exception as error:  # gguf raises ValueError, KeyError, struct errors on a foreign file
         raise ConTransError(argument, f"{path} is not a readable GGUF file: {error}") from None
     directions = {int(name.split(".", 1)[1]): tensor for name, tensor in tensors.items()
@@ -143,15 +143,8 @@ def _from_gguf(path: Path, argument: str) -> dict[int, torch.Tensor]:
     if not directions:
         raise ConTransError(argument, f"{path} has no direction.<block> tensors; it is not a control vector "
                                       f"(tensors: {', '.join(sorted(tensors)[:5]) or 'none'})")
-    return directions
-
-
-def _gguf_model_hint(path: Path) -> str | None:
-    from lm_eval_contrans.export import read_gguf_control_vector
-
-    metadata, _ = read_gguf_control_vector(path)
     hint = metadata.get("controlvector.model_hint")
-    return str(hint) if hint else None
+    return directions, (str(hint) if hint else None)
 
 
 def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:

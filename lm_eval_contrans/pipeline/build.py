@@ -26,7 +26,7 @@ from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, parse_model_spec, pretrained_path, return_freed_memory_to_the_os,
 )
 from lm_eval_contrans.pipeline.depth import (
-    config_facts, config_layer_count, is_auto, model_layer_count, model_type_of, relative_depth, target_block,
+    config_facts, config_layer_count, is_auto, load_config, model_layer_count, model_type_of, relative_depth, target_block,
 )
 from lm_eval_contrans.pipeline.fit import make_transplant
 from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
@@ -214,9 +214,7 @@ def _target_states(plan: BuildPlan, model, tokenizer, num_layers: int, dtype: st
 
 
 def _configured_model_type(spec: ModelSpec) -> str:
-    from transformers import AutoConfig
-
-    return model_type_of(AutoConfig.from_pretrained(pretrained_path(spec)))
+    return model_type_of(load_config(pretrained_path(spec)))
 
 
 def _transplants(plan: BuildPlan, sources: list[ConceptStates], targets: list) -> list[Transplant]:

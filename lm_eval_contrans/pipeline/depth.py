@@ -14,24 +14,26 @@ def model_layer_count(model: nn.Module) -> int:
     return len(decoder_blocks(model))
 
 
-def config_layer_count(folder: str) -> int | None:
-    """Decoder-block count from the config alone (no weights), or None if it does not say."""
+def load_config(folder: str):
+    """The model's Hugging Face config (no weights), or None where there is none to read."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(folder)
     except Exception:
         return None
-    return configured_layer_count(config)
+
+
+def config_layer_count(folder: str) -> int | None:
+    """Decoder-block count from the config alone (no weights), or None if it does not say."""
+    config = load_config(folder)
+    return None if config is None else configured_layer_count(config)
 
 
 def config_facts(folder: str) -> dict:
     """Block count, hidden size and model type from the config alone (None where it does not say)."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except Exception:
+    config = load_config(folder)
+    if config is None:
         return {"num_layers": None, "hidden_size": None, "model_type": None}
     text = getattr(config, "text_config", None) or config
     hidden = next((getattr(text, name) for name in ("hidden_size", "n_embd", "d_model")

@@ -54,17 +54,16 @@ def make_transplant(
         # States are named by their cache keys (which pin model, block, dtype, corpus and token pairing);
         # states held only in memory are not remembered.
         named = source.anchor_key(layer), target.key
-        key = (recipe.map_method, recipe.ridge, recipe.center, *named)
-        if None in named:
+        key = None if None in named else (recipe.map_method, recipe.ridge, recipe.center, *named)
+        if key not in _FITS:
             fits[layer] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
                                          center=recipe.center, groups=groups)
-            continue
-        if key not in _FITS:
-            if len(_FITS) >= FITS_KEPT:
-                _FITS.pop(next(iter(_FITS)))
-            _FITS[key] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
-                                        center=recipe.center, groups=groups)
-        fits[layer] = _FITS[key]
+            if key is not None:
+                if len(_FITS) >= FITS_KEPT:
+                    _FITS.pop(next(iter(_FITS)))
+                _FITS[key] = fits[layer]
+        else:
+            fits[layer] = _FITS[key]
     layer = max(fits, key=lambda index: fits[index].heldout_r2)
     linear_map = fits[layer]
     extra = {"imported": concept.vector.origin()} if isinstance(concept, ImportedDirection) else {}
