@@ -182,8 +182,8 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _environment_described_once():
-    """lm-eval runs torch's collect_env (`pip list` and more, 3-7 s) after every in-process evaluation;
-    the machine does not change within a test session, so it is described once."""
+    """lm-eval runs torch's collect_env (`pip list` and more; about 1 s a call after the first) after every
+    in-process evaluation; the machine does not change within a test session, so it is described once."""
     from lm_eval_contrans.experiments.grid import environment_described_once
 
     with environment_described_once():

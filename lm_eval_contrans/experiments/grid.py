@@ -84,7 +84,8 @@ _ENVIRONMENT: list[str] = []
 @contextmanager
 def environment_described_once() -> Iterator[None]:
     """lm-eval describes the machine after every evaluation with torch's collect_env, which runs
-    `pip list` and more (3-7 s on 2 cores); within the block it is described once per process."""
+    `pip list` and more (about 1 s a call on 2 cores after the first's 3-5 s, bench/README.md); within the
+    block it is described once per process."""
     import torch.utils.collect_env as collect_env
 
     original = collect_env.get_pretty_env_info
