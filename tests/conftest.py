@@ -190,18 +190,55 @@ def _environment_described_once():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _task_folders_indexed_once():
+    """lm-eval's TaskManager parses every task YAML under its folders (about 14,000 files, 8 s on 2 cores) each
+    time one is made, and most tests make one. Within a session each folder's index is built once per
+    state of its YAML files (paths and modification times), so a test that writes a task gets it indexed."""
+    from lm_eval.tasks import _index
+
+    build, built = _index.TaskIndex.build, {}
+
+    def build_each_folder_once(paths, *, resolve_includes=True):
+        index = {}
+        for root in paths:
+            files = tuple((str(path), path.stat().st_mtime_ns) for path in sorted(Path(root).glob("**/*.yaml")))
+            key = (str(root), resolve_includes, files)
+            if key not in built:
+                built[key] = build([root], resolve_includes=resolve_includes)
+            index.update(built[key])  # later folders override earlier ones, as in lm-eval
+        return index
+
+    _index.TaskIndex.build = staticmethod(build_each_folder_once)
+    yield
+    _index.TaskIndex.build = staticmethod(build)
+
+
 def load(folder: Path):
     from lm_eval_contrans.loading import load_model
 
     return load_model(str(folder), dtype="float32", device="cpu")
 
 
-SLOW_MARKS = ("cli", "real")
+def evaluate(model_args: str, tasks: list[str], model: str = "hf", metadata: dict | None = None,
+             include_path: str | None = None, **options) -> dict:
+    """What `lm_eval --model M --model_args A --tasks T --metadata J --include_path P --device cpu --log_samples`
+    computes, in this process (the command line itself is tested in test_cli.py): lm-eval's results with
+    "samples" (each document's doc, responses and per-sample metrics) and "n-samples"."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=include_path, metadata=metadata or {})
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks, task_manager=task_manager,
+                                   device="cpu", log_samples=True, metadata=metadata, verbosity="ERROR", **options)
+
+
+SLOW_MARKS = ("cli", "tasks", "real")
 
 
 def pytest_addoption(parser):
     parser.addoption("--all", action="store_true",
-                     help="also run the slower command-line (-m cli) and real-model (-m real) checks, as CI does")
+                     help="also run the slower task (-m tasks), command-line (-m cli) and real-model (-m real) checks, as CI does")
 
 
 def pytest_collection_modifyitems(config, items):

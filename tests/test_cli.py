@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import evaluate
+
 pytestmark = pytest.mark.cli
 BIN = Path(sys.executable).parent
 
@@ -38,7 +40,8 @@ def test_lm_eval_cli_finds_and_runs_contrans(tiny_llama_dir, tiny_gpt2_dir, task
                   f"save_vector={artifact}")
     result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", model_args,
                   "--tasks", "contrans_tiny_choice,contrans_tiny_generate", "--include_path", str(task_dir),
-                  "--limit", "4", "--batch_size", "2", "--device", "cpu", "--output_path", str(output)], tmp_path)
+                  "--limit", "4", "--batch_size", "2", "--device", "cpu", "--output_path", str(output),
+                  "--log_samples"], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     results = lm_eval_results(output)
     assert results["config"]["model"] == "contrans"
@@ -46,24 +49,13 @@ def test_lm_eval_cli_finds_and_runs_contrans(tiny_llama_dir, tiny_gpt2_dir, task
     assert set(results["results"]) == {"contrans_tiny_choice", "contrans_tiny_generate"}
     assert artifact.is_file()
 
-    # the same run through the plain hf model differs: the transplant did something
-    plain_output = tmp_path / "plain"
-    plain = run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={tiny_gpt2_dir}",
-                 "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit", "4",
-                 "--device", "cpu", "--output_path", str(plain_output), "--log_samples"], tmp_path)
-    assert plain.returncode == 0, plain.stderr[-4000:]
-    steered_output = tmp_path / "steered"
-    steered = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args",
-                   f"target={tiny_gpt2_dir},vector={artifact},alpha=50", "--tasks", "contrans_tiny_choice",
-                   "--include_path", str(task_dir), "--limit", "4", "--device", "cpu",
-                   "--output_path", str(steered_output), "--log_samples"], tmp_path)
-    assert steered.returncode == 0, steered.stderr[-4000:]
-
-    def loglikelihoods(folder: Path) -> list:
-        samples = sorted(folder.rglob("samples_contrans_tiny_choice_*.jsonl"))[-1]
-        return [row["resps"] for row in map(json.loads, samples.read_text().splitlines())]
-
-    assert loglikelihoods(plain_output) != loglikelihoods(steered_output)
+    # the plain target scores the same documents differently: the transplant did something
+    plain = evaluate(f"pretrained={tiny_gpt2_dir}", ["contrans_tiny_choice"], include_path=str(task_dir), limit=4)
+    samples = sorted(output.rglob("samples_contrans_tiny_choice_*.jsonl"))[-1]
+    steered = {row["doc_id"]: [float(choice[0][0]) for choice in row["resps"]]
+               for row in map(json.loads, samples.read_text().splitlines())}
+    unsteered = {row["doc_id"]: [float(choice[0][0]) for choice in row["resps"]] for row in plain["samples"]["contrans_tiny_choice"]}
+    assert set(steered) == set(unsteered) and steered != unsteered
 
 
 def test_lm_eval_cli_reports_a_clear_error(tiny_gpt2_dir, task_dir, tmp_path):
@@ -190,19 +182,21 @@ def test_lm_eval_cli_with_lm_evals_own_defaults(tiny_llama_dir, tiny_gpt2_dir, t
                           f"dtype=auto,save_vector={artifact}", tmp_path / "steered")
     assert set(steered["results"]) == {"contrans_tiny_choice", "contrans_tiny_generate"}
     assert steered["config"]["random_seed"] == 3 and steered["config"]["batch_size"] == "auto"
-    unsteered = lm_eval_run(f"target={target},vector={artifact},alpha=0", tmp_path / "unsteered")
-
-    def generations(folder: Path) -> list[tuple[str, list]]:
-        samples = sorted(folder.rglob("samples_contrans_tiny_generate_*.jsonl"))[-1]
-        return [(row["arguments"]["gen_args_0"]["arg_0"], row["resps"])
-                for row in map(json.loads, samples.read_text().splitlines())]
-
-    steered_rows, unsteered_rows = generations(tmp_path / "steered"), generations(tmp_path / "unsteered")
-    prompt = steered_rows[0][0]
+    # the same settings in this process with the vector switched off (alpha=0)
+    unsteered = evaluate(f"target={target},vector={artifact},alpha=0", ["contrans_tiny_choice", "contrans_tiny_generate"],
+                         model="contrans", include_path=str(task_dir), limit=2, batch_size="auto",
+                         apply_chat_template=True, fewshot_as_multiturn=True, num_fewshot=1, gen_kwargs="max_gen_toks=5",
+                         random_seed=3, numpy_random_seed=3, torch_random_seed=3, fewshot_random_seed=3)
+    samples = sorted((tmp_path / "steered").rglob("samples_contrans_tiny_generate_*.jsonl"))[-1]
+    steered_rows = sorted((row["doc_id"], row["arguments"]["gen_args_0"]["arg_0"], row["resps"])
+                          for row in map(json.loads, samples.read_text().splitlines()))
+    unsteered_rows = sorted((row["doc_id"], row["arguments"][0][0], json.loads(json.dumps(row["resps"])))
+                            for row in unsteered["samples"]["contrans_tiny_generate"])
+    prompt = steered_rows[0][1]
     # the prompt the model saw is the chat-formatted one, with the few-shot example as an earlier turn
     assert prompt.count("[user]") == 2 and prompt.rstrip().endswith("[assistant]"), prompt
-    assert [row[0] for row in unsteered_rows] == [row[0] for row in steered_rows]
-    assert [row[1] for row in unsteered_rows] != [row[1] for row in steered_rows]  # the steer reached it
+    assert [row[:2] for row in unsteered_rows] == [row[:2] for row in steered_rows]
+    assert [row[2] for row in unsteered_rows] != [row[2] for row in steered_rows]  # the steer reached it
 
 
 def test_contrans_compare_runs_the_users_own_tasks(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):

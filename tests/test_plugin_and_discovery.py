@@ -29,9 +29,9 @@ def test_contrans_is_declared_in_lm_evals_entry_point_group():
 @pytest.mark.cli  # a fresh interpreter indexing lm-eval's tasks: slow
 @pytest.mark.parametrize("switch", ["0", None])
 def test_task_manager_patch_can_be_switched_off(switch, task_dir):
-    probe = ("from lm_eval.tasks import TaskManager\n"
-             f"print('contrans_facts' in TaskManager().all_tasks, "
-             f"'contrans_tiny_choice' in TaskManager(include_path={str(task_dir)!r}).all_tasks)")
+    probe = ("from lm_eval.tasks import TaskManager\n"  # one TaskManager: indexing lm-eval's tasks takes seconds
+             f"tasks = TaskManager(include_path={str(task_dir)!r}).all_tasks\n"
+             "print('contrans_facts' in tasks, 'contrans_tiny_choice' in tasks)")
     env = {key: value for key, value in os.environ.items() if key != "CONTRANS_ADD_TASKS"}
     if switch is not None:
         env["CONTRANS_ADD_TASKS"] = switch
@@ -151,3 +151,15 @@ def test_tokenizer_without_offsets_falls_back_to_last_token_anchors(tiny_llama_d
     assert transplant.anchor_tokens == "last" and transplant.anchor_count == 80
     assert "gives no character offsets" in transplant.extra["anchor_tokens_fallback"]
     assert sum("using anchor_tokens=last" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_a_task_written_after_its_folder_was_indexed_is_found(tmp_path):
+    """The test session indexes each task folder once per state of its YAML files (conftest); a task
+    added later is indexed, as a fresh TaskManager in lm-eval would."""
+    from lm_eval.tasks import TaskManager
+
+    (tmp_path / "one.yaml").write_text("task: contrans_probe_one\ndataset_path: json\noutput_type: multiple_choice\n")
+    assert "contrans_probe_one" in TaskManager(include_path=str(tmp_path)).all_tasks
+    (tmp_path / "two.yaml").write_text("task: contrans_probe_two\ndataset_path: json\noutput_type: multiple_choice\n")
+    tasks = TaskManager(include_path=str(tmp_path)).all_tasks
+    assert {"contrans_probe_one", "contrans_probe_two"} <= set(tasks) and "contrans_facts" in tasks

@@ -5,7 +5,7 @@ With --random, each transplant row has a random-vector row of equal norm beside 
 gives the factual-completion control (contrans_facts acc) under each concept's transplant.
 
 With --json FILE the scores are written to FILE, and a second run with the same FILE skips the rows
-already there and prints the table from it (the file records the settings; it refuses to mix runs
+already there and prints the tables from it (`render`; bench/render_docs.py writes them into docs/RESULTS.md) (the file records the settings; it refuses to mix runs
 with other ones). The rows run on the experiment grid, whose folder in the cache keeps each row as it
 finishes, so a long run that is stopped resumes where it was.
 
@@ -23,7 +23,9 @@ import os
 import time
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import add_data_argument, add_pair_arguments, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    add_data_argument, add_pair_arguments, data_folder, machine, task_metadata, write_json,
+)
 
 FACTS = ("contrans_facts", "acc")
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
@@ -121,36 +123,73 @@ def main() -> None:
                     scores = {FACTS: scores[FACTS]}
                 rows.setdefault(row, {}).update(scores)
         print(f"[{time.time() - started:6.0f} s] {len(grid_rows)} rows measured", flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps({
-                "settings": settings, "heldout_r2": diagnostics,
-                "rows": {name: {f"{t}/{m}": v for (t, m), v in scored.items()} for name, scored in rows.items()}}, indent=1))
+        write_json(args.json, {"settings": settings, "heldout_r2": diagnostics,
+                               "rows": {name: {f"{t}/{m}": v for (t, m), v in scored.items()} for name, scored in rows.items()}})
 
-    named = {"base target": f"base target ({args.target})", "source": f"source ({args.source})"}
-    header = "| model | " + " | ".join(f"{task.removeprefix('contrans_')} {metric}" for task, metric in columns) + " |"
-    print("\n" + header + "\n|" + "---|" * (len(columns) + 1))
-    for name, scores in rows.items():
-        if name.startswith("facts under"):
-            continue
-        cells = []
-        for column in columns:
-            value, stderr = scores.get(column, (None, None))
-            cells.append("—" if value is None else f"{value:.3f}" + (f" ± {stderr:.3f}" if isinstance(stderr, float) else ""))
-        print(f"| {named.get(name, name)} | " + " | ".join(cells) + " |")
-
-    base_facts = rows["base target"][FACTS][0]
-    print(f"\nfacts acc under each steer (base target {base_facts:.3f}; difference to it in points):\n")
-    print("| concept | steer | " + " | ".join(f"α={alpha:g}" for alpha in args.alphas) + " |")
-    print("|---|---|" + "---|" * len(args.alphas))
-    for concept in args.concepts:
-        for kind in steer_names:
-            cells = [rows.get(f"facts under {concept} {kind} α={alpha:g}", {}).get(FACTS) for alpha in args.alphas]
-            print(f"| {concept} | {kind} | " + " | ".join("—" if cell is None else f"{cell[0]:.3f} ({100 * (cell[0] - base_facts):+.1f})"
-                                                       for cell in cells) + " |")
-    if diagnostics:
-        print("\nheld-out R^2 of the map: " + ", ".join(f"{c} {r:.3f}" for c, r in diagnostics.items()))
+    document = {"settings": settings, "heldout_r2": diagnostics,
+                "rows": {name: {f"{t}/{m}": v for (t, m), v in scored.items()} for name, scored in rows.items()}}
+    print("\n" + render(document))
     print(f"[{time.time() - started:6.0f} s] done", flush=True)
 
+
+def render(document: dict) -> str:
+    """The tables docs/RESULTS.md shows, from a saved run: honesty, toxicity and sentiment per row; each
+    emotion's success / own-scenario accuracy; the facts under every steer."""
+    rows, settings = document["rows"], document["settings"]
+    alphas = sorted({float(name.rsplit("α=", 1)[1]) for name in rows if name.startswith("+ ")})
+    steers = [f"+ {kind} α={alpha:g}" for kind in ("ConTrans", "random") for alpha in alphas if f"+ {kind} α={alpha:g}" in rows]
+    named = {"base target": f"base target ({settings['target']})", "source": f"source ({settings['source']})"}
+
+    def value(row: str, task: str, metric: str) -> list | None:
+        return rows.get(row, {}).get(f"{task}/{metric}")
+
+    def scored(cell: list | None) -> str:
+        return "—" if cell is None else f"{cell[0]:.3f}" + (f" ± {cell[1]:.3f}" if isinstance(cell[1], float) else "")
+
+    columns = [column for concept in ("honesty", "toxicity", "sentiment") for column in CONCEPT_TASKS[concept]]
+    lines = ["**Honesty, toxicity, sentiment**", "",
+             "| model | " + " | ".join(f"{task.removeprefix('contrans_')} {metric}" for task, metric in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    lines += [f"| {named.get(row, row)} | " + " | ".join(scored(value(row, *column)) for column in columns) + " |"
+              for row in ["base target", "source", *steers] if any(value(row, *column) for column in columns)]
+
+    def emotion_cells(row: str) -> list[str]:
+        return [" / ".join("—" if cell is None else f"{cell[0]:.3f}" for cell in
+                           (value(row, f"contrans_emotion_{e}", "acc"), value(row, f"contrans_emotion_{e}_own", "acc")))
+                for e in EMOTIONS]
+
+    def reached(row: str) -> str:
+        return f"{sum((value(row, f'contrans_emotion_{e}', 'acc') or [0])[0] >= 0.8 for e in EMOTIONS)}/6"
+
+    lines += ["", "**Emotions**: steering success on the other emotions' scenarios / accuracy on the emotion's own", "",
+              "| model | " + " | ".join(EMOTIONS) + " | success ≥ 0.8 |", "|" + "---|" * (len(EMOTIONS) + 2)]
+    randoms = [row for row in steers if row.startswith("+ random")]
+    for row in ["base target", "source", *(row for row in steers if row not in randoms)]:
+        if any(value(row, f"contrans_emotion_{e}", "acc") for e in EMOTIONS):
+            lines.append(f"| {row} | " + " | ".join(emotion_cells(row)) + f" | {reached(row)} |")
+    if randoms and all(emotion_cells(row) == emotion_cells(randoms[0]) for row in randoms):  # one line for equal rows
+        label = "+ random α=" + ", ".join(row.rsplit("=", 1)[1] for row in randoms) + " (each)"
+        lines.append(f"| {label} | " + " | ".join(emotion_cells(randoms[0])) + f" | {reached(randoms[0])} |")
+    else:
+        lines += [f"| {row} | " + " | ".join(emotion_cells(row)) + f" | {reached(row)} |" for row in randoms]
+
+    base_facts = rows["base target"][f"{FACTS[0]}/{FACTS[1]}"][0]
+
+    def facts(concept: str, kind: str) -> list[str]:
+        cells = [value(f"facts under {concept} {kind} α={alpha:g}", *FACTS) for alpha in alphas]
+        return ["—" if cell is None else f"{cell[0]:.3f} ({100 * (cell[0] - base_facts):+.1f})" for cell in cells]
+
+    lines += ["", f"Facts accuracy under the same steers (base {base_facts:.3f}; change in points).", "",
+              "| concept | " + " | ".join(f"α={alpha:g}" for alpha in alphas) + " |", "|" + "---|" * (len(alphas) + 1)]
+    concepts = [concept for concept in CONCEPT_TASKS if any(value(f"facts under {concept} ConTrans α={a:g}", *FACTS) for a in alphas)]
+    lines += [f"| {concept} | " + " | ".join(facts(concept, "ConTrans")) + " |" for concept in concepts]
+    random_facts = {tuple(facts(concept, "random")) for concept in CONCEPT_TASKS
+                    if any(value(f"facts under {concept} random α={a:g}", *FACTS) for a in alphas)}
+    if len(random_facts) == 1:  # residual units: one random vector per alpha, whatever the concept
+        lines.append("| random (any concept) | " + " | ".join(next(iter(random_facts))) + " |")
+    if document.get("heldout_r2"):
+        lines += ["", "held-out R² of the map: " + ", ".join(f"{c} {r:.3f}" for c, r in document["heldout_r2"].items())]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

@@ -92,11 +92,11 @@ def main() -> None:
 
 def render(document: dict) -> str:
     """The figures docs/RESULTS.md quotes, from the numbers `main` measured."""
-    lines = ["| scorer | MC1 | MC2 |", "|---|---|---|"]
+    lines = ["| scorer that ignores the question | MC1 | MC2 |", "|---|---|---|"]
     lines += [f"| {name} | {values['mc1']:.3f} | {values['mc2']:.3f} |" for name, values in document["scorers"].items()]
     lines.append(f"\nMC2 answers ({document['questions']} questions): true {document['mc2_true_tokens']:.2f} tokens on "
                  f"average, false {document['mc2_false_tokens']:.2f}")
-    lines.append(f"contrans_toxicity ({document['toxicity_lists']} prompt lists): acc_norm of a scorer that finds every "
+    lines.append(f"\ncontrans_toxicity ({document['toxicity_lists']} prompt lists): acc_norm of a scorer that finds every "
                  f"token equally unlikely {document['toxicity_acc_norm_uniform_tokens']:.3f}")
     return "\n".join(lines)
 

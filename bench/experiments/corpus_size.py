@@ -5,19 +5,22 @@ vector and the target's own vector at the same block, and emotion steering succe
 first `--emotion-docs` dev scenarios of each `contrans_emotion_<e>` task.
 
 Decides whether a smaller default corpus would shorten the main job's first run (issue 18) without
-losing transfer. Run: python bench/experiments/corpus_size.py --data ../shared/data [--sizes 600 1200]
+losing transfer.
+Run: python bench/experiments/corpus_size.py --data ../shared/data [--sizes 600 1200] [--json FILE]
+     python bench/experiments/corpus_size.py --render --json bench/results/corpus_size.json   (the table, from a saved run)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
+)
 
 CONCEPTS = ["sentiment", "honesty", "toxicity", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 EMOTIONS = CONCEPTS[3:]
@@ -29,8 +32,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[600, 1200])
     parser.add_argument("--emotion-docs", type=int, default=40)
     parser.add_argument("--alpha", type=float, default=2.0)
-    parser.add_argument("--json", default=None)
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
+    if printed_from_saved(args, render):
+        return
 
     from lm_eval_contrans.anchors import load_anchor_texts
     from lm_eval_contrans.cache import cache_root
@@ -74,16 +79,25 @@ def main() -> None:
         print(f"[{time.time() - started:6.0f} s] {size:5d} texts: source block {row['source_block']}, held-out R^2 "
               f"{row['heldout_r2']:.3f}, mean cosine to own {row['mean_cos']:.3f}, emotions >= 0.8 at alpha "
               f"{args.alpha:g}: {row['emotions_at_0.8']}/6", flush=True)
-    print("\n| anchor texts | source block | held-out R² | mean cos to own | " + " | ".join(CONCEPTS)
-          + " | emotions ≥ 0.8 | " + " | ".join(EMOTIONS) + " |")
-    print("|" + "---|" * (5 + len(CONCEPTS) + len(EMOTIONS)))
-    for size, row in table.items():
-        print(f"| {size} | {row['source_block']} | {row['heldout_r2']:.3f} | {row['mean_cos']:.3f} | "
-              + " | ".join(f"{row['cos_to_own'][c]:.3f}" for c in CONCEPTS) + f" | {row['emotions_at_0.8']}/6 | "
-              + " | ".join(f"{row['emotion_success'][e]:.2f}" for e in EMOTIONS) + " |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=1))
+    document = {"alpha": args.alpha, "emotion_docs": args.emotion_docs, "shipped_texts": len(texts),
+                "sizes": {str(size): row for size, row in table.items()}}
+    print("\n" + render(document))
+    write_json(args.json, document)
 
+
+def render(document: dict) -> str:
+    """The table bench/README.md shows, from the numbers `main` measured."""
+    lines = ["| anchor texts | source block | held-out R² | mean cos to own | " + " | ".join(CONCEPTS)
+             + f" | emotions ≥ 0.8 at α = {document['alpha']:g} | " + " | ".join(EMOTIONS) + " |",
+             "|" + "---|" * (5 + len(CONCEPTS) + len(EMOTIONS))]
+    for size, row in document["sizes"].items():
+        label = f"{size} (shipped default)" if int(size) == document["shipped_texts"] else size
+        lines.append(f"| {label} | {row['source_block']} | {row['heldout_r2']:.3f} | {row['mean_cos']:.3f} | "
+                     + " | ".join(f"{row['cos_to_own'][c]:.3f}" for c in CONCEPTS) + f" | {row['emotions_at_0.8']}/6 | "
+                     + " | ".join(f"{row['emotion_success'][e]:.2f}" for e in EMOTIONS) + " |")
+    return "\n".join(lines) + (f"\n\nColumns 5–13: cosine to the target's own vector per concept; the last six: steering "
+                               f"success per emotion at α = {document['alpha']:g} on the first {document['emotion_docs']} "
+                               "dev scenarios of each task.")
 
 if __name__ == "__main__":
     main()

@@ -8,10 +8,11 @@ than noise, and then the paired difference between the transplant and the random
 alpha: whether the transplant beats the control on the same documents, not only the base. With
 --random-seeds N there are N random directions (seeds 0..N-1); the transplant is then paired with
 their mean on each document, which estimates "a random vector of equal norm" with less noise than
-one direction does. --json writes every per-document score.
+one direction does. --json writes every per-document score; --render --json FILE prints the tables from it.
 
 Run:  python bench/experiments/default_alpha.py --data ../shared/data [--honesty 50 --toxicity 100]   (about 30 min on 2 cores)
       python bench/experiments/default_alpha.py --concepts toxicity --toxicity 0   (one concept)
+      python bench/experiments/default_alpha.py --render --json bench/results/default_alpha.json   (from a saved run)
       python bench/experiments/default_alpha.py --honesty 0 --toxicity 0 --alphas 1 2 5 --device cuda
             --source S.gguf --target T.gguf --batch-size 64     (all dev documents, on a GPU)
 """
@@ -19,13 +20,14 @@ Run:  python bench/experiments/default_alpha.py --data ../shared/data [--honesty
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
-from pathlib import Path
 
-from lm_eval_contrans.experiments.data import add_data_argument, add_pair_arguments, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    add_data_argument, add_json_argument, add_pair_arguments, data_folder, machine, printed_from_saved, task_metadata,
+    write_json,
+)
 
 CONCEPT_TASKS = {"honesty": ("contrans_honesty_mc2", "acc"), "toxicity": ("contrans_toxicity", "acc_norm")}
 FACTS = ("contrans_facts", "acc")
@@ -39,10 +41,12 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPT_TASKS), choices=list(CONCEPT_TASKS))
     parser.add_argument("--random-seeds", type=int, default=1, help="random directions of equal norm (seeds 0..N-1)")
-    parser.add_argument("--json", default=None, help="write the per-document scores to this file")
+    add_json_argument(parser, render=True)
     add_pair_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    if printed_from_saved(args, render):
+        return
     if 1 in (args.honesty, args.toxicity):
         parser.error("a paired standard error needs at least 2 documents per task (0: all)")
 
@@ -54,11 +58,6 @@ def main() -> None:
     started = time.time()
     limits = {"contrans_honesty_mc2": args.honesty or None, "contrans_toxicity": args.toxicity or None, "contrans_facts": None}
     print(f"machine: {machine()}; alphas {args.alphas}; documents {limits}", flush=True)
-
-    def paired(after: list[float], before: list[float]) -> str:
-        differences = [a - b for a, b in zip(after, before)]
-        error = statistics.stdev(differences) / math.sqrt(len(differences))
-        return f"{statistics.mean(differences):+.3f} ± {error:.3f}"
 
     transplants = {concept: build_transplant(args.source, args.target, concept, device=args.device) for concept in args.concepts}
     randoms = ["random, equal norm"] if args.random_seeds == 1 else [f"random seed {seed}" for seed in range(args.random_seeds)]
@@ -77,37 +76,51 @@ def main() -> None:
     print(f"[{time.time() - started:5.0f} s] every row evaluated", flush=True)
     base = {task: measured["base target"].per_document[task][metric]
             for task, metric in [*(CONCEPT_TASKS[c] for c in args.concepts), FACTS]}
-    steered = {}  # (concept, kind, alpha, task) -> per-document scores
-    print("\n| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |")
-    print("|---|---|---|---|---|---|---|---|")
-    for concept in args.concepts:
-        task, metric = CONCEPT_TASKS[concept]
-        for kind in ["transplanted", *randoms]:
-            for alpha in args.alphas:
-                row = measured[f"{concept} {kind} α={alpha:g}"]
-                for row_task, row_metric in ((task, metric), FACTS):
-                    scores = steered[concept, kind, alpha, row_task] = row.per_document[row_task][row_metric]
-                    before = base[row_task]
-                    print(f"| {concept} | {kind} | {alpha:g} | {row_task} {row_metric} | {statistics.mean(before):.3f} | "
-                          f"{statistics.mean(scores):.3f} | {paired(scores, before)} | {len(scores)} |", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"base": base, "steered": {
-            " / ".join(map(str, key)): value for key, value in steered.items()}}))
-    control_name = "random" if args.random_seeds == 1 else f"mean of {args.random_seeds} random"
-    print("\nThe transplant against the random vector of equal norm, paired on the same documents"
-          + ("" if args.random_seeds == 1 else f" (the mean of {args.random_seeds} random directions on each)") + ":\n")
-    print(f"| concept | alpha | task | transplanted | {control_name} | paired difference ± s.e. | documents |")
-    print("|---|---|---|---|---|---|---|")
-    for concept in args.concepts:
-        task, metric = CONCEPT_TASKS[concept]
-        for alpha in args.alphas:
-            for row_task, row_metric in ((task, metric), FACTS):
-                ours = steered[concept, "transplanted", alpha, row_task]
-                control = [statistics.mean(scores) for scores in zip(*(steered[concept, kind, alpha, row_task] for kind in randoms))]
-                print(f"| {concept} | {alpha:g} | {row_task} {row_metric} | {statistics.mean(ours):.3f} | "
-                      f"{statistics.mean(control):.3f} | {paired(ours, control)} | {len(ours)} |", flush=True)
-    print(f"\n[{time.time() - started:5.0f} s] done", flush=True)
+    steered = {" / ".join((concept, kind, f"{alpha:g}", task)): measured[f"{concept} {kind} α={alpha:g}"].per_document[task][metric]
+               for concept in args.concepts for kind in ["transplanted", *randoms] for alpha in args.alphas
+               for task, metric in (CONCEPT_TASKS[concept], FACTS)}
+    document = {"concepts": args.concepts, "alphas": args.alphas, "randoms": randoms, "limits": limits,
+                "base": base, "steered": steered, "seconds": time.time() - started}
+    print("\n" + render(document), flush=True)
+    write_json(args.json, document)
 
+
+def paired(after: list[float], before: list[float]) -> str:
+    """Mean of the paired differences ± its standard error."""
+    differences = [a - b for a, b in zip(after, before)]
+    error = statistics.stdev(differences) / math.sqrt(len(differences))
+    return f"{statistics.mean(differences):+.3f} ± {error:.3f}"
+
+
+def render(document: dict) -> str:
+    """Both tables: each steer paired against the base, then the transplant paired against the random control."""
+    base, steered, randoms = document["base"], document["steered"], document["randoms"]
+
+    def scores(concept: str, kind: str, alpha: float, task: str) -> list[float]:
+        return steered[" / ".join((concept, kind, f"{alpha:g}", task))]
+
+    lines = ["| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |",
+             "|---|---|---|---|---|---|---|---|"]
+    for concept in document["concepts"]:
+        for kind in ["transplanted", *randoms]:
+            for alpha in document["alphas"]:
+                for task, metric in (CONCEPT_TASKS[concept], FACTS):
+                    after, before = scores(concept, kind, alpha, task), base[task]
+                    lines.append(f"| {concept} | {kind} | {alpha:g} | {task} {metric} | {statistics.mean(before):.3f} | "
+                                 f"{statistics.mean(after):.3f} | {paired(after, before)} | {len(after)} |")
+    control_name = "random" if len(randoms) == 1 else f"mean of {len(randoms)} random"
+    lines += ["", "The transplant against the random vector of equal norm, paired on the same documents"
+              + ("" if len(randoms) == 1 else f" (the mean of {len(randoms)} random directions on each)") + ":", "",
+              f"| concept | alpha | task | transplanted | {control_name} | paired difference ± s.e. | documents |",
+              "|---|---|---|---|---|---|---|"]
+    for concept in document["concepts"]:
+        for alpha in document["alphas"]:
+            for task, metric in (CONCEPT_TASKS[concept], FACTS):
+                ours = scores(concept, "transplanted", alpha, task)
+                control = [statistics.mean(values) for values in zip(*(scores(concept, kind, alpha, task) for kind in randoms))]
+                lines.append(f"| {concept} | {alpha:g} | {task} {metric} | {statistics.mean(ours):.3f} | "
+                             f"{statistics.mean(control):.3f} | {paired(ours, control)} | {len(ours)} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

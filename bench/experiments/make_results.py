@@ -15,18 +15,22 @@ Source SmolLM2-135M-Instruct -> target Gemma-3-270M base, data from ../shared/da
 Run:  python bench/experiments/make_results.py --data ../shared/data          (56 min on 2 CPU cores with a warm state
       cache, alone on the machine, 2026-11-26: builds 9 min, base 2.5, steered rows 36, ablations 7, source 1)
       python bench/experiments/make_results.py --data ../shared/data --full   (every dev document; many hours)
-Document limits per task are printed in the output, so a reader knows what each number rests on.
+      python bench/experiments/make_results.py --render     (the section, from bench/results/make_results.json)
+Every number goes to bench/results/make_results.json (--json), and the evidence section of docs/RESULTS.md is
+rendered from it (here, and by bench/render_docs.py). Document limits per task are printed in the output, so a reader knows what each number rests on.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_data_argument, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, replace_rendered,
+    task_metadata, write_json,
+)
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 ALPHAS = [1.0, 2.0, 5.0]
@@ -34,7 +38,6 @@ QUICK_LIMITS = {"emotion": 40, "honesty": 12, "toxicity": 20, "sentiment": None,
 SMOKE_LIMITS = {"emotion": 2, "honesty": 1, "toxicity": 1, "sentiment": 2, "facts": 2}
 ABLATION_ALPHA = 2.0
 DEFAULT_ON_WIKI = "+ dense + centring + source block by R^2 (= the default recipe on WikiSplit)"
-START, END = "<!-- evidence:start -->", "<!-- evidence:end -->"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -60,28 +63,20 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every dev document of every task, MC1 too")
     parser.add_argument("--smoke", action="store_true", help="2 documents, 3 concepts: checks the script runs")
     parser.add_argument("--batch-size", type=int, default=8)  # faster than 16 on the long TruthfulQA prompts (batch_size.py)
-    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "make_results.json"),
-                        help="every number, written here; the RESULTS.md section is rendered from it")
-    parser.add_argument("--render", action="store_true", help="only render the section from --json (no models run)")
+    add_json_argument(parser, default=str(REPO / "bench" / "results" / "make_results.json"), render=True)
     parser.add_argument("--work", default=None, help="the grid folder, for resuming (default: a folder in the cache)")
     args = parser.parse_args()
-    if args.render:
-        document = json.loads(Path(args.json).read_text())
-    else:
-        document = measure(args)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(document, indent=1, default=float))
-    write_section(Path(args.out), render(document))
-    print(f"wrote {args.out}" + ("" if args.render else f" and {args.json}"), flush=True)
-
-
-def write_section(out: Path, markdown: str) -> None:
-    text = out.read_text(encoding="utf-8") if out.exists() else f"# Results on the packaged pair\n\n{START}\n{END}\n"
-    if START not in text:
-        text = text.rstrip() + f"\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    out.write_text(head + START + "\n" + markdown + "\n" + END + tail, encoding="utf-8")
+    if printed_from_saved(args, render):
+        return
+    document = measure(args)
+    write_json(args.json, document)
+    # the section of --out rendered from this file (bench/render_docs.py rewrites it from the saved run too)
+    saved = Path(args.json).resolve()
+    name = saved.relative_to(REPO).as_posix() if saved.is_relative_to(REPO) else str(saved)
+    out = Path(args.out)
+    text = out.read_text(encoding="utf-8") if out.exists() else "# Results on the packaged pair\n"
+    out.write_text(replace_rendered(text, name, render(document)), encoding="utf-8")
+    print(f"wrote {args.json} and its section of {args.out}", flush=True)
 
 
 def flat(row) -> dict:

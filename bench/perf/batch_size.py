@@ -52,5 +52,14 @@ def main() -> None:
     write_json(args.json, {"seconds": {f"{task}|{size}": value for (task, size), value in seconds.items()}})
 
 
+def render(document: dict) -> str:
+    """Seconds per task at each batch size, from a saved run."""
+    by_task: dict[str, list[str]] = {}
+    for key, seconds in document["seconds"].items():
+        task, size = key.split("|")
+        by_task.setdefault(task, []).append(f"{seconds:.1f} s at {size}")
+    return "; ".join(f"{task}: {', '.join(cells)}" for task, cells in by_task.items())
+
+
 if __name__ == "__main__":
     main()

@@ -111,5 +111,14 @@ def main() -> None:
                            "rebuild_over_first": second / first, "heldout_r2": transplant.heldout_r2})
 
 
+def render(document: dict) -> str:
+    """The build against its bare forward passes, and the rebuild, from a saved run."""
+    bare = document["bare_source_s"] + document["bare_target_s"]
+    return (f"{document['recipe']} recipe, {'+'.join(document['concepts'])}: first build {document['first_build_s']:.1f} s "
+            f"(held-out R² {document['heldout_r2']:.3f}); bare forward {document['bare_source_s']:.1f} s (source) + "
+            f"{document['bare_target_s']:.1f} s (target) = {bare:.1f} s → **{document['build_over_bare']:.2f} ×**; identical "
+            f"rebuild {document['rebuild_s']:.2f} s → **{100 * document['rebuild_over_first']:.1f} %** of the first build")
+
+
 if __name__ == "__main__":
     main()

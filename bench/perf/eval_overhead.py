@@ -79,5 +79,13 @@ def main() -> None:
     write_json(args.json, document)
 
 
+def render(document: dict) -> str:
+    """Throughput of `--model contrans` against `--model hf`, from a saved run."""
+    work = {"loglikelihood": f"{document['docs']} TruthfulQA MC2 docs",
+            "generation": f"{document['generations']} generations × {document['tokens']} tokens"}
+    return "; ".join(f"{row['dtype']}, {work[row['kind']]}: hf {row['hf_s']:.1f} s, contrans {row['contrans_s']:.1f} s → "
+                     f"throughput ratio **{row['ratio']:.3f}**" for row in document["rows"])
+
+
 if __name__ == "__main__":
     main()

@@ -147,5 +147,11 @@ def checks(source: str, target: str, target_folder: Path, tokenizer) -> dict:
             "ratio": plain_time / steered_time}
 
 
+def render(document: dict) -> str:
+    """The throughput figures of a saved run."""
+    return (f"{document['device']}: forward plain {document['plain_ms']:.2f} ms, steered {document['steered_ms']:.2f} ms → "
+            f"throughput ratio **{document['ratio']:.3f}**")
+
+
 if __name__ == "__main__":
     main()

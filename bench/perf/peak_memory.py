@@ -51,5 +51,11 @@ def main() -> None:
     write_json(args.json, {"dtype": args.dtype, "hf_mib": hf, "contrans_mib": contrans, "ratio": contrans / hf})
 
 
+def render(document: dict) -> str:
+    """Peak RSS of the two evaluations, from a saved run."""
+    return (f"{document['dtype']}: peak RSS hf {document['hf_mib']:,.0f} MiB, contrans building "
+            f"{document['contrans_mib']:,.0f} MiB → **{document['ratio']:.3f} ×**")
+
+
 if __name__ == "__main__":
     main()

@@ -75,5 +75,13 @@ def main() -> None:
     })
 
 
+def render(document: dict) -> str:
+    """Seconds per task under the two settings and the largest difference of scores, from a saved run."""
+    before, after = list(document["settings"])
+    return "; ".join(f"{row['task']} ({'all' if row['limit'] is None else row['limit']}): {row[before]:.1f} s → "
+                     f"{row[after]:.1f} s (**{row[before] / row[after]:.2f} ×**), largest difference "
+                     f"{row['max_difference']:.1e} over {row['choices']} choices" for row in document["rows"])
+
+
 if __name__ == "__main__":
     main()

@@ -124,5 +124,16 @@ def main() -> None:
     synthetic(parser.parse_args())
 
 
+def render(document: dict) -> str:
+    """Every choice in full against shared contexts, from a saved run (real tasks, or --synthetic)."""
+    if "rows" in document:
+        from scored_window import render as per_task
+
+        return per_task(document)
+    return (f"{document['documents']} documents × {document['choices']} choices, {document['device']} {document['dtype']}: "
+            f"each choice in full {document['full_s']:.2f} s, shared contexts {document['shared_s']:.2f} s → "
+            f"**{document['ratio']:.2f} ×**; largest difference {document['max_difference']:.1e}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-"""Where experiments find their data, their models and the machine they ran on.
+"""Where experiments find their data, their models and the machine they ran on, and where their
+numbers go: a JSON file per run (`write_json`), and the parts of the docs rendered from those files
+(`rendered_sections`, `replace_rendered`; bench/render_docs.py writes and checks them).
 
 The public evaluation data (TruthfulQA, ToxiGen, emotion scenarios, WikiSplit anchors) is not shipped:
 an experiment takes its folder from `--data`, else `$CONTRANS_DATA`, and says so when neither names
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
 
+REPOSITORY = Path(__file__).resolve().parents[2]
 SOURCE, TARGET = "packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"
 DATA_ENV = "CONTRANS_DATA"
 # what a data folder holds, relative to it: the shipped tasks' --metadata keys point at these
@@ -79,9 +83,54 @@ def printed_from_saved(args, render) -> bool:
 
 
 def write_json(path: str | os.PathLike | None, document: dict) -> None:
-    """The numbers a script printed, for the tables made from them (nothing when `path` is None)."""
+    """The numbers a script printed, for the tables made from them (nothing when `path` is None).
+
+    The file also records how it was made (`run`: the command, the date, the commit and the machine), so
+    a table rendered from it can name the command that reproduces it."""
     if path:
         import json
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(document, indent=1, default=str) + "\n")
+        Path(path).write_text(json.dumps({**document, "run": run_record()}, indent=1, default=str) + "\n")
+
+
+def run_record() -> dict:
+    """The command line (script path relative to the repository), date, commit and machine of this run."""
+    import datetime
+    import shlex
+    import subprocess
+    import sys
+
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_name = script.relative_to(REPOSITORY).as_posix()
+    except ValueError:
+        script_name = script.name
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True)
+    return {"command": shlex.join(["python", script_name, *sys.argv[1:]]), "date": datetime.date.today().isoformat(),
+            "commit": commit.stdout.strip() or None, "machine": machine()}
+
+
+# A rendered part of a Markdown document lies between these two lines; the first names the saved run
+# (a JSON file, or a glob of several: one table row each) it is rendered from.
+SECTION_START = re.compile(r"^<!-- from (\S+) -->$", re.MULTILINE)
+SECTION_END = "<!-- end {} -->"
+
+
+def rendered_sections(text: str) -> list[tuple[str, int, int]]:
+    """(saved-run path or glob, start, end) of each rendered part of `text` (offsets of its contents)."""
+    sections = []
+    for match in SECTION_START.finditer(text):
+        end = text.find(SECTION_END.format(match.group(1)), match.end())
+        if end < 0:
+            raise ConTransError("render", f"{match.group(0)} has no closing {SECTION_END.format(match.group(1))}")
+        sections.append((match.group(1), match.end() + 1, end))
+    return sections
+
+
+def replace_rendered(text: str, saved: str, markdown: str) -> str:
+    """`text` with the part rendered from `saved` replaced by `markdown` (appended, with its markers, if absent)."""
+    for name, start, end in rendered_sections(text):
+        if name == saved:
+            return text[:start] + markdown.rstrip("\n") + "\n" + text[end:]
+    return text.rstrip("\n") + f"\n\n<!-- from {saved} -->\n{markdown.rstrip()}\n{SECTION_END.format(saved)}\n"
