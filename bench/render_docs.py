@@ -36,16 +36,17 @@ def script_of(saved: Path, document: dict) -> Path:
     raise SystemExit(f"{saved}: no run.command and no bench script named {saved.stem}.py")
 
 
-def render_function(script: Path):
-    # the perf scripts import their helpers from their own folder
+def rendered_by(script: Path, document: dict) -> str:
+    """`script`'s render(document), with the script's folder importable as when it runs (the perf scripts
+    import their helpers from their own folder, some inside `render`)."""
     sys.path.insert(0, str(script.parent))
     try:
         spec = importlib.util.spec_from_file_location(f"_rendered_{script.stem}", script)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        return module.render(document)
     finally:
         sys.path.remove(str(script.parent))
-    return module.render
 
 
 def render_saved(name: str) -> str:
@@ -53,13 +54,13 @@ def render_saved(name: str) -> str:
     if "*" not in name:
         saved = REPO / name
         document = json.loads(saved.read_text(encoding="utf-8"))
-        return render_function(script_of(saved, document))(document)
+        return rendered_by(script_of(saved, document), document)
     lines = ["| command | result |", "|---|---|"]
     for saved in map(Path, sorted(glob.glob(str(REPO / name)))):
         document = json.loads(saved.read_text(encoding="utf-8"))
         run = document.get("run", {})
         where = ", ".join(part for part in (run.get("date"), run.get("machine"), run.get("commit") and f"commit {run['commit']}") if part)
-        lines.append(f"| `{run.get('command', saved.name)}` ({where}) | {render_function(script_of(saved, document))(document).strip().replace(chr(10), '<br>')} |")
+        lines.append(f"| `{run.get('command', saved.name)}` ({where}) | {rendered_by(script_of(saved, document), document).strip().replace(chr(10), '<br>')} |")
     return "\n".join(lines)
 
 

@@ -75,22 +75,27 @@ def test_gguf_is_dequantized_once(artifact, monkeypatch):
 
 
 def _margins(model, tokenizer, rows, layer=None, vector=None, alpha=0.0):
-    """log p(positive verdict) - log p(negative verdict) after each prompt."""
+    """log p(positive verdict) - log p(negative verdict) after each prompt: every prompt and ending in one
+    left-padded batch, so that each ending sits at the end of its row, where `logits_to_keep` reads."""
     from lm_eval_contrans.steering import steer
 
-    margins = []
+    sequences, ending_lengths = [], []
+    for row in rows:
+        context = tokenizer(row["prompt"])["input_ids"]
+        for ending in (row["positive"], row["negative"]):
+            full = tokenizer(row["prompt"] + ending)["input_ids"]
+            sequences.append(full)
+            ending_lengths.append(len(full) - len(context))
+    width, kept = max(map(len, sequences)), max(ending_lengths) + 1  # only those positions reach the 262k-word head
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(s)) + s for s in sequences])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
     with torch.no_grad(), steer(model, layer or 0, vector if vector is not None else torch.zeros(640), alpha):
-        for row in rows:
-            scores = []
-            for ending in (row["positive"], row["negative"]):
-                context = tokenizer(row["prompt"])["input_ids"]
-                full = tokenizer(row["prompt"] + ending)["input_ids"]
-                # only the positions that predict the ending go through Gemma's 262k-word head
-                kept = len(full) - len(context) + 1
-                logits = model(torch.tensor([full]), logits_to_keep=kept).logits[0].log_softmax(-1)
-                scores.append(sum(logits[i - len(context), full[i]].item() for i in range(len(context), len(full))))
-            margins.append(scores[0] - scores[1])
-    return torch.tensor(margins)
+        logits = model(ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                       logits_to_keep=kept).logits.log_softmax(-1)
+    # the logits kept at index kept - 1 - n + i predict the i-th of a row's n ending tokens
+    scores = [sum(logits[index, kept - 1 - n + i, sequence[len(sequence) - n + i]].item() for i in range(n))
+              for index, (sequence, n) in enumerate(zip(sequences, ending_lengths))]
+    return torch.tensor(scores[0::2]) - torch.tensor(scores[1::2])
 
 
 def test_transplanted_sentiment_moves_gemma_and_a_random_vector_does_not(artifact):

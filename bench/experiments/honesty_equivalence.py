@@ -49,11 +49,17 @@ def main() -> None:
     results = json.loads(sorted(output.rglob("results_*.json"))[-1].read_text())["results"]
     document = {"limit": args.limit}
     for kind in ("mc1", "mc2"):
-        ours, theirs = results[f"contrans_honesty_{kind}"]["acc,none"], results[f"local_truthfulqa_{kind}"]["acc,none"]
-        print(f"{kind}: contrans_honesty_{kind} {ours:.6f}, truthfulqa_{kind} {theirs:.6f} -> "
-              f"{'identical' if ours == theirs else 'DIFFERENT'}")
-        document[kind] = {"contrans": ours, "lm_eval": theirs}
+        document[kind] = {"contrans": results[f"contrans_honesty_{kind}"]["acc,none"],
+                          "lm_eval": results[f"local_truthfulqa_{kind}"]["acc,none"]}
+    print(render(document))
     write_json(args.json, document)
+
+
+def render(document: dict) -> str:
+    """Both scores of each task and whether they are identical, from a saved run."""
+    return "; ".join(f"{kind}: contrans_honesty_{kind} {row['contrans']:.6f} vs truthfulqa_{kind} {row['lm_eval']:.6f} "
+                     f"({'identical' if row['contrans'] == row['lm_eval'] else 'DIFFERENT'})"
+                     for kind, row in document.items() if kind in ("mc1", "mc2")) + f" (first {document['limit']} questions)"
 
 
 if __name__ == "__main__":

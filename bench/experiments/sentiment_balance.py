@@ -147,7 +147,6 @@ def main() -> None:
     lm = HFLM(pretrained=pretrained_path(parse_model_spec(args.target, "target")), device="cpu",
               batch_size=args.batch_size)
     print(f"machine: {machine()}; target {args.target}; {len(SUBJECTS)} prompts per frame")
-    print("| frame | prefers positive (acc) | per byte (acc_norm) | mean margin |\n|---|---|---|---|")
     for name, rows in frames().items():
         if args.frames not in name:
             continue
@@ -162,9 +161,17 @@ def main() -> None:
             normed += good / len(positive.encode()) > bad / len(negative.encode())
             margins.append(good - bad)
         count = len(rows)
-        print(f"| {name} | {raw / count:.2f} | {normed / count:.2f} | {sum(margins) / count:+.2f} |", flush=True)
         document["frames"][name] = {"acc": raw / count, "acc_norm": normed / count, "margin": sum(margins) / count}
+        print(f"{name}: {raw / count:.2f} / {normed / count:.2f} / {sum(margins) / count:+.2f}", flush=True)
+    print("\n" + render(document))
     write_json(args.json, document)
+
+
+def render(document: dict) -> str:
+    """The table of frames, from a saved run."""
+    return "\n".join(["| frame | prefers positive (acc) | per byte (acc_norm) | mean margin |", "|---|---|---|---|"]
+                     + [f"| {name} | {row['acc']:.2f} | {row['acc_norm']:.2f} | {row['margin']:+.2f} |"
+                        for name, row in document["frames"].items()])
 
 
 if __name__ == "__main__":
