@@ -116,3 +116,18 @@ def test_render_prints_a_saved_run_and_names_what_is_missing(tmp_path, capsys):
     write_json(tmp_path / "saved.json", {"rows": [1, 2, 3]})
     assert printed_from_saved(parser.parse_args(["--render", "--json", str(tmp_path / "saved.json")]), render)
     assert capsys.readouterr().out == "3 rows\n"
+
+
+def test_the_shuffled_label_control_keeps_every_text_and_pair_and_swaps_about_half():
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.experiments.controls import shuffled_labels
+
+    concept = load_concept_set("sentiment")
+    shuffled = shuffled_labels(concept, seed=0)
+    pairs = list(zip(concept.positives, concept.negatives))
+    swapped = [(p, n) == (n0, p0) for (p, n), (p0, n0) in zip(zip(shuffled.positives, shuffled.negatives), pairs)]
+    kept = [(p, n) == (p0, n0) for (p, n), (p0, n0) in zip(zip(shuffled.positives, shuffled.negatives), pairs)]
+    assert all(s or k for s, k in zip(swapped, kept))  # each pair either as it was or with its sides swapped
+    assert 0.3 * len(pairs) < sum(swapped) < 0.7 * len(pairs)
+    assert shuffled.name == "sentiment-shuffled" and shuffled.pairs_hash != concept.pairs_hash
+    assert shuffled_labels(concept, seed=0) == shuffled and shuffled_labels(concept, seed=1) != shuffled

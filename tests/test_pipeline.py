@@ -187,3 +187,20 @@ def test_input_device_without_input_embeddings_is_the_first_parameters():
     assert input_device(model) == torch.device("cpu")
     model.to("meta")  # offloaded weights: inputs start on the CPU
     assert input_device(model) == torch.device("cpu")
+
+
+def test_a_tokenizer_read_for_its_splits_is_loaded_once_until_its_files_change(tiny_llama_dir, tmp_path):
+    import json
+    import shutil
+
+    from lm_eval_contrans.loading import parse_model_spec, read_only_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    spec = parse_model_spec(str(folder), "model")
+    first = read_only_tokenizer(spec)
+    assert read_only_tokenizer(spec) is first
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 77}))
+    changed = read_only_tokenizer(spec)
+    assert changed is not first and changed.model_max_length == 77

@@ -133,10 +133,12 @@ def test_tokenizer_without_offsets_falls_back_to_last_token_anchors(tiny_llama_d
                                                                     monkeypatch, caplog):
     from transformers import AutoTokenizer
 
+    from lm_eval_contrans.loading import _tokenizer
     from lm_eval_contrans.pipeline import build_transplant
 
     concept, anchors = small_inputs
     real = AutoTokenizer.from_pretrained
+    _tokenizer.cache_clear()  # tokenizers read by earlier builds would not pass through the patched loader
 
     def slow_for_the_source(folder, *args, **kwargs):
         tokenizer = real(folder, *args, **kwargs)

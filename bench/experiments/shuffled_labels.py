@@ -13,33 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import tempfile
 from pathlib import Path
-
-import yaml
 
 from lm_eval_contrans.experiments.data import (
     SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata,
 )
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
-
-
-def shuffled_copy(concept: str, folder: Path, seed: int = 0) -> Path:
-    """The shipped concept set with each pair's sides swapped on a fair coin (seeded)."""
-    from lm_eval_contrans.concepts import load_concept_set
-
-    concept_set = load_concept_set(concept)
-    rng = random.Random(seed)
-    pairs = []
-    for positive, negative in zip(concept_set.positives, concept_set.negatives):
-        if rng.random() < 0.5:
-            positive, negative = negative, positive
-        pairs.append({"positive": positive, "negative": negative})
-    path = folder / f"{concept}_shuffled.yaml"
-    path.write_text(yaml.safe_dump({"name": f"{concept}-shuffled", "pairs": pairs}, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 def main() -> None:
@@ -55,11 +35,11 @@ def main() -> None:
         return
 
     from lm_eval_contrans.cache import cache_root
-    from lm_eval_contrans.experiments.controls import cosine
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.experiments.controls import cosine, shuffled_labels
     from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
     from lm_eval_contrans.pipeline import build_transplant
 
-    folder = Path(tempfile.mkdtemp(prefix="contrans-shuffled-"))
     print(f"machine: {machine()}; {args.limit} scenarios per task", flush=True)
     grid = Grid(cache_root() / "experiments" / "shuffled_labels",
                 EvalSettings(tasks=[], limit=args.limit, batch_size=args.batch_size, device="cpu", bootstrap_iters=0,
@@ -67,7 +47,7 @@ def main() -> None:
     built, grid_rows = {}, []
     for emotion in args.emotions:
         real = build_transplant(SOURCE, TARGET, emotion, device="cpu")
-        shuffled = build_transplant(SOURCE, TARGET, shuffled_copy(emotion, folder), device="cpu")
+        shuffled = build_transplant(SOURCE, TARGET, shuffled_labels(load_concept_set(emotion)), device="cpu")
         built[emotion] = cosine(real.vector, shuffled.vector)
         for kind, transplant in (("transplanted", real), ("shuffled labels", shuffled)):
             for alpha in args.alphas:

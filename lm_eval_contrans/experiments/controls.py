@@ -2,12 +2,15 @@
 
 - random: a seeded Gaussian direction with the transplanted vector's norm, at the same target block;
 - own: the target's own concept vector from the same concept set at the same block (the
-  no-transfer upper bound: what steering could do if no map were needed).
+  no-transfer upper bound: what steering could do if no map were needed);
+- shuffled labels: a concept set with the same texts, each pair's sides swapped on a seeded coin, built
+  through the same map: what "any push among these texts" does without the concept's labels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import torch
 
@@ -34,6 +37,15 @@ def target_own_vector(
 
 def own_control(transplant: Transplant, own_vector: torch.Tensor) -> Transplant:
     return dataclasses.replace(transplant, vector=own_vector.float(), extra={**transplant.extra, "control": "target's own vector"})
+
+
+def shuffled_labels(concept: ConceptSet, seed: int = 0) -> ConceptSet:
+    """`concept` with each pair's sides swapped on a fair coin (seeded), named `<name>-shuffled`."""
+    rng = random.Random(seed)
+    pairs = [(negative, positive) if rng.random() < 0.5 else (positive, negative)
+             for positive, negative in zip(concept.positives, concept.negatives)]
+    return dataclasses.replace(concept, name=f"{concept.name}-shuffled", positives=tuple(p for p, _ in pairs),
+                               negatives=tuple(n for _, n in pairs), source="")
 
 
 def cosine(first: torch.Tensor, second: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from lm_eval_contrans.alignment import check_map_method, check_ridge
 from lm_eval_contrans.anchors import check_anchor_tokens
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.loading import ModelSpec, pretrained_path
+from lm_eval_contrans.loading import ModelSpec, read_only_tokenizer
 from lm_eval_contrans.steering import check_alpha_unit
 
 logger = logging.getLogger(__name__)
@@ -75,10 +75,8 @@ def settle_anchor_tokens(recipe: Recipe, *specs: ModelSpec) -> tuple[Recipe, dic
     anchors, says so once, and the artifact records why."""
     if recipe.anchor_tokens != "dense":
         return recipe, {}
-    from transformers import AutoTokenizer
-
     for spec in specs:
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_path(spec))
+        tokenizer = read_only_tokenizer(spec)
         if not getattr(tokenizer, "is_fast", False):
             reason = f"{spec.name}: {type(tokenizer).__name__} gives no character offsets"
             logger.warning("anchor_tokens=dense pairs tokens by character offsets (%s); using anchor_tokens=last",

@@ -23,6 +23,7 @@ from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.extract import concept_vector
 from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, model_identity, parse_model_spec, pretrained_path,
+    read_only_tokenizer,
 )
 from lm_eval_contrans.pipeline.depth import config_layer_count, model_layer_count, source_blocks
 from lm_eval_contrans.vectors import ImportedDirection
@@ -144,11 +145,7 @@ def record_anchor_states(model, tokenizer, anchor_texts: list[str], layers: list
 
 def anchor_ends(spec: ModelSpec, tokenizer, anchor_texts: list[str]) -> list[list[int]]:
     """Character end of every anchor token; the tokenizer alone is loaded if the model was not."""
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_path(spec))
-    return tokenize_with_ends(tokenizer, anchor_texts)[1]
+    return tokenize_with_ends(tokenizer if tokenizer is not None else read_only_tokenizer(spec), anchor_texts)[1]
 
 
 class LayerCountMismatch(ConTransError):
