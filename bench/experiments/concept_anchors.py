@@ -171,7 +171,8 @@ def render(document: dict) -> str:
 
     def acc(row: str, task: str) -> str:
         value = scores[row][task]
-        return f"{value['acc,none']:.2f}" + (f" ± {value['acc_stderr,none']:.2f}" if "acc_stderr,none" in value else "")
+        stderr = value.get("acc_stderr,none")
+        return f"{value['acc,none']:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
 
     base_facts = scores["base"]["contrans_facts"]["acc,none"]
     lines += ["", f"Steering success at α = 1 ({document['limit']} dev scenarios per emotion; base facts {base_facts:.3f}):", "",

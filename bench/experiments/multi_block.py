@@ -74,7 +74,8 @@ def render(document: dict) -> str:
 
     def acc(row: str, task: str) -> str:
         value = scores[row][task]
-        return f"{value['acc,none']:.2f}" + (f" ± {value['acc_stderr,none']:.2f}" if "acc_stderr,none" in value else "")
+        stderr = value.get("acc_stderr,none")
+        return f"{value['acc,none']:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
 
     lines = [f"Steering success ({document['limit']} dev scenarios per emotion; base facts "
              f"{scores['base']['contrans_facts']['acc,none']:.3f}); blocks per emotion (source → target, held-out R²): " +

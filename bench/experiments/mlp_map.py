@@ -1,0 +1,218 @@
+"""A nonlinear map (issue 21, lever 2): a small MLP on top of the least-squares map, chosen on held-out R^2.
+
+On the default recipe's anchor states (shipped corpus, dense token pairs, source block 26 -> target
+block 14) the map is f(x) = (x - mean) W + b + g(x), with W the centred least-squares map and g a
+one-hidden-layer MLP (GELU) trained on the residual with Adam, on the same 80 % of the anchor texts the
+linear fit uses; the held-out 20 % picks the hidden width and the epoch. Rows whose source or target
+state is over 10 times the median norm (about one token a text, the first, carries activations hundreds
+of times the others) are left out of training and scoring for both maps.
+
+A nonlinear map has no single image of a difference vector, so the concept is carried pair by pair:
+u = mean over the concept's pairs of f(positive state) - f(negative state); for the linear map this is
+v W, today's transplant. Per emotion: cosine of u to the target's own vector, and steering success
+and the facts on the dev data at the default alpha (1, residual units) with u and with a random vector
+of its norm.
+
+Run:  python bench/experiments/mlp_map.py --data ../shared/data --json bench/results/mlp_map.json [--limit 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from lm_eval_contrans.experiments.data import (
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
+)
+
+EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
+WIDTHS = (256, 1024)
+EPOCHS = 12
+
+
+def anchor_pairs(transplant):
+    """(source rows, target rows, text of each row) of the dense anchor pairs at the transplant's blocks."""
+    import torch
+
+    from lm_eval_contrans.anchors import load_anchor_texts, matched_token_pairs
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
+
+    texts, _ = load_anchor_texts(None)
+    any_concept = load_concept_set("sentiment")  # the request reads the cached anchor states; its concept is not used
+    sides = [record_concept_states(model, [StateRequest(any_concept, layer)], anchor_texts=texts, anchor_tokens="dense",
+                                   device="cpu", role=role)[0]
+             for model, layer, role in ((SOURCE, transplant.source_layer, "source"), (TARGET, transplant.target_layer, "target"))]
+    source_index, target_index = matched_token_pairs(sides[0].anchor_ends, sides[1].anchor_ends)
+    groups = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor([len(ends) for ends in sides[1].anchor_ends]))
+    target_index = torch.tensor(target_index)
+    return (sides[0].anchor_states[transplant.source_layer][torch.tensor(source_index)].float(),
+            sides[1].anchor_states[transplant.target_layer][target_index].float(), groups[target_index])
+
+
+class ResidualMLP:
+    """f(x) = (x - source_mean) W + target_mean + g(x); g sees standardized inputs."""
+
+    def __init__(self, source, target, train, width: int, seed: int = 0) -> None:
+        import torch
+
+        self.source_mean, self.target_mean = source[train].double().mean(0), target[train].double().mean(0)
+        centred = (source[train].double() - self.source_mean)
+        self.weight = torch.linalg.lstsq(centred, target[train].double() - self.target_mean).solution
+        self.scale = centred.std(0).clamp_min(1e-6)
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(torch.nn.Linear(source.shape[1], width), torch.nn.GELU(), torch.nn.Linear(width, target.shape[1]))
+        torch.nn.init.zeros_(self.net[2].weight)
+        torch.nn.init.zeros_(self.net[2].bias)  # starts as the linear map
+
+    def linear(self, x):
+        return ((x.double() - self.source_mean) @ self.weight + self.target_mean).float()
+
+    def __call__(self, x):
+        return self.linear(x) + self.net(((x.double() - self.source_mean) / self.scale).float())
+
+    def train_epoch(self, source, target, rows, optimizer, batch: int = 1024) -> None:
+        import torch
+
+        residual_target = target[rows] - self.linear(source[rows])
+        inputs = ((source[rows].double() - self.source_mean) / self.scale).float()
+        for chunk in torch.randperm(len(rows)).split(batch):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(self.net(inputs[chunk]), residual_target[chunk])
+            loss.backward()
+            optimizer.step()
+
+
+def fit_mlp(source, target, groups, log) -> tuple[ResidualMLP, dict]:
+    """The MLP (width, epoch) with the best held-out R^2, refitted on every row; the scores of each."""
+    import torch
+
+    from lm_eval_contrans.alignment import heldout_split, r_squared
+
+    train, test = heldout_split(groups, seed=0)
+    scores, best = {}, (None, -1.0, 0)
+    for width in WIDTHS:
+        model = ResidualMLP(source, target, train, width)
+        with torch.no_grad():
+            scores[f"linear (width {width})"] = r_squared(model.linear(source[test]), target[test])
+        optimizer = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+        for epoch in range(1, EPOCHS + 1):
+            model.train_epoch(source, target, train, optimizer)
+            with torch.no_grad():
+                score = r_squared(model(source[test]), target[test])
+            scores[f"width {width}, epoch {epoch}"] = score
+            log(f"MLP width {width} epoch {epoch}: held-out R^2 {score:.4f}")
+            if score > best[1]:
+                best = (width, score, epoch)
+    width, _, epochs = best
+    everything = torch.arange(len(source))
+    final = ResidualMLP(source, target, everything, width)
+    optimizer = torch.optim.Adam(final.net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        final.train_epoch(source, target, everything, optimizer)
+    return final, {"scores": scores, "width": width, "epochs": epochs, "heldout_r2": best[1],
+                   "linear_heldout_r2": scores[f"linear (width {width})"], "train_rows": len(train), "test_rows": len(test)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(parser)
+    parser.add_argument("--limit", type=int, default=40, help="scenarios per emotion task (make_results.py uses 40)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    add_json_argument(parser, render=True)
+    args = parser.parse_args()
+    if printed_from_saved(args, render):
+        return
+
+    import dataclasses
+
+    import torch
+
+    from lm_eval_contrans.activations import last_token_states
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.cache import cache_root
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.experiments.controls import cosine, random_control, target_own_vector
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.loading import free_model, load_model
+    from lm_eval_contrans.pipeline import build_transplant
+
+    started = time.time()
+    shared = data_folder(args.data)
+    log = lambda message: print(f"[{time.time() - started:6.0f} s] {message}", flush=True)  # noqa: E731
+    log(f"machine: {machine()}; {args.limit} scenarios per emotion task")
+    transplants = {emotion: build_transplant(SOURCE, TARGET, emotion, device="cpu") for emotion in EMOTIONS}
+    first = transplants[EMOTIONS[0]]
+    assert all((t.source_layer, t.target_layer) == (first.source_layer, first.target_layer) for t in transplants.values())
+    source, target, groups = anchor_pairs(first)
+    norms = source.norm(dim=1), target.norm(dim=1)
+    typical = (norms[0] < 10 * norms[0].median()) & (norms[1] < 10 * norms[1].median())
+    log(f"{len(source):,} anchor pairs, {int((~typical).sum()):,} left out as outliers")
+    torch.manual_seed(0)
+    mlp, fit = fit_mlp(source[typical], target[typical], groups[typical], log)
+
+    model, tokenizer = load_model(SOURCE, argument="source", device="cpu")
+    pair_states = {}
+    for emotion in EMOTIONS:
+        concept = load_concept_set(emotion)
+        states = last_token_states(model, tokenizer, [*concept.positives, *concept.negatives], [first.source_layer])[first.source_layer]
+        pair_states[emotion] = (states[:len(concept)], states[len(concept):])
+    free_model(model)
+
+    anchor_texts, _ = load_anchor_texts(None)
+    rows = [GridRow("base", "base", TARGET, alpha=0.0, tasks=tuple(f"contrans_emotion_{e}" for e in EMOTIONS) + ("contrans_facts",))]
+    vectors = {}
+    for emotion, transplant in transplants.items():
+        positive, negative = pair_states[emotion]
+        with torch.no_grad():
+            carried = {"linear": (mlp.linear(positive) - mlp.linear(negative)).mean(0), "MLP": (mlp(positive) - mlp(negative)).mean(0)}
+        own = target_own_vector(transplant, load_concept_set(emotion), anchor_texts, device="cpu")
+        vectors[emotion] = {"cos_linear_to_transplant": cosine(carried["linear"], transplant.vector),
+                            "cos_mlp_to_linear": cosine(carried["MLP"], carried["linear"]),
+                            **{f"cos_{kind}_to_own": cosine(vector, own) for kind, vector in carried.items()}}
+        log(f"{emotion}: " + ", ".join(f"{key} {value:.3f}" for key, value in vectors[emotion].items()))
+        task = f"contrans_emotion_{emotion}"
+        for kind, vector in carried.items():
+            steered = dataclasses.replace(transplant, vector=vector.float(), extra={**transplant.extra, "map": kind})
+            rows += [GridRow(f"{kind}|{emotion}|transplanted", "contrans", TARGET, steered, 1.0, tasks=(task, "contrans_facts")),
+                     GridRow(f"{kind}|{emotion}|random", "random", TARGET, random_control(steered, seed=0), 1.0, tasks=(task,))]
+    settings = EvalSettings(tasks=[], limit={**{f"contrans_emotion_{e}": args.limit for e in EMOTIONS}, "contrans_facts": None},
+                            batch_size=args.batch_size, device="cpu", bootstrap_iters=0, task_metadata=task_metadata(shared))
+    scores = {row.name: {task: {metric: value for metric, value in results.items() if metric.startswith("acc")}
+                         for task, results in row.results.items()}
+              for row in Grid(cache_root() / "experiments" / "mlp_map", settings).run(rows)}
+    document = {"limit": args.limit, "fit": fit, "outliers_left_out": int((~typical).sum()), "pairs": len(source),
+                "vectors": vectors, "scores": scores, "seconds": time.time() - started}
+    write_json(args.json, document)
+    print(render(document))
+
+
+def render(document: dict) -> str:
+    fit, scores = document["fit"], document["scores"]
+
+    def acc(row: str, task: str) -> str:
+        stderr = scores[row][task].get("acc_stderr,none")
+        return f"{scores[row][task]['acc,none']:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
+
+    lines = [f"Held-out R² (20 % of the anchor texts, {fit['test_rows']:,} token pairs; {document['outliers_left_out']:,} outlier rows "
+             f"of {document['pairs']:,} left out): linear {fit['linear_heldout_r2']:.4f}, MLP (width {fit['width']}, "
+             f"{fit['epochs']} epochs) {fit['heldout_r2']:.4f}. Steering at α = 1 ({document['limit']} dev scenarios per emotion; "
+             f"base facts {scores['base']['contrans_facts']['acc,none']:.3f}).", "",
+             "| emotion | cos(MLP, linear) | cos to own: linear | MLP | base | linear | random | facts | MLP | random | facts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for emotion, cosines in document["vectors"].items():
+        task = f"contrans_emotion_{emotion}"
+        cells = [f"{acc(f'{kind}|{emotion}|transplanted', task)} | {acc(f'{kind}|{emotion}|random', task)} | "
+                 f"{scores[f'{kind}|{emotion}|transplanted']['contrans_facts']['acc,none']:.3f}" for kind in ("linear", "MLP")]
+        lines.append(f"| {emotion} | {cosines['cos_mlp_to_linear']:.3f} | {cosines['cos_linear_to_own']:.3f} | {cosines['cos_MLP_to_own']:.3f} | "
+                     f"{acc('base', task)} | " + " | ".join(cells) + " |")
+    reached = {kind: sum(scores[f"{kind}|{e}|transplanted"][f"contrans_emotion_{e}"]["acc,none"] >= 0.8 for e in document["vectors"])
+               for kind in ("linear", "MLP")}
+    mean = {kind: sum(c[f"cos_{kind}_to_own"] for c in document["vectors"].values()) / len(document["vectors"]) for kind in ("linear", "MLP")}
+    lines.append(f"| **mean / ≥ 0.8** | | **{mean['linear']:.3f}** | **{mean['MLP']:.3f}** | | **{reached['linear']} of 6** | | | "
+                 f"**{reached['MLP']} of 6** | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
