@@ -8,7 +8,7 @@ point for and one against (or only the point against), a question that names bot
 both orders), other verdict forms (recommend yes/no, star ratings, thumbs up/down, satisfied), and
 openings balanced as a set (half give a point for, half a point against).
 
-Run: python bench/experiments/sentiment_balance.py [--target packaged:gemma-3-270m] [--frames TEXT]
+Run: python bench/experiments/sentiment_balance.py [--target packaged:gemma-3-270m] [--frames TEXT] [--json FILE [--render]]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import TARGET, add_json_argument, machine, write_json
+from lm_eval_contrans.experiments.data import TARGET, add_json_argument, machine, printed_from_saved, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_sentiment_prompts import SUBJECTS, VERDICTS  # noqa: E402
@@ -134,8 +134,10 @@ def main() -> None:
     parser.add_argument("--target", default=TARGET)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--frames", default="", help="only the frames whose name contains this text")
-    add_json_argument(parser)
+    add_json_argument(parser, render=True)
     args = parser.parse_args()
+    if printed_from_saved(args, render):
+        return
     document = {"target": args.target, "frames": {}}
     assert len(FOR_AND_AGAINST) == len(SUBJECTS)
 
