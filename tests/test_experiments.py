@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,37 @@ def test_the_shuffled_label_control_keeps_every_text_and_pair_and_swaps_about_ha
     assert 0.3 * len(pairs) < sum(swapped) < 0.7 * len(pairs)
     assert shuffled.name == "sentiment-shuffled" and shuffled.pairs_hash != concept.pairs_hash
     assert shuffled_labels(concept, seed=0) == shuffled and shuffled_labels(concept, seed=1) != shuffled
+
+
+def test_paired_token_states_are_the_rows_the_map_was_fitted_on(transplant, small_inputs):
+    import torch
+
+    from lm_eval_contrans.alignment import fit_linear_map
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.experiments.states import paired_token_states
+
+    texts, _ = load_anchor_texts(small_inputs[1])
+    source, target, text_of_row = paired_token_states(transplant, texts)
+    assert transplant.anchor_tokens == "dense" and len(source) == len(target) == len(text_of_row) > len(texts)
+    assert text_of_row.unique().tolist() == list(range(len(texts)))
+    refitted = fit_linear_map(source, target, center=transplant.center, groups=text_of_row)
+    assert torch.allclose(refitted.weight, transplant.map_weight, atol=1e-4)
+    assert refitted.heldout_r2 == pytest.approx(transplant.heldout_r2, abs=1e-6)
+
+
+def test_emotion_steering_cells_and_counts_read_a_grid_runs_accuracies():
+    from types import SimpleNamespace
+
+    from lm_eval_contrans.experiments import emotion_steering as emotions
+
+    rows = [SimpleNamespace(name="a", results={"contrans_emotion_fear": {"acc,none": 0.85, "acc_stderr,none": 0.05, "alias": "x"}}),
+            SimpleNamespace(name="b", results={"contrans_emotion_fear": {"acc,none": 0.5, "acc_stderr,none": "N/A"},
+                                               "contrans_emotion_anger": {"acc,none": 0.8}})]
+    scores = emotions.accuracies(rows)
+    assert scores["a"]["contrans_emotion_fear"] == {"acc,none": 0.85, "acc_stderr,none": 0.05}
+    assert emotions.cell(scores, "a", "contrans_emotion_fear") == "0.85 ± 0.05"
+    assert emotions.cell(scores, "b", "contrans_emotion_fear") == "0.50"
+    assert emotions.steered(scores, {"fear": "a", "anger": "b"}) == 2 and emotions.steered(scores, {"fear": "b"}) == 0
+    settings = emotions.settings(Path("/data"), 40, 8)
+    assert settings.limit_of("contrans_emotion_sadness") == 40 and settings.limit_of("contrans_facts") is None
+    assert settings.task_metadata["emotion_data"] == str(Path("/data") / "emotions" / "scenarios_dev.json")

@@ -32,11 +32,9 @@ import random
 import time
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import (
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
-)
-
-EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
+from lm_eval_contrans.experiments import emotion_steering as emotions
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, data_folder, machine, printed_from_saved, write_json
+from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
 SHIPPED = ["sentiment", "honesty", "toxicity", *EMOTIONS]
 CORPORA = ["shipped", "+ every set", "+ other sets"]
 EMOTION_PROMPT = "Scenario: {}\nThe emotion of the above scenario is"
@@ -75,31 +73,18 @@ def evaluation_texts(shared: Path, count: int = 300, seed: int = 7) -> dict[str,
 
 def map_r2(transplant, texts: list[str]) -> float:
     """R^2 of the transplant's map on `texts` (dense token pairs), each side centred on these texts' means."""
-    import torch
-
     from lm_eval_contrans.alignment import r_squared
-    from lm_eval_contrans.anchors import matched_token_pairs
-    from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
+    from lm_eval_contrans.experiments.states import paired_token_states
 
-    any_concept = load_concept_set("sentiment")  # the request records the texts' states; its concept is not used
-    sides = [record_concept_states(model, [StateRequest(any_concept, layer)], anchor_texts=texts, anchor_tokens="dense",
-                                   device="cpu", role=role)[0]
-             for model, layer, role in ((SOURCE, transplant.source_layer, "source"), (TARGET, transplant.target_layer, "target"))]
-    source_index, target_index = matched_token_pairs(sides[0].anchor_ends, sides[1].anchor_ends)
-    source = sides[0].anchor_states[transplant.source_layer][torch.tensor(source_index)].double()
-    target = sides[1].anchor_states[transplant.target_layer][torch.tensor(target_index)].double()
-    predicted = (source - source.mean(0)) @ transplant.map_weight.double()
-    return r_squared(predicted, target - target.mean(0))
+    source, target, _ = paired_token_states(transplant, texts)
+    predicted = (source.double() - source.double().mean(0)) @ transplant.map_weight.double()
+    return r_squared(predicted, target.double() - target.double().mean(0))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_argument(parser)
-    parser.add_argument("--limit", type=int, default=40, help="scenarios per emotion task (make_results.py uses 40)")
+    emotions.add_arguments(parser, emotions=False)
     parser.add_argument("--concepts", nargs="+", default=EMOTIONS, help="concepts whose cosines are measured")
-    parser.add_argument("--batch-size", type=int, default=8)
-    add_json_argument(parser, render=True)
     args = parser.parse_args()
     if printed_from_saved(args, render):
         return
@@ -110,7 +95,7 @@ def main() -> None:
     from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.experiments.controls import cosine, random_control, shuffled_labels, target_own_vector
-    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.experiments.grid import Grid, GridRow
     from lm_eval_contrans.pipeline import build_transplant
 
     started = time.time()
@@ -124,7 +109,7 @@ def main() -> None:
     corpus_of = {("shipped", c): None for c in args.concepts} | {("+ every set", c): every_set for c in args.concepts} | {
         ("+ other sets", c): anchor_file(work, sets_sharing_no_text(c)) for c in args.concepts}
 
-    fits, rows = {}, [GridRow("base", "base", TARGET, alpha=0.0, tasks=tuple(f"contrans_emotion_{e}" for e in EMOTIONS if e in args.concepts) + ("contrans_facts",))]
+    fits, rows = {}, [emotions.base_row(TARGET, [e for e in EMOTIONS if e in args.concepts])]
     for (corpus, concept), anchors in corpus_of.items():
         transplant = build_transplant(SOURCE, TARGET, concept, device="cpu", anchors=anchors)
         anchor_texts, _ = load_anchor_texts(anchors)
@@ -136,14 +121,11 @@ def main() -> None:
         print(f"[{time.time() - started:6.0f} s] {corpus:13s} {concept:9s} " + ", ".join(f"{k} {v:.3f}" for k, v in fit.items()), flush=True)
         if concept in EMOTIONS:
             shuffled = build_transplant(SOURCE, TARGET, shuffled_labels(load_concept_set(concept)), device="cpu", anchors=anchors)
-            task = f"contrans_emotion_{concept}"
-            rows += [GridRow(f"{corpus}|{concept}|transplanted", "contrans", TARGET, transplant, 1.0, tasks=(task, "contrans_facts")),
+            task = emotion_task(concept)
+            rows += [GridRow(f"{corpus}|{concept}|transplanted", "contrans", TARGET, transplant, 1.0, tasks=(task, FACTS)),
                      GridRow(f"{corpus}|{concept}|random", "random", TARGET, random_control(transplant, seed=0), 1.0, tasks=(task,)),
                      GridRow(f"{corpus}|{concept}|shuffled", "shuffled", TARGET, shuffled, 1.0, tasks=(task,))]
-    settings = EvalSettings(tasks=[], limit={**{f"contrans_emotion_{e}": args.limit for e in EMOTIONS}, "contrans_facts": None},
-                            batch_size=args.batch_size, device="cpu", bootstrap_iters=0, task_metadata=task_metadata(shared))
-    scores = {row.name: {task: {metric: value for metric, value in results.items() if metric.startswith("acc")}
-                         for task, results in row.results.items()} for row in Grid(work / "grid", settings).run(rows)}
+    scores = emotions.accuracies(Grid(work / "grid", emotions.settings(shared, args.limit, args.batch_size)).run(rows))
     document = {"limit": args.limit, "concepts": args.concepts, "corpora": CORPORA, "held_out_texts": {k: len(v) for k, v in held_out.items()},
                 "fits": fits, "scores": scores, "seconds": time.time() - started}
     write_json(args.json, document)
@@ -165,25 +147,20 @@ def render(document: dict) -> str:
         lines.append(f"| {corpus} | {values('anchor_texts', '{:,}')} | {values('source_layer', '{}')} | {values('heldout_r2')} | "
                      f"{values('r2 neutral')} | {values('r2 emotion scenarios')} | "
                      + " / ".join(f"{value:.2f}" for value in cosines) + f" | {sum(cosines) / len(cosines):.3f} |")
-    emotions = [c for c in document["concepts"] if c in EMOTIONS]
-    if not emotions:
+    steered_emotions = [c for c in document["concepts"] if c in EMOTIONS]
+    if not steered_emotions:
         return "\n".join(lines)
-
-    def acc(row: str, task: str) -> str:
-        value = scores[row][task]
-        stderr = value.get("acc_stderr,none")
-        return f"{value['acc,none']:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
-
-    base_facts = scores["base"]["contrans_facts"]["acc,none"]
+    base_facts = scores["base"][FACTS]["acc,none"]
     lines += ["", f"Steering success at α = 1 ({document['limit']} dev scenarios per emotion; base facts {base_facts:.3f}):", "",
               "| corpus | emotion | base | transplanted | random | shuffled labels | facts (transplanted) |", "|---|---|---|---|---|---|---|"]
     for corpus in document["corpora"]:
-        for emotion in emotions:
-            task, name = f"contrans_emotion_{emotion}", f"{corpus}|{emotion}"
-            lines.append(f"| {corpus} | {emotion} | {acc('base', task)} | {acc(name + '|transplanted', task)} | {acc(name + '|random', task)} | "
-                         f"{acc(name + '|shuffled', task)} | {scores[name + '|transplanted']['contrans_facts']['acc,none']:.3f} |")
-        reached = sum(scores[f"{corpus}|{e}|transplanted"][f"contrans_emotion_{e}"]["acc,none"] >= 0.8 for e in emotions)
-        lines.append(f"| {corpus} | **≥ 0.8** | | **{reached} of {len(emotions)}** | | | |")
+        for emotion in steered_emotions:
+            task, name = emotion_task(emotion), f"{corpus}|{emotion}"
+            lines.append(f"| {corpus} | {emotion} | " + " | ".join(emotions.cell(scores, row, task) for row in
+                                                                   ("base", f"{name}|transplanted", f"{name}|random", f"{name}|shuffled"))
+                         + f" | {scores[name + '|transplanted'][FACTS]['acc,none']:.3f} |")
+        reached = emotions.steered(scores, {e: f"{corpus}|{e}|transplanted" for e in steered_emotions})
+        lines.append(f"| {corpus} | **≥ 0.8** | | **{reached} of {len(steered_emotions)}** | | | |")
     return "\n".join(lines)
 
 

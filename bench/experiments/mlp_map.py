@@ -21,33 +21,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from lm_eval_contrans.experiments.data import (
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
-)
-
-EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
-WIDTHS = (256, 1024)
-EPOCHS = 12
-
-
-def anchor_pairs(transplant):
-    """(source rows, target rows, text of each row) of the dense anchor pairs at the transplant's blocks."""
-    import torch
-
-    from lm_eval_contrans.anchors import load_anchor_texts, matched_token_pairs
-    from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
-
-    texts, _ = load_anchor_texts(None)
-    any_concept = load_concept_set("sentiment")  # the request reads the cached anchor states; its concept is not used
-    sides = [record_concept_states(model, [StateRequest(any_concept, layer)], anchor_texts=texts, anchor_tokens="dense",
-                                   device="cpu", role=role)[0]
-             for model, layer, role in ((SOURCE, transplant.source_layer, "source"), (TARGET, transplant.target_layer, "target"))]
-    source_index, target_index = matched_token_pairs(sides[0].anchor_ends, sides[1].anchor_ends)
-    groups = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor([len(ends) for ends in sides[1].anchor_ends]))
-    target_index = torch.tensor(target_index)
-    return (sides[0].anchor_states[transplant.source_layer][torch.tensor(source_index)].float(),
-            sides[1].anchor_states[transplant.target_layer][target_index].float(), groups[target_index])
+from lm_eval_contrans.experiments import emotion_steering as emotions
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, printed_from_saved, write_json
+from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
+WIDTHS = (512, 2048)
+EPOCHS = 40
 
 
 class ResidualMLP:
@@ -116,10 +94,7 @@ def fit_mlp(source, target, groups, log) -> tuple[ResidualMLP, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_argument(parser)
-    parser.add_argument("--limit", type=int, default=40, help="scenarios per emotion task (make_results.py uses 40)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    add_json_argument(parser, render=True)
+    emotions.add_arguments(parser, emotions=False)
     args = parser.parse_args()
     if printed_from_saved(args, render):
         return
@@ -130,21 +105,21 @@ def main() -> None:
 
     from lm_eval_contrans.activations import last_token_states
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.experiments.controls import cosine, random_control, target_own_vector
-    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+    from lm_eval_contrans.experiments.grid import GridRow
+    from lm_eval_contrans.experiments.states import paired_token_states
     from lm_eval_contrans.loading import free_model, load_model
     from lm_eval_contrans.pipeline import build_transplant
 
     started = time.time()
-    shared = data_folder(args.data)
     log = lambda message: print(f"[{time.time() - started:6.0f} s] {message}", flush=True)  # noqa: E731
-    log(f"machine: {machine()}; {args.limit} scenarios per emotion task")
+    grid = emotions.grid("mlp_map", args)
     transplants = {emotion: build_transplant(SOURCE, TARGET, emotion, device="cpu") for emotion in EMOTIONS}
     first = transplants[EMOTIONS[0]]
     assert all((t.source_layer, t.target_layer) == (first.source_layer, first.target_layer) for t in transplants.values())
-    source, target, groups = anchor_pairs(first)
+    anchor_texts, _ = load_anchor_texts(None)
+    source, target, groups = paired_token_states(first, anchor_texts)
     norms = source.norm(dim=1), target.norm(dim=1)
     typical = (norms[0] < 10 * norms[0].median()) & (norms[1] < 10 * norms[1].median())
     log(f"{len(source):,} anchor pairs, {int((~typical).sum()):,} left out as outliers")
@@ -159,8 +134,7 @@ def main() -> None:
         pair_states[emotion] = (states[:len(concept)], states[len(concept):])
     free_model(model)
 
-    anchor_texts, _ = load_anchor_texts(None)
-    rows = [GridRow("base", "base", TARGET, alpha=0.0, tasks=tuple(f"contrans_emotion_{e}" for e in EMOTIONS) + ("contrans_facts",))]
+    rows = [emotions.base_row(TARGET, EMOTIONS)]
     vectors = {}
     for emotion, transplant in transplants.items():
         positive, negative = pair_states[emotion]
@@ -171,16 +145,12 @@ def main() -> None:
                             "cos_mlp_to_linear": cosine(carried["MLP"], carried["linear"]),
                             **{f"cos_{kind}_to_own": cosine(vector, own) for kind, vector in carried.items()}}
         log(f"{emotion}: " + ", ".join(f"{key} {value:.3f}" for key, value in vectors[emotion].items()))
-        task = f"contrans_emotion_{emotion}"
+        task = emotion_task(emotion)
         for kind, vector in carried.items():
             steered = dataclasses.replace(transplant, vector=vector.float(), extra={**transplant.extra, "map": kind})
-            rows += [GridRow(f"{kind}|{emotion}|transplanted", "contrans", TARGET, steered, 1.0, tasks=(task, "contrans_facts")),
+            rows += [GridRow(f"{kind}|{emotion}|transplanted", "contrans", TARGET, steered, 1.0, tasks=(task, FACTS)),
                      GridRow(f"{kind}|{emotion}|random", "random", TARGET, random_control(steered, seed=0), 1.0, tasks=(task,))]
-    settings = EvalSettings(tasks=[], limit={**{f"contrans_emotion_{e}": args.limit for e in EMOTIONS}, "contrans_facts": None},
-                            batch_size=args.batch_size, device="cpu", bootstrap_iters=0, task_metadata=task_metadata(shared))
-    scores = {row.name: {task: {metric: value for metric, value in results.items() if metric.startswith("acc")}
-                         for task, results in row.results.items()}
-              for row in Grid(cache_root() / "experiments" / "mlp_map", settings).run(rows)}
+    scores = emotions.accuracies(grid.run(rows))
     document = {"limit": args.limit, "fit": fit, "outliers_left_out": int((~typical).sum()), "pairs": len(source),
                 "vectors": vectors, "scores": scores, "seconds": time.time() - started}
     write_json(args.json, document)
@@ -189,25 +159,19 @@ def main() -> None:
 
 def render(document: dict) -> str:
     fit, scores = document["fit"], document["scores"]
-
-    def acc(row: str, task: str) -> str:
-        stderr = scores[row][task].get("acc_stderr,none")
-        return f"{scores[row][task]['acc,none']:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
-
     lines = [f"Held-out R² (20 % of the anchor texts, {fit['test_rows']:,} token pairs; {document['outliers_left_out']:,} outlier rows "
              f"of {document['pairs']:,} left out): linear {fit['linear_heldout_r2']:.4f}, MLP (width {fit['width']}, "
              f"{fit['epochs']} epochs) {fit['heldout_r2']:.4f}. Steering at α = 1 ({document['limit']} dev scenarios per emotion; "
-             f"base facts {scores['base']['contrans_facts']['acc,none']:.3f}).", "",
+             f"base facts {scores['base'][FACTS]['acc,none']:.3f}).", "",
              "| emotion | cos(MLP, linear) | cos to own: linear | MLP | base | linear | random | facts | MLP | random | facts |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for emotion, cosines in document["vectors"].items():
-        task = f"contrans_emotion_{emotion}"
-        cells = [f"{acc(f'{kind}|{emotion}|transplanted', task)} | {acc(f'{kind}|{emotion}|random', task)} | "
-                 f"{scores[f'{kind}|{emotion}|transplanted']['contrans_facts']['acc,none']:.3f}" for kind in ("linear", "MLP")]
+        task = emotion_task(emotion)
+        cells = [f"{emotions.cell(scores, f'{kind}|{emotion}|transplanted', task)} | {emotions.cell(scores, f'{kind}|{emotion}|random', task)} | "
+                 f"{scores[f'{kind}|{emotion}|transplanted'][FACTS]['acc,none']:.3f}" for kind in ("linear", "MLP")]
         lines.append(f"| {emotion} | {cosines['cos_mlp_to_linear']:.3f} | {cosines['cos_linear_to_own']:.3f} | {cosines['cos_MLP_to_own']:.3f} | "
-                     f"{acc('base', task)} | " + " | ".join(cells) + " |")
-    reached = {kind: sum(scores[f"{kind}|{e}|transplanted"][f"contrans_emotion_{e}"]["acc,none"] >= 0.8 for e in document["vectors"])
-               for kind in ("linear", "MLP")}
+                     f"{emotions.cell(scores, 'base', task)} | " + " | ".join(cells) + " |")
+    reached = {kind: emotions.steered(scores, {e: f"{kind}|{e}|transplanted" for e in document["vectors"]}) for kind in ("linear", "MLP")}
     mean = {kind: sum(c[f"cos_{kind}_to_own"] for c in document["vectors"].values()) / len(document["vectors"]) for kind in ("linear", "MLP")}
     lines.append(f"| **mean / ≥ 0.8** | | **{mean['linear']:.3f}** | **{mean['MLP']:.3f}** | | **{reached['linear']} of 6** | | | "
                  f"**{reached['MLP']} of 6** | | |")
