@@ -35,6 +35,7 @@ from pathlib import Path
 from lm_eval_contrans.experiments import emotion_steering as emotions
 from lm_eval_contrans.experiments.data import SOURCE, TARGET, data_folder, machine, printed_from_saved, write_json
 from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
+
 SHIPPED = ["sentiment", "honesty", "toxicity", *EMOTIONS]
 CORPORA = ["shipped", "+ every set", "+ other sets"]
 EMOTION_PROMPT = "Scenario: {}\nThe emotion of the above scenario is"

@@ -81,15 +81,33 @@ def main() -> None:
                for task, metric in (CONCEPT_TASKS[concept], FACTS)}
     document = {"concepts": args.concepts, "alphas": args.alphas, "randoms": randoms, "limits": limits,
                 "base": base, "steered": steered, "seconds": time.time() - started}
+    write_json(args.json, document)  # first: a run is kept even if printing it fails
     print("\n" + render(document), flush=True)
-    write_json(args.json, document)
+
+
+def finite(after: list[float], before: list[float]) -> tuple[list[float], list[float]]:
+    """The documents where both scores are numbers. lm-eval's MC2 is NaN on a question where every
+    answer's probability underflows to zero (a steer strong enough to wreck the model)."""
+    kept = [(a, b) for a, b in zip(after, before) if math.isfinite(a) and math.isfinite(b)]
+    return [a for a, _ in kept], [b for _, b in kept]
 
 
 def paired(after: list[float], before: list[float]) -> str:
-    """Mean of the paired differences ± its standard error."""
+    """Mean of the paired differences ± its standard error, over the documents where both are numbers."""
+    after, before = finite(after, before)
     differences = [a - b for a, b in zip(after, before)]
     error = statistics.stdev(differences) / math.sqrt(len(differences))
     return f"{statistics.mean(differences):+.3f} ± {error:.3f}"
+
+
+def counted(after: list[float], before: list[float]) -> str:
+    """How many documents a row rests on, and how many were left out as NaN."""
+    left_out = len(after) - len(finite(after, before)[0])
+    return f"{len(after) - left_out}" + (f" ({left_out} NaN left out)" if left_out else "")
+
+
+def mean(values: list[float]) -> float:
+    return statistics.mean([value for value in values if math.isfinite(value)])
 
 
 def render(document: dict) -> str:
@@ -106,8 +124,8 @@ def render(document: dict) -> str:
             for alpha in document["alphas"]:
                 for task, metric in (CONCEPT_TASKS[concept], FACTS):
                     after, before = scores(concept, kind, alpha, task), base[task]
-                    lines.append(f"| {concept} | {kind} | {alpha:g} | {task} {metric} | {statistics.mean(before):.3f} | "
-                                 f"{statistics.mean(after):.3f} | {paired(after, before)} | {len(after)} |")
+                    lines.append(f"| {concept} | {kind} | {alpha:g} | {task} {metric} | {mean(before):.3f} | "
+                                 f"{mean(after):.3f} | {paired(after, before)} | {counted(after, before)} |")
     control_name = "random" if len(randoms) == 1 else f"mean of {len(randoms)} random"
     lines += ["", "The transplant against the random vector of equal norm, paired on the same documents"
               + ("" if len(randoms) == 1 else f" (the mean of {len(randoms)} random directions on each)") + ":", "",
@@ -118,8 +136,8 @@ def render(document: dict) -> str:
             for task, metric in (CONCEPT_TASKS[concept], FACTS):
                 ours = scores(concept, "transplanted", alpha, task)
                 control = [statistics.mean(values) for values in zip(*(scores(concept, kind, alpha, task) for kind in randoms))]
-                lines.append(f"| {concept} | {alpha:g} | {task} {metric} | {statistics.mean(ours):.3f} | "
-                             f"{statistics.mean(control):.3f} | {paired(ours, control)} | {len(ours)} |")
+                lines.append(f"| {concept} | {alpha:g} | {task} {metric} | {mean(ours):.3f} | "
+                             f"{mean(control):.3f} | {paired(ours, control)} | {counted(ours, control)} |")
     return "\n".join(lines)
 
 if __name__ == "__main__":
