@@ -166,3 +166,25 @@ def test_emotion_steering_cells_and_counts_read_a_grid_runs_accuracies():
     settings = emotions.settings(Path("/data"), 40, 8)
     assert settings.limit_of("contrans_emotion_sadness") == 40 and settings.limit_of("contrans_facts") is None
     assert settings.task_metadata["emotion_data"] == str(Path("/data") / "emotions" / "scenarios_dev.json")
+
+
+def test_default_alpha_pairs_only_documents_scored_on_both_sides(tmp_path):
+    """lm-eval's MC2 is NaN where every answer's probability underflows; the paired table leaves those
+    documents out, says how many, and still renders from the saved run."""
+    import subprocess
+    import sys
+
+    from lm_eval_contrans.experiments.data import REPOSITORY
+
+    nan = float("nan")
+    document = {"concepts": ["honesty"], "alphas": [5.0], "randoms": ["random, equal norm"],
+                "base": {"contrans_honesty_mc2": [0.4, 0.5, 0.6], "contrans_facts": [1.0, 0.0, 1.0]},
+                "steered": {"honesty / transplanted / 5 / contrans_honesty_mc2": [0.5, 0.6, 0.7],
+                            "honesty / transplanted / 5 / contrans_facts": [1.0, 0.0, 0.0],
+                            "honesty / random, equal norm / 5 / contrans_honesty_mc2": [0.4, nan, 0.8],
+                            "honesty / random, equal norm / 5 / contrans_facts": [0.0, 0.0, 0.0]}}
+    (tmp_path / "saved.json").write_text(json.dumps(document))
+    printed = subprocess.run([sys.executable, str(REPOSITORY / "bench" / "experiments" / "default_alpha.py"), "--render",
+                              "--json", str(tmp_path / "saved.json")], capture_output=True, text=True, check=True).stdout
+    assert "| honesty | transplanted | 5 | contrans_honesty_mc2 acc | 0.500 | 0.600 | +0.100 ± 0.000 | 3 |" in printed
+    assert "| honesty | random, equal norm | 5 | contrans_honesty_mc2 acc | 0.500 | 0.600 | +0.100 ± 0.100 | 2 (1 NaN left out) |" in printed
