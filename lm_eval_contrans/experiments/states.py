@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from lm_eval_contrans.anchors import matched_token_pairs
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import load_concept_set
+from lm_eval_contrans.pipeline.fit import paired_indices
 from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
 
 
@@ -19,8 +19,6 @@ def paired_token_states(transplant: Transplant, texts: list[str], device: str = 
                                             device=device, role=role)[0]
                       for model, layer, role in ((transplant.source, transplant.source_layer, "source"),
                                                  (transplant.target, transplant.target_layer, "target")))
-    source_index, target_index = matched_token_pairs(source.anchor_ends, target.anchor_ends)
-    text_of_row = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor([len(ends) for ends in target.anchor_ends]))
-    target_index = torch.tensor(target_index)
-    return (source.anchor_states[transplant.source_layer][torch.tensor(source_index)].float(),
-            target.anchor_states[transplant.target_layer][target_index].float(), text_of_row[target_index])
+    source_index, target_index, text_of_row = paired_indices(source, target)  # the pairing the build fits on
+    return (source.anchor_states[transplant.source_layer][source_index].float(),
+            target.anchor_states[transplant.target_layer][target_index].float(), text_of_row)
