@@ -188,3 +188,68 @@ def test_default_alpha_pairs_only_documents_scored_on_both_sides(tmp_path):
                               "--json", str(tmp_path / "saved.json")], capture_output=True, text=True, check=True).stdout
     assert "| honesty | transplanted | 5 | contrans_honesty_mc2 acc | 0.500 | 0.600 | +0.100 ± 0.000 | 3 |" in printed
     assert "| honesty | random, equal norm | 5 | contrans_honesty_mc2 acc | 0.500 | 0.600 | +0.100 ± 0.100 | 2 (1 NaN left out) |" in printed
+
+
+def test_map_levers_choose_on_the_selection_concepts_and_carry_both_the_concept_and_its_shuffled_control(transplant):
+    """A lever's setting is picked on sentiment, honesty and toxicity only; its steering rows carry the
+    emotion's pairs and the shuffled-label pairs through the lever, and share one random direction."""
+    import torch
+
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.experiments import map_levers
+    from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
+
+    good_on_emotions = {**{c: 0.1 for c in map_levers.SELECTION}, **{e: 0.9 for e in EMOTIONS}}
+    good_on_selection = {**{c: 0.3 for c in map_levers.SELECTION}, **{e: 0.0 for e in EMOTIONS}}
+    assert map_levers.choose({"a": good_on_emotions, "b": good_on_selection}) == "b"
+
+    pairs = {e: list(zip(load_concept_set(e).positives, load_concept_set(e).negatives)) for e in EMOTIONS}
+    texts = sorted({text for p in pairs.values() for pair in p for text in pair})
+    generator = torch.Generator().manual_seed(0)
+    text_states = {role: {t: torch.randn(size, generator=generator) for t in texts}
+                   for role, size in (("source", transplant.source_hidden_size), ("target", transplant.target_hidden_size))}
+    states = map_levers.LeverStates({e: transplant for e in EMOTIONS}, pairs, text_states, None, None, None, {}, {})
+    projection = torch.randn(transplant.source_hidden_size, transplant.target_hidden_size, generator=generator, dtype=torch.float64)
+    rows = map_levers.steering_rows(states, "target", {"lever": lambda emotion, vector: vector @ projection})
+    by_name = {row.name: row for row in rows}
+    assert len(rows) == 1 + len(EMOTIONS) * 4 and by_name["base"].kind == "base"
+    for emotion in EMOTIONS:
+        concept, shuffled = by_name[f"lever|{emotion}|transplanted"], by_name[f"lever|{emotion}|shuffled"]
+        expected = (states.source_vector(pairs[emotion]) @ projection).float()
+        assert torch.allclose(concept.transplant.vector, expected, atol=1e-5)
+        assert torch.allclose(shuffled.transplant.vector, (states.source_vector(states.shuffled_pairs(emotion)) @ projection).float(),
+                              atol=1e-5)
+        assert not torch.allclose(shuffled.transplant.vector, concept.transplant.vector)
+        assert concept.tasks == (f"contrans_emotion_{emotion}", "contrans_facts") and shuffled.tasks == (f"contrans_emotion_{emotion}",)
+        assert by_name[f"default|{emotion}|transplanted"].transplant is transplant
+    randoms = [by_name[f"{e}|random"].transplant.vector for e in EMOTIONS]
+    assert all(torch.equal(randoms[0], vector) for vector in randoms)
+    twice = {row.name: row for row in map_levers.steering_rows(states, "target", {"lever": lambda emotion, vector: vector @ projection},
+                                                              alphas=(1.0, 2.0))}
+    assert len(twice) == 1 + len(EMOTIONS) * 8 and set(by_name) < set(twice)  # alpha 1 rows keep their names: reused
+    assert twice["lever|fear|shuffled|α=2"].alpha == 2.0 and twice["lever|fear|shuffled"].alpha == 1.0
+    assert torch.equal(twice["lever|fear|shuffled|α=2"].transplant.vector, twice["lever|fear|shuffled"].transplant.vector)
+
+
+def test_the_anchor_space_rules_rebuild_a_vector_from_anchor_states():
+    """Sparse coding with as many anchors as dimensions rebuilds any vector exactly, so through a linear
+    relation between the two sides it gives that relation's image; nearest weights anchors by cosine."""
+    import importlib.util
+
+    import torch
+
+    from lm_eval_contrans.experiments.data import REPOSITORY
+
+    spec = importlib.util.spec_from_file_location("anchor_space", REPOSITORY / "bench" / "experiments" / "anchor_space.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(200, 6, generator=generator, dtype=torch.float64)
+    relation = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    space = module.AnchorSpace(source, source @ relation)
+    vector = torch.randn(6, generator=generator, dtype=torch.float64)
+    rebuilt = space.sparse(vector, sizes=(1, 6))
+    assert torch.allclose(rebuilt[6], vector @ relation, atol=1e-4)
+    assert not torch.allclose(rebuilt[1], vector @ relation, atol=1e-2)
+    aligned = space.nearest(space.source[7].double(), sizes=(1,))[1]
+    assert torch.allclose(aligned, space.target[7].double(), atol=1e-5)  # the anchor itself, cosine 1
