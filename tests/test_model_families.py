@@ -4,7 +4,6 @@ hybrid), as the target (build -> steer -> lm-eval on a shipped multiple-choice t
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
