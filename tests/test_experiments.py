@@ -253,3 +253,21 @@ def test_the_anchor_space_rules_rebuild_a_vector_from_anchor_states():
     assert not torch.allclose(rebuilt[1], vector @ relation, atol=1e-2)
     aligned = space.nearest(space.source[7].double(), sizes=(1,))[1]
     assert torch.allclose(aligned, space.target[7].double(), atol=1e-5)  # the anchor itself, cosine 1
+
+
+def test_an_experiments_arguments_run_it_or_print_its_saved_run(tmp_path, monkeypatch, capsys):
+    from lm_eval_contrans.experiments import emotion_steering as emotions
+    from lm_eval_contrans.experiments.data import write_json
+
+    render = lambda document: f"{document['rows']} rows"  # noqa: E731
+    more = lambda parser: parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])  # noqa: E731
+    monkeypatch.setattr("sys.argv", ["lever.py", "--limit", "5", "--alphas", "1", "2"])
+    args = emotions.parse_arguments("A lever.\n\nMore.", render, emotions=False, more=more)
+    assert (args.limit, args.alphas, args.batch_size, hasattr(args, "emotions")) == (5, [1.0, 2.0], 8, False)
+    write_json(tmp_path / "saved.json", {"rows": 3})
+    monkeypatch.setattr("sys.argv", ["lever.py", "--render", "--json", str(tmp_path / "saved.json")])
+    assert emotions.parse_arguments("A lever.", render) is None
+    assert capsys.readouterr().out == "3 rows\n"
+    watch = emotions.Stopwatch()
+    watch.log("recorded")
+    assert capsys.readouterr().out.endswith(" s] recorded\n") and 0 <= watch.seconds < 60

@@ -19,12 +19,9 @@ Run:  python bench/experiments/anchor_space.py --data ../shared/data --json benc
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from lm_eval_contrans.experiments import emotion_steering as emotions
 from lm_eval_contrans.experiments import map_levers
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, printed_from_saved, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
 from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
 from lm_eval_contrans.experiments.map_levers import CONCEPTS, SELECTION
 
@@ -68,20 +65,17 @@ class AnchorSpace:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    emotions.add_arguments(parser, emotions=False)
-    args = parser.parse_args()
-    if printed_from_saved(args, render):
+    args = emotions.parse_arguments(__doc__, render, emotions=False)
+    if args is None:
         return
 
     from lm_eval_contrans.experiments.controls import cosine
 
-    started = time.time()
-    log = lambda message: print(f"[{time.time() - started:6.0f} s] {message}", flush=True)  # noqa: E731
+    watch = emotions.Stopwatch()
     grid = emotions.grid("anchor_space", args)
     states = map_levers.LeverStates.record(SOURCE, TARGET)
     space = AnchorSpace(states.anchor_source, states.anchor_target)
-    log(f"{len(space.source):,} anchor token pairs; checks (cosines, 1 = reproduced): "
+    watch.log(f"{len(space.source):,} anchor token pairs; checks (cosines, 1 = reproduced): "
         + "; ".join(f"{c} " + "/".join(f"{v:.4f}" for v in check.values()) for c, check in states.checks.items()))
 
     cosines = {"default map": {c: cosine(states.transplants[c].vector, states.own[c]) for c in CONCEPTS}}
@@ -90,17 +84,17 @@ def main() -> None:
         for rule in RULES:
             for size, rebuilt in getattr(space, rule)(vector).items():
                 cosines.setdefault(f"{rule}|{size}", {})[concept] = cosine(rebuilt, states.own[concept])
-        log(f"{concept}: " + ", ".join(f"{setting} {values[concept]:.3f}" for setting, values in cosines.items()))
+        watch.log(f"{concept}: " + ", ".join(f"{setting} {values[concept]:.3f}" for setting, values in cosines.items()))
     default_score = sum(cosines["default map"][c] for c in SELECTION)
     chosen = {rule: map_levers.choose({s: v for s, v in cosines.items() if s.startswith(rule + "|")}) for rule in RULES}
     steered = [setting for setting in chosen.values() if sum(cosines[setting][c] for c in SELECTION) > default_score]
-    log(f"chosen on {', '.join(SELECTION)}: {chosen}; beating the default map there: {steered or 'none'}")
+    watch.log(f"chosen on {', '.join(SELECTION)}: {chosen}; beating the default map there: {steered or 'none'}")
 
     levers = {setting: (lambda emotion, vector, setting=setting: space.rebuild(setting.split("|")[0], vector, int(setting.split("|")[1])))
               for setting in steered}
     scores = emotions.accuracies(grid.run(map_levers.steering_rows(states, TARGET, levers))) if levers else {}
     document = {"limit": args.limit, "sizes": list(SIZES), "checks": states.checks, "anchor_pairs": len(space.source),
-                "cosines": cosines, "chosen": chosen, "levers": list(levers), "scores": scores, "seconds": time.time() - started}
+                "cosines": cosines, "chosen": chosen, "levers": list(levers), "scores": scores, "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
 

@@ -26,14 +26,12 @@ Run:  python bench/experiments/concept_anchors.py --data ../shared/data --json b
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import time
 from pathlib import Path
 
 from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, data_folder, machine, printed_from_saved, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, data_folder, machine, write_json
 from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
 
 SHIPPED = ["sentiment", "honesty", "toxicity", *EMOTIONS]
@@ -83,11 +81,10 @@ def map_r2(transplant, texts: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    emotions.add_arguments(parser, emotions=False)
-    parser.add_argument("--concepts", nargs="+", default=EMOTIONS, help="concepts whose cosines are measured")
-    args = parser.parse_args()
-    if printed_from_saved(args, render):
+    args = emotions.parse_arguments(__doc__, render, emotions=False,
+                                      more=lambda parser: parser.add_argument("--concepts", nargs="+", default=EMOTIONS,
+                                                                              help="concepts whose cosines are measured"))
+    if args is None:
         return
 
     import torch
@@ -99,7 +96,7 @@ def main() -> None:
     from lm_eval_contrans.experiments.grid import Grid, GridRow
     from lm_eval_contrans.pipeline import build_transplant
 
-    started = time.time()
+    watch = emotions.Stopwatch()
     torch.manual_seed(0)
     shared = data_folder(args.data)
     work = cache_root() / "experiments" / "concept_anchors"
@@ -119,7 +116,7 @@ def main() -> None:
                "cos_to_own": cosine(transplant.vector, own)}
         fit.update({f"r2 {kind}": map_r2(transplant, texts) for kind, texts in held_out.items()})
         fits[f"{corpus}|{concept}"] = fit
-        print(f"[{time.time() - started:6.0f} s] {corpus:13s} {concept:9s} " + ", ".join(f"{k} {v:.3f}" for k, v in fit.items()), flush=True)
+        watch.log(f"{corpus:13s} {concept:9s} " + ", ".join(f"{k} {v:.3f}" for k, v in fit.items()))
         if concept in EMOTIONS:
             shuffled = build_transplant(SOURCE, TARGET, shuffled_labels(load_concept_set(concept)), device="cpu", anchors=anchors)
             task = emotion_task(concept)
@@ -128,7 +125,7 @@ def main() -> None:
                      GridRow(f"{corpus}|{concept}|shuffled", "shuffled", TARGET, shuffled, 1.0, tasks=(task,))]
     scores = emotions.accuracies(Grid(work / "grid", emotions.settings(shared, args.limit, args.batch_size)).run(rows))
     document = {"limit": args.limit, "concepts": args.concepts, "corpora": CORPORA, "held_out_texts": {k: len(v) for k, v in held_out.items()},
-                "fits": fits, "scores": scores, "seconds": time.time() - started}
+                "fits": fits, "scores": scores, "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
 

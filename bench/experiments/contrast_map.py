@@ -36,12 +36,9 @@ Run:  python bench/experiments/contrast_map.py --data ../shared/data --json benc
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from lm_eval_contrans.experiments import emotion_steering as emotions
 from lm_eval_contrans.experiments import map_levers
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, printed_from_saved, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
 from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
 from lm_eval_contrans.experiments.map_levers import CONCEPTS, SELECTION
 
@@ -88,18 +85,16 @@ class ContrastFit:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    emotions.add_arguments(parser, emotions=False)
-    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0], help="alphas of the steering rows (residual units)")
-    args = parser.parse_args()
-    if printed_from_saved(args, render):
+    args = emotions.parse_arguments(__doc__, render, emotions=False,
+                                      more=lambda parser: parser.add_argument("--alphas", type=float, nargs="+", default=[1.0],
+                                                                              help="alphas of the steering rows (residual units)"))
+    if args is None:
         return
 
     from lm_eval_contrans.alignment import heldout_split, r_squared
     from lm_eval_contrans.experiments.controls import cosine
 
-    started = time.time()
-    log = lambda message: print(f"[{time.time() - started:6.0f} s] {message}", flush=True)  # noqa: E731
+    watch = emotions.Stopwatch()
     grid = emotions.grid("contrast_map", args)
     states = map_levers.LeverStates.record(SOURCE, TARGET)
     source, target = states.anchor_source, states.anchor_target
@@ -108,7 +103,7 @@ def main() -> None:
     checks = {concept: {**check, "default map from the anchor states": cosine(
         states.transplants[concept].source_vector.double() @ fits["all"].weight(), states.transplants[concept].vector)}
         for concept, check in states.checks.items()}
-    log(f"{len(source):,} anchor token pairs ({len(test):,} held out); checks (cosines, 1 = reproduced): "
+    watch.log(f"{len(source):,} anchor token pairs ({len(test):,} held out); checks (cosines, 1 = reproduced): "
         + "; ".join(f"{c} " + "/".join(f"{v:.4f}" for v in check.values()) for c, check in checks.items()))
 
     def weight(concept: str, teaching: str, fraction: float, also_without: tuple[str, ...] = (), fit: str = "all"):
@@ -128,16 +123,16 @@ def main() -> None:
             fit = fits["train"]  # what the teaching costs on neutral text (the first emotion's teaching set)
             predicted = (source[test].double() - fit.source_mean) @ weight(EMOTIONS[0], teaching, fraction, fit="train") + fit.target_mean
             r2[setting] = r_squared(predicted, target[test].double())
-            log(f"{setting}: " + ", ".join(f"{c} {v:.3f}" for c, v in cosines[setting].items()))
+            watch.log(f"{setting}: " + ", ".join(f"{c} {v:.3f}" for c, v in cosines[setting].items()))
     across = map_levers.choose({setting: values for setting, values in cosines.items() if setting.endswith("|" + ACROSS)})
-    log(f"{ACROSS}: lambda chosen on {', '.join(SELECTION)}: {across.split('|')[0]}")
+    watch.log(f"{ACROSS}: lambda chosen on {', '.join(SELECTION)}: {across.split('|')[0]}")
 
     # each emotion's within-family setting, from the other five emotions rebuilt without it
     inner = {emotion: {f"{fraction:g}|{teaching}": sum(carried_cosine(other, weight(other, teaching, fraction, (emotion,)))
                                                        for other in EMOTIONS if other != emotion) / (len(EMOTIONS) - 1)
                        for fraction in LAMBDAS for teaching in (WITHIN, BOTH)} for emotion in EMOTIONS}
     within = {emotion: max(scores, key=scores.get) for emotion, scores in inner.items()}
-    log(f"{WITHIN_LEVER}: chosen per emotion on the other five: {within}")
+    watch.log(f"{WITHIN_LEVER}: chosen per emotion on the other five: {within}")
 
     levers = {}
     if float(across.split("|")[0]) > 0:  # lambda 0 is the default map: nothing new to steer
@@ -150,7 +145,7 @@ def main() -> None:
     scores = emotions.accuracies(grid.run(map_levers.steering_rows(states, TARGET, levers, tuple(args.alphas)))) if levers else {}
     document = {"limit": args.limit, "alphas": args.alphas, "lambdas": list(LAMBDAS), "checks": checks, "cosines": cosines, "heldout_r2": r2,
                 "anchor_pairs": len(source), "chosen_across": across, "inner": inner, "chosen_within": within,
-                "levers": list(levers), "scores": scores, "seconds": time.time() - started}
+                "levers": list(levers), "scores": scores, "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
 

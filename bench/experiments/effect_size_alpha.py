@@ -18,11 +18,8 @@ Run:  python bench/experiments/effect_size_alpha.py --data ../shared/data --json
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, printed_from_saved, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
 from lm_eval_contrans.experiments.emotion_steering import FACTS, emotion_task
 
 SPREADS = ("std", "robust")
@@ -51,32 +48,30 @@ def effect_size(transplant) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    emotions.add_arguments(parser)
-    args = parser.parse_args()
-    if printed_from_saved(args, render):
+    args = emotions.parse_arguments(__doc__, render)
+    if args is None:
         return
 
     from lm_eval_contrans.experiments.controls import random_control
     from lm_eval_contrans.experiments.grid import GridRow
     from lm_eval_contrans.pipeline import build_transplant
 
-    started = time.time()
+    watch = emotions.Stopwatch()
     grid = emotions.grid("effect_size_alpha", args)
     rows = [emotions.base_row(TARGET, args.emotions)]
     effects = {}
     for emotion in args.emotions:
         transplant = build_transplant(SOURCE, TARGET, emotion, device="cpu")
         effects[emotion] = effect_size(transplant)
-        print(f"[{time.time() - started:6.0f} s] {emotion}: " + ", ".join(
-            f"{kind} d {e['d']:.2f} alpha {e['alpha']:.2f}" for kind, e in effects[emotion].items()), flush=True)
+        watch.log(f"{emotion}: " + ", ".join(
+            f"{kind} d {e['d']:.2f} alpha {e['alpha']:.2f}" for kind, e in effects[emotion].items()))
         alphas = dict(zip(SETTINGS, (1.0, *(effects[emotion][kind]["alpha"] for kind in SPREADS))))
         for setting, alpha in alphas.items():
             rows += [GridRow(f"{setting}|{emotion}|transplanted", "contrans", TARGET, transplant, alpha, tasks=(emotion_task(emotion), FACTS)),
                      GridRow(f"{setting}|{emotion}|random", "random", TARGET, random_control(transplant, seed=0), alpha,
                              tasks=(emotion_task(emotion),))]
     document = {"limit": args.limit, "emotions": args.emotions, "effects": effects, "scores": emotions.accuracies(grid.run(rows)),
-                "seconds": time.time() - started}
+                "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
 

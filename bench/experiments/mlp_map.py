@@ -18,11 +18,8 @@ Run:  python bench/experiments/mlp_map.py --data ../shared/data --json bench/res
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, printed_from_saved, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
 from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
 WIDTHS = (512, 2048)
 EPOCHS = 40
@@ -93,10 +90,8 @@ def fit_mlp(source, target, groups, log) -> tuple[ResidualMLP, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    emotions.add_arguments(parser, emotions=False)
-    args = parser.parse_args()
-    if printed_from_saved(args, render):
+    args = emotions.parse_arguments(__doc__, render, emotions=False)
+    if args is None:
         return
 
     import dataclasses
@@ -112,8 +107,7 @@ def main() -> None:
     from lm_eval_contrans.loading import free_model, load_model
     from lm_eval_contrans.pipeline import build_transplant
 
-    started = time.time()
-    log = lambda message: print(f"[{time.time() - started:6.0f} s] {message}", flush=True)  # noqa: E731
+    watch = emotions.Stopwatch()
     grid = emotions.grid("mlp_map", args)
     transplants = {emotion: build_transplant(SOURCE, TARGET, emotion, device="cpu") for emotion in EMOTIONS}
     first = transplants[EMOTIONS[0]]
@@ -122,9 +116,9 @@ def main() -> None:
     source, target, groups = paired_token_states(first, anchor_texts)
     norms = source.norm(dim=1), target.norm(dim=1)
     typical = (norms[0] < 10 * norms[0].median()) & (norms[1] < 10 * norms[1].median())
-    log(f"{len(source):,} anchor pairs, {int((~typical).sum()):,} left out as outliers")
+    watch.log(f"{len(source):,} anchor pairs, {int((~typical).sum()):,} left out as outliers")
     torch.manual_seed(0)
-    mlp, fit = fit_mlp(source[typical], target[typical], groups[typical], log)
+    mlp, fit = fit_mlp(source[typical], target[typical], groups[typical], watch.log)
 
     model, tokenizer = load_model(SOURCE, argument="source", device="cpu")
     pair_states = {}
@@ -144,7 +138,7 @@ def main() -> None:
         vectors[emotion] = {"cos_linear_to_transplant": cosine(carried["linear"], transplant.vector),
                             "cos_mlp_to_linear": cosine(carried["MLP"], carried["linear"]),
                             **{f"cos_{kind}_to_own": cosine(vector, own) for kind, vector in carried.items()}}
-        log(f"{emotion}: " + ", ".join(f"{key} {value:.3f}" for key, value in vectors[emotion].items()))
+        watch.log(f"{emotion}: " + ", ".join(f"{key} {value:.3f}" for key, value in vectors[emotion].items()))
         task = emotion_task(emotion)
         for kind, vector in carried.items():
             steered = dataclasses.replace(transplant, vector=vector.float(), extra={**transplant.extra, "map": kind})
@@ -152,7 +146,7 @@ def main() -> None:
                      GridRow(f"{kind}|{emotion}|random", "random", TARGET, random_control(steered, seed=0), 1.0, tasks=(task,))]
     scores = emotions.accuracies(grid.run(rows))
     document = {"limit": args.limit, "fit": fit, "outliers_left_out": int((~typical).sum()), "pairs": len(source),
-                "vectors": vectors, "scores": scores, "seconds": time.time() - started}
+                "vectors": vectors, "scores": scores, "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
 

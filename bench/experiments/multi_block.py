@@ -15,11 +15,8 @@ Run:  python bench/experiments/multi_block.py --data ../shared/data --json bench
 
 from __future__ import annotations
 
-import argparse
-import time
-
 from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, printed_from_saved, write_json
+from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
 from lm_eval_contrans.experiments.emotion_steering import FACTS, emotion_task
 
 DEPTHS = [0.6, 0.75, 0.9]
@@ -28,17 +25,15 @@ SETTINGS = {"one block (0.75), α 1": ([0.75], 1.0), "three blocks, α 1/3 each"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    emotions.add_arguments(parser)
-    args = parser.parse_args()
-    if printed_from_saved(args, render):
+    args = emotions.parse_arguments(__doc__, render)
+    if args is None:
         return
 
     from lm_eval_contrans.experiments.controls import random_control
     from lm_eval_contrans.experiments.grid import GridRow
     from lm_eval_contrans.pipeline import build_transplants
 
-    started = time.time()
+    watch = emotions.Stopwatch()
     grid = emotions.grid("multi_block", args)
     rows = [emotions.base_row(TARGET, args.emotions)]
     blocks = {}
@@ -51,9 +46,9 @@ def main() -> None:
                              tasks=(emotion_task(emotion), FACTS)),
                      GridRow(f"{setting}|{emotion}|random", "random", TARGET, [random_control(t, seed=0) for t in chosen],
                              (alpha,) * len(chosen), tasks=(emotion_task(emotion),))]
-        print(f"[{time.time() - started:6.0f} s] built {emotion}: " + ", ".join(f"{d}: {s}->{t} R² {r:.3f}" for d, (s, t, r) in blocks[emotion].items()), flush=True)
+        watch.log(f"built {emotion}: " + ", ".join(f"{d}: {s}->{t} R² {r:.3f}" for d, (s, t, r) in blocks[emotion].items()))
     document = {"limit": args.limit, "emotions": args.emotions, "settings": list(SETTINGS), "blocks": blocks,
-                "scores": emotions.accuracies(grid.run(rows)), "seconds": time.time() - started}
+                "scores": emotions.accuracies(grid.run(rows)), "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
 

@@ -4,10 +4,15 @@ accuracies a grid run gives, and the table cells made from them."""
 
 from __future__ import annotations
 
+import argparse
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lm_eval_contrans.cache import cache_root
-from lm_eval_contrans.experiments.data import add_data_argument, add_json_argument, data_folder, machine, task_metadata
+from lm_eval_contrans.experiments.data import (
+    add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata,
+)
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]
@@ -26,6 +31,32 @@ def add_arguments(parser, emotions: bool = True) -> None:
         parser.add_argument("--emotions", nargs="+", default=EMOTIONS)
     parser.add_argument("--batch-size", type=int, default=8)
     add_json_argument(parser, render=True)
+
+
+def parse_arguments(description: str, render: Callable[[dict], str], emotions: bool = True,
+                    more: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace | None:
+    """An experiment's arguments (`add_arguments`, then what `more` adds), or None when --render has
+    printed a saved run and there is nothing to run."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    add_arguments(parser, emotions)
+    if more is not None:
+        more(parser)
+    args = parser.parse_args()
+    return None if printed_from_saved(args, render) else args
+
+
+class Stopwatch:
+    """Seconds since the run started, and log lines stamped with them (long runs are followed in their log)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+    def log(self, message: str) -> None:
+        print(f"[{self.seconds:6.0f} s] {message}", flush=True)
 
 
 def settings(data: Path, limit: int, batch_size: int) -> EvalSettings:
