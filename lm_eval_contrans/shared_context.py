@@ -47,12 +47,22 @@ def cache_can_be_shared(model: torch.nn.Module) -> bool:
     except Exception:  # noqa: BLE001 - a cache that cannot be copied or repeated: no sharing
         return False
     device = input_device(model)
+    tolerance = rounding_tolerance(model)
     for (score, _), tokens in zip(shared, continuations):
         full = model(input_ids=torch.tensor([context + tokens], device=device)).logits[0].float().log_softmax(-1)
         expected = float(sum(full[len(context) + i - 1, token] for i, token in enumerate(tokens)))
-        if not abs(score - expected) <= 1e-3 * max(1.0, abs(expected)):
+        if not abs(score - expected) <= tolerance * max(1.0, abs(expected)):
             return False
     return True
+
+
+def rounding_tolerance(model: torch.nn.Module) -> float:
+    """How far (relative) two ways of computing the same score may differ by rounding alone: 1e-3, or
+    8 units in the last place of the model's floating-point type where that is coarser (bfloat16 rounding
+    alone moves a short continuation's score by 2e-3). A cache that does not carry the context errs by
+    orders of magnitude more."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return max(1e-3, 8 * torch.finfo(dtype).eps)
 
 
 @torch.no_grad()
