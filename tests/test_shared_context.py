@@ -84,6 +84,29 @@ def test_fast_scoring_hflm_scores_as_hflm_does(tiny_gpt2_dir):
     assert len(fast._shared_context_groups([(None, fast.tok_encode(o), fast.tok_encode(a)) for o in OPENINGS for a in answers])) == 2
 
 
+def test_a_shared_score_off_by_more_than_rounding_is_refused_in_bfloat16_too(monkeypatch):
+    """The bfloat16 tolerance admits rounding, not a cache that changes the scores by a few percent."""
+    from transformers import AutoModelForCausalLM
+
+    from model_families import tiny_config
+    from lm_eval_contrans import shared_context
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=64, special_id=0)).eval().to(torch.bfloat16)
+    real = shared_context.score_continuations
+
+    def off_by(fraction: float):
+        def scored(*args, **kwargs):
+            return [(score * (1 + fraction), greedy) for score, greedy in real(*args, **kwargs)]
+        return scored
+
+    monkeypatch.setattr(shared_context, "score_continuations", off_by(0.0))
+    assert shared_context.cache_can_be_shared(model) is True
+    monkeypatch.setattr(shared_context, "score_continuations", off_by(0.05))
+    assert shared_context.cache_can_be_shared(model) is False
+    assert shared_context.rounding_tolerance(model) == pytest.approx(4 * torch.finfo(torch.bfloat16).eps)
+    assert shared_context.rounding_tolerance(model.float()) == 1e-3
+
+
 @pytest.mark.parametrize(("family", "shareable"), [("llama", True), ("gpt2", True), ("mamba", False), ("jamba", False),
                                                    ("qwen3_next", False), ("falcon_h1", False)])
 def test_whether_a_cache_can_be_shared_is_read_from_the_models_own_cache(family, shareable):
