@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_contrans.artifact import Transplant
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, base_row, emotion_task
+from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, base_row, cell, emotion_task, steered
 from lm_eval_contrans.experiments.grid import GridRow
 
 SELECTION = ["sentiment", "honesty", "toxicity"]
@@ -119,15 +119,13 @@ def steering_rows(states: LeverStates, target: str, levers: dict[str, Carry], al
             rows += [GridRow(row_name(f"default|{emotion}|transplanted", alpha), "contrans", target, transplant, alpha, tasks=(task, FACTS)),
                      GridRow(row_name(f"{emotion}|random", alpha), "random", target, random_control(transplant, seed=0), alpha, tasks=(task,))]
             rows += [GridRow(row_name(f"{lever}|{emotion}|{kind}", alpha), "contrans" if kind == "transplanted" else "shuffled", target,
-                             steered, alpha, tasks=(task, FACTS) if kind == "transplanted" else (task,))
-                     for (lever, kind), steered in carried.items()]
+                             lever_transplant, alpha, tasks=(task, FACTS) if kind == "transplanted" else (task,))
+                     for (lever, kind), lever_transplant in carried.items()]
     return rows
 
 
 def steering_table(scores: dict, levers: list[str], limit: int, alpha: float = 1.0) -> str:
     """Steering success per emotion: default map, random, and each lever with its shuffled-label control and facts."""
-    from lm_eval_contrans.experiments.emotion_steering import cell, steered
-
     def cell_of(name: str, task: str) -> str:
         return cell(scores, row_name(name, alpha), task)
 
