@@ -189,6 +189,11 @@ def last_token_states(
     return {layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}
 
 
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type recorded states are kept in: float32, or a narrower float type as it is (exact)."""
+    return dtype if dtype.is_floating_point and torch.finfo(dtype).bits < 32 else torch.float32
+
+
 @torch.no_grad()
 def token_states(
     model: nn.Module,
@@ -200,8 +205,10 @@ def token_states(
     progress: str | None = None,
     token_budget: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Every real token's output of each block: {layer: float32 CPU tensor [sum of lengths, hidden]},
-    the tokens of sequence 0 first, then those of sequence 1, and so on."""
+    """Every real token's output of each block: {layer: CPU tensor [sum of lengths, hidden]}, the
+    tokens of sequence 0 first, then those of sequence 1, and so on. Float32, or the model's own type
+    when it is a narrower float (bfloat16, float16): those values are kept exactly, in half the memory,
+    and dense anchors over many blocks are what sets a bfloat16 build's peak; convert with `.float()`."""
     if not sequences:
         raise ValueError("no texts to record")
     lengths = [len(ids) for ids in sequences]
@@ -211,11 +218,11 @@ def token_states(
     recorded: dict[int, torch.Tensor] = {}
 
     def keep(layer, states, batch_indices, batch, attention_mask, last):
-        if layer not in recorded:  # the block's width is known once it has run
-            recorded[layer] = torch.empty(sum(lengths), states.shape[-1])
+        if layer not in recorded:  # the block's width and type are known once it has run
+            recorded[layer] = torch.empty(sum(lengths), states.shape[-1], dtype=storage_dtype(states.dtype))
         for row, index in enumerate(batch_indices):
             real = attention_mask[row].bool().to(states.device)
-            recorded[layer][starts[index] : starts[index] + lengths[index]] = states[row][real].float().cpu()
+            recorded[layer][starts[index] : starts[index] + lengths[index]] = states[row][real].cpu()
 
     _record(model, tokenizer, [list(ids) for ids in sequences], layers, batch_size=batch_size, padding_side=None,
             progress=progress, token_budget=token_budget, keep=keep)

@@ -22,7 +22,7 @@ from lm_eval_contrans.artifact import (
 )
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.loading import evaluation_device, parse_model_spec, pretrained_path
+from lm_eval_contrans.loading import evaluation_device, parse_model_spec, pretrained_path, release_read_only_tokenizers
 from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, plan_port, record_sources
 from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of
 from lm_eval_contrans.pipeline.recipe import as_bool
@@ -135,6 +135,7 @@ class ConTransLM(FastScoringHFLM):
                               source_dtype=source_dtype, device=build_device, batch_size=build_batch_size,
                               source_block_path=source_block_path)
             sources = record_sources(plan)  # the source model is freed before HFLM loads the target
+        release_read_only_tokenizers()  # HFLM loads the target's own; a second copy would sit beside it
 
         # the device resolved as HFLM would (its own fallback needs a string: simple_evaluate may pass None)
         super().__init__(pretrained=pretrained_path(target_spec), device=build_device, share_context=share_context,

@@ -271,3 +271,27 @@ def test_an_experiments_arguments_run_it_or_print_its_saved_run(tmp_path, monkey
     watch = emotions.Stopwatch()
     watch.log("recorded")
     assert capsys.readouterr().out.endswith(" s] recorded\n") and 0 <= watch.seconds < 60
+
+
+def test_a_saved_run_names_its_commit_and_whether_the_code_differed_from_it(tmp_path, monkeypatch):
+    import subprocess
+
+    from lm_eval_contrans.experiments import data
+
+    def git(*arguments: str) -> None:
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *arguments], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "lm_eval_contrans").mkdir()
+    (tmp_path / "lm_eval_contrans" / "module.py").write_text("x = 1\n")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.setattr(data, "REPOSITORY", tmp_path)
+    clean = data.code_commit()
+    assert clean and not clean.endswith("-dirty")
+    (tmp_path / "bench" / "results" / "run.json").write_text("{}")  # a run's own output is not code
+    assert data.code_commit() == clean
+    (tmp_path / "lm_eval_contrans" / "module.py").write_text("x = 2\n")
+    assert data.code_commit() == clean + "-dirty"

@@ -394,3 +394,36 @@ def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
             raw = model(ids).logits
     assert transplant.alpha_unit == "residual" and torch.equal(applied, by_hand)
     assert not torch.allclose(applied, raw)
+
+
+def test_no_read_only_tokenizer_is_held_while_the_target_loads(tiny_llama_dir, tiny_gpt2_dir, monkeypatch, tmp_path):
+    """The build reads both tokenizers (dense anchors need fast ones); the target then loads with its
+    own. Gemma 3's takes 330 MiB, so a kept copy set a bfloat16 build's peak memory."""
+    from lm_eval.models.huggingface import HFLM
+
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path))  # nothing cached: finish_build loads the target itself
+
+    from lm_eval_contrans import loading
+    from lm_eval_contrans.pipeline import build
+
+    held = []
+    create_model = HFLM._create_model
+
+    def spying_create_model(self, *args, **kwargs):
+        held.append(loading._tokenizer.cache_info().currsize)
+        return create_model(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_create_model", spying_create_model)
+    loading.read_only_tokenizer(loading.parse_model_spec(str(tiny_gpt2_dir), "target"))
+    ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment", device="cpu", batch_size=8)
+    load_model = build.load_model
+
+    def spying_load_model(*args, **kwargs):
+        held.append(loading._tokenizer.cache_info().currsize)
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(build, "load_model", spying_load_model)
+    loading.read_only_tokenizer(loading.parse_model_spec(str(tiny_gpt2_dir), "target"))
+    plan = build.plan_build(str(tiny_llama_dir), str(tiny_gpt2_dir), "toxicity", target_layer=1)  # states not cached
+    build.finish_build(plan, build.record_sources(plan))
+    assert held == [0, 0]

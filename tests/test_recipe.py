@@ -49,6 +49,27 @@ def test_token_states_are_every_real_token_in_text_order(tiny_model_dir):
     assert states.shape[0] == sum(len(row) for row in ids)
     last_rows = torch.cumsum(torch.tensor([len(row) for row in ids]), 0) - 1
     torch.testing.assert_close(states[last_rows], last_token_states(model, tokenizer, TEXTS, [1])[1], atol=1e-5, rtol=1e-4)
+    assert states.dtype == torch.float32
+
+
+def test_a_bfloat16_models_token_states_are_kept_exactly_and_read_back_as_float32(tiny_model_dir):
+    """Dense anchors over nine blocks set a bfloat16 build's peak memory: they are held in bfloat16
+    (no value changes) and every reader gets float32."""
+    from lm_eval_contrans.cache import fill_entries
+    from lm_eval_contrans.pipeline.states import StatesOnDisk
+
+    model, tokenizer = load(tiny_model_dir)
+    model = model.to(torch.bfloat16)
+    ids, _ = tokenize_with_ends(tokenizer, TEXTS)
+    states = token_states(model, tokenizer, ids, [1], batch_size=2)[1]
+    assert states.dtype == torch.bfloat16
+    last_rows = torch.cumsum(torch.tensor([len(row) for row in ids]), 0) - 1
+    upcast = last_token_states(model, tokenizer, TEXTS, [1], batch_size=2)[1]  # float32 of the same values
+    assert upcast.dtype == torch.float32 and torch.equal(states[last_rows].float(), upcast)
+    key = {"test": "bfloat16 states", "model": str(tiny_model_dir)}
+    fill_entries({1: ("anchor_states", key)}, lambda missing: {1: states})
+    read = StatesOnDisk({1: key})[1]
+    assert read.dtype == torch.float32 and torch.equal(read, states.float())
 
 
 def test_centring_removes_an_offset_that_a_no_bias_fit_cannot_carry():

@@ -94,11 +94,33 @@ def write_json(path: str | os.PathLike | None, document: dict) -> None:
         Path(path).write_text(json.dumps({**document, "run": run_record()}, indent=1, default=str) + "\n")
 
 
+CODE_PATHS = ("lm_eval_contrans", "bench/perf", "bench/experiments", "tasks", "concept_sets")
+
+
+def code_commit() -> str | None:
+    """The checked-out commit, with "-dirty" when the code (not the saved results) differs from it."""
+    import subprocess
+
+    def git(*arguments: str) -> str:
+        try:
+            return subprocess.run(["git", *arguments], cwd=REPOSITORY, capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this machine
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    return commit + ("-dirty" if git("status", "--porcelain", "--", *CODE_PATHS) else "")
+
+
+# A long run records the code it started with, not what is checked out when it writes its file.
+_COMMIT_AT_START = code_commit()
+
+
 def run_record() -> dict:
     """The command line (script path relative to the repository), date, commit and machine of this run."""
     import datetime
     import shlex
-    import subprocess
     import sys
 
     script = Path(sys.argv[0]).resolve()
@@ -106,9 +128,8 @@ def run_record() -> dict:
         script_name = script.relative_to(REPOSITORY).as_posix()
     except ValueError:
         script_name = script.name
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True)
     return {"command": shlex.join(["python", script_name, *sys.argv[1:]]), "date": datetime.date.today().isoformat(),
-            "commit": commit.stdout.strip() or None, "machine": machine()}
+            "commit": _COMMIT_AT_START, "machine": machine()}
 
 
 # A rendered part of a Markdown document lies between these two lines; the first names the saved run

@@ -23,7 +23,8 @@ from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (
-    ModelSpec, default_device, free_model, load_model, parse_model_spec, pretrained_path, return_freed_memory_to_the_os,
+    ModelSpec, default_device, free_model, load_model, parse_model_spec, pretrained_path, release_read_only_tokenizers,
+    return_freed_memory_to_the_os,
 )
 from lm_eval_contrans.pipeline.depth import (
     config_facts, config_layer_count, is_auto, load_config, model_layer_count, model_type_of, relative_depth, target_block,
@@ -190,6 +191,7 @@ def finish_build(plan: BuildPlan, sources: list[ConceptStates], target_model: nn
             logger.info("target states for %s found in the cache; the target model was not loaded", plan.target.name)
             return _transplants(plan, sources, found)
     if target_model is None:
+        release_read_only_tokenizers()  # the loaded target brings its own tokenizer
         target_model, target_tokenizer = load_model(plan.target, argument="target", dtype=plan.dtype, device=plan.device)
         own_load = True
     try:
