@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lm_eval_contrans.blocks import decoder_blocks
+from lm_eval_contrans.errors import ConTransError
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,19 @@ def last_token_states(
                     padding_side=padding_side, progress=progress, token_budget=token_budget, keep=keep)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return {layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}
+    return checked_finite({layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}, model, progress)
+
+
+def checked_finite(states: dict[int, torch.Tensor], model: nn.Module, progress: str | None) -> dict[int, torch.Tensor]:
+    """The recorded states, if every value is finite. A model that overflows in its precision (Gemma in
+    float16 does) gives inf/NaN, which a map fitted on them would carry into the vector and the cache."""
+    for layer, values in states.items():
+        if not torch.isfinite(values).all():
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            raise ConTransError("dtype", f"{progress or 'recording states'}: block {layer} gives non-finite values "
+                                         f"(inf or NaN) in {dtype}; the model overflows in that precision: use "
+                                         "dtype=bfloat16 or float32")
+    return states
 
 
 def storage_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -226,4 +239,4 @@ def token_states(
 
     _record(model, tokenizer, [list(ids) for ids in sequences], layers, batch_size=batch_size, padding_side=None,
             progress=progress, token_budget=token_budget, keep=keep)
-    return recorded
+    return checked_finite(recorded, model, progress)

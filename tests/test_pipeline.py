@@ -204,3 +204,26 @@ def test_a_tokenizer_read_for_its_splits_is_loaded_once_until_its_files_change(t
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 77}))
     changed = read_only_tokenizer(spec)
     assert changed is not first and changed.model_max_length == 77
+
+
+def test_states_that_overflow_stop_the_recording_with_the_precision_named(tiny_model_dir):
+    """Gemma 3 in float16 overflows (NaN logits on the packaged model); a map fitted on such states
+    would carry inf/NaN into the vector and the cache, so recording refuses them."""
+    from lm_eval_contrans.activations import block_output_tensor, token_states
+    from lm_eval_contrans.anchors import tokenize_with_ends
+
+    model, tokenizer = load(tiny_model_dir)
+    texts = ["a short text", "another, longer text than that"]
+    assert torch.isfinite(last_token_states(model, tokenizer, texts, [0])[0]).all()
+
+    def overflow(module, inputs, output):
+        block_output_tensor(output)[..., 0] = float("inf")  # what float16 does to a large activation
+
+    handle = decoder_blocks(model)[0].register_forward_hook(overflow)
+    try:
+        with pytest.raises(ConTransError, match=r"block 0 gives non-finite values .* float32.*dtype=bfloat16"):
+            last_token_states(model, tokenizer, texts, [0], progress="anchors in source")
+        with pytest.raises(ConTransError, match="non-finite"):
+            token_states(model, tokenizer, tokenize_with_ends(tokenizer, texts)[0], [0])
+    finally:
+        handle.remove()
