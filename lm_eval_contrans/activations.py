@@ -182,24 +182,24 @@ def last_token_states(
     def keep(layer, states, batch_indices, batch, attention_mask, last):
         rows = torch.arange(len(batch_indices), device=states.device)
         collected[layer].append(states[rows, last.to(states.device)].float().cpu())
+        check_finite(collected[layer][-1], layer, model, progress)
 
     order = _record(model, tokenizer, tokenize_texts(tokenizer, texts, max_length), layers, batch_size=batch_size,
                     padding_side=padding_side, progress=progress, token_budget=token_budget, keep=keep)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return checked_finite({layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}, model, progress)
+    return {layer: torch.cat(parts)[inverse] for layer, parts in collected.items()}
 
 
-def checked_finite(states: dict[int, torch.Tensor], model: nn.Module, progress: str | None) -> dict[int, torch.Tensor]:
-    """The recorded states, if every value is finite. A model that overflows in its precision (Gemma in
-    float16 does) gives inf/NaN, which a map fitted on them would carry into the vector and the cache."""
-    for layer, values in states.items():
-        if not torch.isfinite(values).all():
-            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            raise ConTransError("dtype", f"{progress or 'recording states'}: block {layer} gives non-finite values "
-                                         f"(inf or NaN) in {dtype}; the model overflows in that precision: use "
-                                         "dtype=bfloat16 or float32")
-    return states
+def check_finite(values: torch.Tensor, layer: int, model: nn.Module, progress: str | None) -> None:
+    """Recorded states must be finite. A model that overflows in its precision (Gemma in float16 does)
+    gives inf/NaN, which a map fitted on them would carry into the vector and the cache; checked batch
+    by batch, so the build stops at the first one."""
+    if not torch.isfinite(values).all():
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        raise ConTransError("dtype", f"{progress or 'recording states'}: block {layer} gives non-finite values "
+                                     f"(inf or NaN) in {dtype}; the model overflows in that precision: use "
+                                     "dtype=bfloat16 or float32")
 
 
 def storage_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -233,10 +233,11 @@ def token_states(
     def keep(layer, states, batch_indices, batch, attention_mask, last):
         if layer not in recorded:  # the block's width and type are known once it has run
             recorded[layer] = torch.empty(sum(lengths), states.shape[-1], dtype=storage_dtype(states.dtype))
+        check_finite(states[attention_mask.bool().to(states.device)], layer, model, progress)  # real tokens only
         for row, index in enumerate(batch_indices):
             real = attention_mask[row].bool().to(states.device)
             recorded[layer][starts[index] : starts[index] + lengths[index]] = states[row][real].cpu()
 
     _record(model, tokenizer, [list(ids) for ids in sequences], layers, batch_size=batch_size, padding_side=None,
             progress=progress, token_budget=token_budget, keep=keep)
-    return checked_finite(recorded, model, progress)
+    return recorded
