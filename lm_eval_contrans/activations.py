@@ -220,8 +220,8 @@ def token_states(
 ) -> dict[int, torch.Tensor]:
     """Every real token's output of each block: {layer: CPU tensor [sum of lengths, hidden]}, the
     tokens of sequence 0 first, then those of sequence 1, and so on. Float32, or the model's own type
-    when it is a narrower float (bfloat16, float16): those values are kept exactly, in half the memory,
-    and dense anchors over many blocks are what sets a bfloat16 build's peak; convert with `.float()`."""
+    when it is a narrower float (bfloat16, float16): those values are kept exactly, in half the memory
+    (dense anchors over many blocks of a large model run to gigabytes); convert with `.float()`."""
     if not sequences:
         raise ValueError("no texts to record")
     lengths = [len(ids) for ids in sequences]

@@ -53,8 +53,8 @@ def test_token_states_are_every_real_token_in_text_order(tiny_model_dir):
 
 
 def test_a_bfloat16_models_token_states_are_kept_exactly_and_read_back_as_float32(tiny_model_dir):
-    """Dense anchors over nine blocks set a bfloat16 build's peak memory: they are held in bfloat16
-    (no value changes) and every reader gets float32."""
+    """Dense anchors over nine blocks run to gigabytes for a large model: in bfloat16 they are held in
+    bfloat16 (no value changes) and every reader gets float32."""
     from lm_eval_contrans.cache import fill_entries
     from lm_eval_contrans.pipeline.states import StatesOnDisk
 

@@ -59,7 +59,7 @@ class StatesOnDisk(Mapping):
         if states is None:
             raise ConTransError("cache", f"the anchor states of block {layer} left the cache ({cache_root()}) "
                                          "during the build; run it again to record them")
-        return states.float()  # a bfloat16 model's states are stored as they are (activations.token_states)
+        return states.float()  # a bfloat16 or float16 model's states are stored as they are (activations.token_states)
 
     def __iter__(self):
         return iter(self.keys_by_layer)
