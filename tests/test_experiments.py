@@ -38,16 +38,22 @@ def test_rows_are_reused_only_under_the_same_settings(tiny_gpt2_dir, transplant,
     rows = [GridRow("base", "base", str(tiny_gpt2_dir), alpha=0.0),
             GridRow("steered", "contrans", str(tiny_gpt2_dir), transplant, 60.0)]
 
+    grids = []
+
     def run(limit, tasks=("contrans_tiny_choice",), folder=tmp_path / "grid"):
         settings = EvalSettings(tasks=list(tasks), limit=limit, batch_size=4, device="cpu", include_path=[str(task_dir)])
-        return Grid(folder, settings).run(rows)
+        grids.append(Grid(folder, settings))
+        return grids[-1].run(rows)
 
     first = run(3)
     assert calls == [(("contrans_tiny_choice",), 3)] * 2
+    assert sorted(grids[-1].seconds) == ["base", "steered"] and grids[-1].reused == []
     assert run(3) == first and len(calls) == 2  # resumed: nothing evaluated again
+    assert grids[-1].seconds == {} and grids[-1].reused == ["base", "steered"]  # a time reported is not theirs
     (tmp_path / "grid" / "rows" / "steered" / "row.json").unlink()
     run(3)
     assert len(calls) == 3  # only the missing row
+    assert list(grids[-1].seconds) == ["steered"] and grids[-1].reused == ["base"]
     run(2)
     assert calls[3:] == [(("contrans_tiny_choice",), 2)] * 2  # another limit: both rows again
     stored = json.loads((tmp_path / "grid" / "rows" / "base" / "row.json").read_text())

@@ -123,6 +123,7 @@ def measure(args) -> dict:
     every_task = {task: limits[key] for concept in concepts for task, _, key in task_groups[concept] + facts}
     tasks_of = lambda columns: tuple(sorted({task for task, _, _ in columns}))  # noqa: E731
 
+    phases = {}  # seconds of each part of the run, for the section's header
     # ---- builds: both recipes, every concept, with the two controls
     # the paper's recipe on the paper's anchors against the default as a user gets it (shipped corpus);
     # the ablations separate the recipe from the corpus
@@ -143,6 +144,7 @@ def measure(args) -> dict:
             log(f"built {recipe:9s} {concept:9s} blocks {transplant.source_layer}->{transplant.target_layer} "
                 f"R^2 {transplant.heldout_r2:.3f} cos {diagnostics[f'{recipe}|{concept}']['cos_to_own']:.3f}")
 
+    phases["builds"] = time.time() - started
     # ---- ablations: one change at a time on the WikiSplit anchors (fit quality, cosines, emotion success)
     ablations = {
         "reference (last tokens, lstsq, no centring, blocks 22->14)": dict(recipe="reference"),
@@ -168,6 +170,7 @@ def measure(args) -> dict:
             ablation_fits[f"{name}|{concept}"] = {"heldout_r2": transplant.heldout_r2, "target_layer": transplant.target_layer,
                                                   "cos_to_own": cosine(transplant.vector, own)}
         log(f"ablation built: {name}")
+    phases["ablation builds"] = time.time() - started - phases["builds"]
 
     # ---- evaluation: one grid; consecutive rows on the target share one load of it
     rows = [GridRow("base target", "base", TARGET, alpha=0.0, tasks=tasks_of([c for g in task_groups.values() for c in g] + facts))]
@@ -199,11 +202,20 @@ def measure(args) -> dict:
                         tasks=tasks_of([c for g in task_groups.values() for c in g] + facts)))
     settings = EvalSettings(tasks=sorted(every_task), limit=every_task, batch_size=args.batch_size, device="cpu",
                             task_metadata=task_metadata(shared), bootstrap_iters=200)
-    measured = {row.name: flat(row) for row in Grid(work, settings).run(rows)}
-    log("evaluated every row")
+    grid = Grid(work, settings)
+    measured = {row.name: flat(row) for row in grid.run(rows)}
+    log(f"evaluated every row ({len(grid.reused)} read back from {work})")
+    kind_of = lambda name: ("base target" if name == "base target" else "source" if name.startswith("source")  # noqa: E731
+                            else "ablation rows" if name.startswith("ablation") else "steered rows")
+    for name, seconds in grid.seconds.items():
+        phases[kind_of(name)] = phases.get(kind_of(name), 0.0) + seconds
+    row_counts = {}
+    for row in rows:
+        row_counts[kind_of(row.name)] = row_counts.get(kind_of(row.name), 0) + 1
     return {
         "settings": {"full": args.full, "smoke": args.smoke, "limits": limits, "batch_size": args.batch_size,
-                     "alpha_unit_fraction": ALPHA_UNIT_FRACTION, "machine": machine(), "seconds": time.time() - started},
+                     "alpha_unit_fraction": ALPHA_UNIT_FRACTION, "machine": machine(), "seconds": time.time() - started,
+                     "phase_seconds": phases, "row_counts": row_counts, "rows_reused": len(grid.reused)},
         "task_groups": {concept: [list(column) for column in columns] for concept, columns in task_groups.items()},
         "rows": {name: measured[name] for name in ("base target", "source (SmolLM2-135M-Instruct)")},
         "steered": {key: measured[name] for name, key in steered_keys},
@@ -225,6 +237,17 @@ def _value(scores: dict, task: str, metric: str) -> float | None:
     return scores.get(f"{task}/{metric}")
 
 
+def _phases(settings: dict) -> str:
+    """Where the run's time went; rows read back from an earlier run's grid folder cost nothing here."""
+    phases, counts = settings.get("phase_seconds"), settings.get("row_counts", {})
+    if phases is None:
+        return ""
+    parts = [f"{name} {seconds:,.0f} s" if name not in counts or name in ("base target", "source")
+             else f"{counts[name]} {name} {seconds:,.0f} s" for name, seconds in phases.items()]
+    reused = settings.get("rows_reused", 0)
+    return ": " + ", ".join(parts) + (f"; {reused} rows read back from an earlier run, not timed" if reused else "")
+
+
 def render(document: dict) -> str:
     """The RESULTS.md section, from what `measure` wrote (no model runs)."""
     settings = document["settings"]
@@ -240,7 +263,7 @@ def render(document: dict) -> str:
         "## Issue 4: the reference recipe on a real cross-family pair, and a better one",
         "",
         f"Made by `python bench/experiments/make_results.py --data ../shared/data{' --full' if full else ''}` "
-        f"in {seconds / 60:.0f} min ({settings['machine']}). Source SmolLM2-135M-Instruct (30 blocks, hidden 576) → "
+        f"in {seconds / 60:.0f} min ({settings['machine']}{_phases(settings)}). Source SmolLM2-135M-Instruct (30 blocks, hidden 576) → "
         "target Gemma-3-270M base (18 blocks, hidden 640), float32 on CPU, dev splits of ../shared/data. "
         "Documents per task: " + ", ".join(f"{key} {'all' if value is None else value}" for key, value in limits.items())
         + " (emotion tasks interleave the five other emotions, so a limit takes a balanced mix). "

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,9 @@ class Grid:
         self.lm_eval_version = lm_eval.__version__
         self._task_manager = None
         self._target_lm = None  # (model name, ConTransLM) kept across consecutive steered rows
+        # what the last `run` did, so a script's reported time says which rows it paid for
+        self.seconds: dict[str, float] = {}  # row name -> seconds to evaluate it (load included)
+        self.reused: list[str] = []  # rows read back from the folder
 
     @property
     def task_manager(self):
@@ -161,6 +165,7 @@ class Grid:
         (self.folder / "rows").mkdir(exist_ok=True)
         (self.folder / "rows" / "index.json").write_text(json.dumps(names, indent=1))
         done = []
+        self.seconds, self.reused = {}, []
         try:
             for row, name in tqdm(list(zip(rows, names)), desc="grid rows", unit="row"):
                 done.append(self._row(row, self.folder / "rows" / name))
@@ -175,9 +180,12 @@ class Grid:
         if stored.is_file():
             saved = json.loads(stored.read_text())
             if saved.pop("key", None) == key:
+                self.reused.append(row.name)
                 return Row(**saved)
             logger.info("row %r was run with other settings; running it again", row.name)
+        started = time.perf_counter()
         results, configs, documents = self._evaluate(row, path)
+        self.seconds[row.name] = time.perf_counter() - started
         artifact = None if path is None else (path.relative_to(self.folder).as_posix()
                                               if path.is_relative_to(self.folder) else str(path))
         result = Row(row.name, results, row.kind, row.alpha, dict(row.diagnostics), main_metrics_of(configs), documents,
