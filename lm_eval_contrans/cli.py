@@ -7,8 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lm_eval_contrans.errors import ConTransError
+
+if TYPE_CHECKING:
+    from lm_eval_contrans.loading import ModelSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,14 +20,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build a transplant artifact and print its diagnostics")
-    build.add_argument("--source", required=True, help="source (aligned) model: hub id, folder or .gguf")
-    build.add_argument("--target", required=True, help="target model: hub id, folder or .gguf")
+    build.add_argument("--source", required=True, help="source (aligned) model: hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub")
+    build.add_argument("--target", required=True, help="target model: hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub")
     build.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file")
     build.add_argument("--out", required=True, help="where to write the .safetensors artifact")
     _recipe_arguments(build)
     build.add_argument("--dtype", default="float32")
     build.add_argument("--device", default=None)
     build.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
+    _trust_argument(build)
 
     inspect = commands.add_parser("inspect", help="print an artifact's metadata")
     inspect.add_argument("artifact")
@@ -66,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     port.add_argument("--anchors", default=None, help="anchor corpus .txt/.jsonl (default: shipped corpus)")
     port.add_argument("--dtype", default="float32")
     port.add_argument("--device", default=None)
+    _trust_argument(port)
 
     export = commands.add_parser("export", help="write an artifact in another tool's format")
     export.add_argument("artifact")
@@ -96,6 +102,20 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha-unit", default=None, choices=["residual", "raw"])
 
 
+def _trust_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--trust-remote-code", action="store_true",
+                         help="run the code that the source's and the target's folders or hub repositories ship")
+
+
+def _models(args) -> tuple[ModelSpec, ModelSpec]:
+    from dataclasses import replace
+
+    from lm_eval_contrans.loading import parse_model_spec
+
+    return tuple(replace(parse_model_spec(name, role), trust_remote_code=args.trust_remote_code)
+                 for name, role in ((args.source, "source"), (args.target, "target")))
+
+
 def _recipe_options(args) -> dict:
     return dict(recipe=args.recipe, source_layer=args.source_layer, target_layer=args.target_layer,
                 anchors=args.anchors, anchor_tokens=args.anchor_tokens, map_method=args.map, ridge=args.ridge,
@@ -110,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             from lm_eval_contrans.artifact import save_transplant
             from lm_eval_contrans.pipeline import build_transplant
 
-            transplant = build_transplant(args.source, args.target, args.concept, **_recipe_options(args),
+            transplant = build_transplant(*_models(args), args.concept, **_recipe_options(args),
                                           dtype=args.dtype, device=args.device, batch_size=args.batch_size)
             save_transplant(transplant, args.out)
             print(transplant.summary())
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             from lm_eval_contrans.artifact import save_transplants
             from lm_eval_contrans.pipeline import port_vector
 
-            transplants = port_vector(args.source, args.target, args.vector, source_layer=args.source_layer,
+            transplants = port_vector(*_models(args), args.vector, source_layer=args.source_layer,
                                       target_layer=args.target_layer, recipe=args.recipe, anchors=args.anchors,
                                       dtype=args.dtype, device=args.device)
             save_transplants(transplants, args.out)

@@ -9,13 +9,16 @@ A concept set is a YAML file::
       - positive: "The soup was rich and comforting."
         negative: "The soup was bland and disappointing."
 
-or a JSONL file with one `{"positive": ..., "negative": ...}` object per line. Adding the concept
-vector with alpha > 0 moves the target towards the *positive* side.
+or a JSONL file with one `{"positive": ..., "negative": ...}` object per line; pairs written by other
+tools read too: a JSON (or YAML) list of such objects, and a CSV or TSV file with `positive` and
+`negative` columns. Adding the concept vector with alpha > 0 moves the target towards the *positive* side.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import random
 from dataclasses import dataclass, field, replace
@@ -82,12 +85,20 @@ def _read_pairs(path: Path) -> tuple[dict, list]:
             except json.JSONDecodeError as error:
                 raise ConTransError(ARGUMENT, f"{path}, line {number}: not valid JSON ({error.msg})") from None
         return {}, pairs
+    if path.suffix.lower() in (".csv", ".tsv"):
+        rows = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if not {"positive", "negative"} <= set(rows.fieldnames or ()):
+            raise ConTransError(ARGUMENT, f"{path}: the header row must name the columns 'positive' and 'negative' "
+                                          f"(found {rows.fieldnames})")
+        return {}, [{side: row[side] for side in ("positive", "negative")} for row in rows]
     try:
-        document = yaml.safe_load(text)
+        document = yaml.safe_load(text)  # JSON is read as YAML
     except yaml.YAMLError as error:
-        raise ConTransError(ARGUMENT, f"{path} is not valid YAML: {error}") from None
+        raise ConTransError(ARGUMENT, f"{path} is not valid YAML or JSON: {error}") from None
+    if isinstance(document, list):  # a bare list of pairs
+        return {}, document
     if not isinstance(document, dict) or "pairs" not in document:
-        raise ConTransError(ARGUMENT, f"{path} must be a mapping with a 'pairs' list")
+        raise ConTransError(ARGUMENT, f"{path} must be a list of pairs or a mapping with a 'pairs' list")
     return document, document["pairs"]
 
 

@@ -22,7 +22,9 @@ from lm_eval_contrans.artifact import (
 )
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.loading import evaluation_device, parse_model_spec, pretrained_path, release_read_only_tokenizers
+from lm_eval_contrans.loading import (
+    ModelSpec, evaluation_device, parse_model_spec, pretrained_path, release_read_only_tokenizers,
+)
 from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, plan_port, record_sources
 from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of
 from lm_eval_contrans.pipeline.recipe import as_bool
@@ -93,9 +95,10 @@ class ConTransLM(FastScoringHFLM):
         check_share_context(share_context)  # before the source is loaded, not after
         if vector is None and source is None:
             raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
-        target_spec = parse_model_spec(target, "target", block_path=block_path)
-        if vector is None:
-            source = parse_model_spec(source, "source", block_path=source_block_path)
+        target_spec = _target_spec(target, block_path, kwargs)
+        if vector is None:  # trust_remote_code=True: the user trusts the code of both models they named
+            source = dataclasses.replace(parse_model_spec(source, "source", block_path=source_block_path),
+                                         trust_remote_code=target_spec.trust_remote_code)
         build_device = evaluation_device(device)
         if as_bool(kwargs.get("parallelize", False), "parallelize") and not torch.cuda.is_available():
             # HFLM would offload every weight to disk and put inputs on "cuda"; with no GPU there is
@@ -139,7 +142,7 @@ class ConTransLM(FastScoringHFLM):
 
         # the device resolved as HFLM would (its own fallback needs a string: simple_evaluate may pass None)
         super().__init__(pretrained=pretrained_path(target_spec), device=build_device, share_context=share_context,
-                         **kwargs)
+                         **target_spec.load_kwargs, **kwargs)
         if block_path:
             use_block_path(self.model, block_path, "block_path")
         self._target_name = target_spec.name
@@ -217,6 +220,21 @@ class ConTransLM(FastScoringHFLM):
             info["contrans"] = {"alpha": self.alphas, "positions": self.positions,
                                 "transplants": [as_dict(t) for t in self.transplants]}
         return info
+
+
+def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpec:
+    """The target, with the HFLM args that say which weights and code to load (`revision`, `gguf_file`,
+    `trust_remote_code`) taken into it: the build reads the same weights and tokenizer, its cache keys
+    name them, and HFLM loads the spec's folder (a GGUF de-quantized once, as for `target=file.gguf`)."""
+    spec = parse_model_spec(target, "target", block_path=block_path)
+    gguf_file = hf_args.pop("gguf_file", None)
+    if gguf_file:
+        if spec.gguf_file is not None:
+            raise ConTransError("gguf_file", f"target={target} already names a GGUF file")
+        revision = f"@{spec.revision}" if spec.revision else ""
+        spec = parse_model_spec(f"{spec.pretrained.rstrip('/')}/{gguf_file}{revision}", "target", block_path=block_path)
+    trust = as_bool(hf_args.pop("trust_remote_code", False), "trust_remote_code")
+    return dataclasses.replace(spec.at_revision(hf_args.pop("revision", None), "target"), trust_remote_code=trust)
 
 
 def _given_transplants(vector, block) -> list[Transplant] | ForeignVector:

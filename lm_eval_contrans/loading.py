@@ -1,5 +1,11 @@
 """Loading a causal LM and its tokenizer from a hub id, a local folder or a `.gguf` file.
 
+A model is named as users name it: a local folder or `.gguf` file; a hub id, optionally at a
+revision (`EleutherAI/pythia-160m@step3000`: a branch, tag or commit); or a GGUF file in a hub
+repository (`owner/repo/file.gguf`, also with `@revision`). Cached states of a hub model are keyed
+on the commit its revision resolves to, so another revision, or the repository moving on, never
+reuses them.
+
 GGUF files are de-quantized by transformers, which is slow (tens of seconds for a 270M model), so
 the de-quantized weights and tokenizer are cached as an ordinary Hugging Face folder, keyed on the
 file's path, size and modification time; later loads read that folder.
@@ -32,10 +38,34 @@ logger = logging.getLogger(__name__)
 class ModelSpec:
     """What to pass to `from_pretrained`: a hub id or folder, plus a GGUF file name in it."""
 
-    name: str  # what the user wrote; recorded in artifacts
+    name: str  # what the user wrote (a hub id with its @revision); recorded in artifacts
     pretrained: str
     gguf_file: str | None = None
     block_path: str | None = None  # module path of the decoder blocks, where discovery needs telling
+    revision: str | None = None  # of a hub repository: branch, tag or commit
+    trust_remote_code: bool = False  # the user's `trust_remote_code=True`: run the model's own code
+
+    @property
+    def on_hub(self) -> bool:
+        return not Path(self.pretrained).expanduser().exists()
+
+    @property
+    def load_kwargs(self) -> dict:
+        """What `from_pretrained` needs besides `pretrained_path(spec)` (a GGUF is read from its local folder)."""
+        kwargs: dict = {"revision": self.revision} if self.revision and self.gguf_file is None else {}
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        return kwargs
+
+    def at_revision(self, revision: str | None, argument: str) -> ModelSpec:
+        """This hub model at `revision` (lm-eval's own `revision=` model arg), which must not contradict an @revision."""
+        if not revision or revision == self.revision:
+            return self
+        if self.revision is not None:
+            raise ConTransError(argument, f"two revisions: {self.name!r} and revision={revision!r}")
+        if not self.on_hub:
+            raise ConTransError("revision", f"{self.name} is a local path; revision= applies to hub ids only")
+        return replace(self, revision=revision, name=f"{self.name}@{revision}")
 
 
 def _smollm2_gguf() -> Path:
@@ -86,13 +116,19 @@ def parse_model_spec(spec: str | ModelSpec, argument: str, block_path: str | Non
     if spec.startswith("packaged:"):
         path = packaged_gguf(spec.removeprefix("packaged:"), argument)
         return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name, block_path=block_path)
-    if spec.lower().endswith(".gguf"):
-        path = Path(spec).expanduser()
-        if not path.is_file():
+    local = Path(spec).expanduser()
+    if local.is_file() and spec.lower().endswith(".gguf"):
+        return ModelSpec(name=spec, pretrained=str(local.resolve().parent), gguf_file=local.name, block_path=block_path)
+    if local.exists():
+        return ModelSpec(name=spec, pretrained=spec, block_path=block_path)
+    name, _, revision = spec.partition("@")
+    if name.lower().endswith(".gguf"):
+        parts = name.split("/")
+        if len(parts) < 3 or spec.startswith((".", "/", "~")):  # not owner/repo/file.gguf
             raise ConTransError(argument, f"GGUF file not found: {spec}")
-        path = path.resolve()
-        return ModelSpec(name=spec, pretrained=str(path.parent), gguf_file=path.name, block_path=block_path)
-    return ModelSpec(name=spec, pretrained=spec, block_path=block_path)
+        return ModelSpec(name=spec, pretrained="/".join(parts[:2]), gguf_file="/".join(parts[2:]),
+                         block_path=block_path, revision=revision or None)
+    return ModelSpec(name=spec, pretrained=name, block_path=block_path, revision=revision or None)
 
 
 @contextmanager
@@ -129,7 +165,7 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert spec.gguf_file is not None
-    path = Path(spec.pretrained) / spec.gguf_file
+    path = gguf_path(spec)
     stat = path.stat()
     key = content_key(
         {"gguf": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "format": 1}
@@ -140,8 +176,8 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
                     "use the cache at %s", path.name, stat.st_size / 1e6, folder)
         started = time.perf_counter()
         with gguf_parsed_once():
-            tokenizer = AutoTokenizer.from_pretrained(spec.pretrained, gguf_file=spec.gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(spec.pretrained, gguf_file=spec.gguf_file, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         # The weights are already plain float tensors; only the GGUF marker blocks saving them.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -152,6 +188,37 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
         logger.info("de-quantized %s in %.0f s", path.name, time.perf_counter() - started)
 
     return cached_dir("gguf", f"{path.stem}-{key}", dequantize)
+
+
+def gguf_path(spec: ModelSpec) -> Path:
+    """The local GGUF file of a spec; one in a hub repository is downloaded (once: the hub's cache)."""
+    assert spec.gguf_file is not None
+    if not spec.on_hub:
+        return Path(spec.pretrained) / spec.gguf_file
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(spec.pretrained, spec.gguf_file, revision=spec.revision))
+    except Exception as error:
+        raise ConTransError("model", f"GGUF file not found: {spec.name} is not a local file, and reading it as "
+                                     f"{spec.gguf_file} in the hub repository {spec.pretrained} failed: "
+                                     f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+def hub_commit(spec: ModelSpec) -> str | None:
+    """The commit a hub id at its revision resolves to now (from the hub, or offline from its cache);
+    None where it cannot be resolved (loading the model will then say why)."""
+    return _hub_commit(spec.pretrained, spec.revision) if spec.on_hub and spec.gguf_file is None else None
+
+
+@functools.lru_cache(maxsize=32)
+def _hub_commit(repo: str, revision: str | None) -> str | None:
+    from huggingface_hub import hf_hub_download
+
+    try:  # the snapshot folder a file is read from is named by its commit
+        return Path(hf_hub_download(repo, "config.json", revision=revision)).parent.name
+    except Exception:
+        return None
 
 
 def pretrained_path(spec: ModelSpec) -> str:
@@ -212,10 +279,11 @@ def load_model(
     if isinstance(spec, str):
         spec = parse_model_spec(spec, argument)
     folder = pretrained_path(spec)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=resolve_dtype(dtype), **from_pretrained_kwargs
-    )
+    with remote_code_explained(spec):
+        tokenizer = AutoTokenizer.from_pretrained(folder, **spec.load_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=resolve_dtype(dtype), **spec.load_kwargs, **from_pretrained_kwargs
+        )
     model.to(device or default_device())
     model.eval()
     if spec.block_path:
@@ -229,7 +297,22 @@ def read_only_tokenizer(spec: ModelSpec):
     build). Shared between callers, so it must not be changed; `load_model` gives each model its own."""
     folder = pretrained_path(spec)
     files = Path(folder).glob("*token*") if Path(folder).is_dir() else ()
-    return _tokenizer(folder, tuple(sorted((file.name, file.stat().st_mtime_ns, file.stat().st_size) for file in files)))
+    files_state = tuple(sorted((file.name, file.stat().st_mtime_ns, file.stat().st_size) for file in files))
+    with remote_code_explained(spec):
+        return _tokenizer(folder, files_state, tuple(sorted(spec.load_kwargs.items())), hub_commit(spec))
+
+
+@contextmanager
+def remote_code_explained(spec: ModelSpec) -> Iterator[None]:
+    """transformers refuses a model that ships its own code with a traceback; say which arg runs it."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error) or spec.trust_remote_code:
+            raise
+        raise ConTransError("trust_remote_code", f"{spec.name} ships its own model code; to run it, pass "
+                                                 "trust_remote_code=True (lm_eval --model_args) or --trust-remote-code "
+                                                 "(contrans build/port)") from None
 
 
 def release_read_only_tokenizers() -> None:
@@ -241,10 +324,10 @@ def release_read_only_tokenizers() -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _tokenizer(folder: str, files_state: tuple):
+def _tokenizer(folder: str, files_state: tuple, load_kwargs: tuple, commit: str | None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, **dict(load_kwargs))
 
 
 def model_identity(spec: ModelSpec) -> dict:
@@ -254,8 +337,13 @@ def model_identity(spec: ModelSpec) -> dict:
         identity["block_path"] = spec.block_path
     local = Path(spec.pretrained)
     if spec.gguf_file is not None:
-        stat = (local / spec.gguf_file).stat()
+        path = gguf_path(spec)  # a hub file's local path names its commit
+        stat = path.stat()
         identity.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        if spec.on_hub:
+            identity["path"] = str(path)
+    elif spec.on_hub:
+        identity.update(revision=spec.revision, commit=hub_commit(spec))
     elif local.is_dir():
         identity["name"] = str(local.resolve())
         identity["files"] = sorted(

@@ -32,14 +32,27 @@ def test_yaml_and_jsonl_files_load_and_hash_by_content(tmp_path):
     assert from_jsonl.pairs_hash == from_yaml.pairs_hash
 
 
+def test_pairs_written_by_other_tools_load(tmp_path):
+    """A JSON list of pairs (as a repeng dataset is saved), and CSV/TSV with named columns in any order."""
+    pairs = [{"positive": "good day, all told", "negative": "bad day"}, {"positive": "kind words", "negative": "cruel words"}]
+    (tmp_path / "repeng.json").write_text(json.dumps(pairs))
+    (tmp_path / "sheet.csv").write_text('id,negative,positive\n1,bad day,"good day, all told"\n2,cruel words,kind words\n')
+    (tmp_path / "sheet.tsv").write_text("positive\tnegative\ngood day, all told\tbad day\nkind words\tcruel words\n")
+    loaded = [load_concept_set(str(tmp_path / name)) for name in ("repeng.json", "sheet.csv", "sheet.tsv")]
+    assert [concept.positives for concept in loaded] == [("good day, all told", "kind words")] * 3
+    assert len({concept.pairs_hash for concept in loaded}) == 1 and loaded[1].name == "sheet"
+
+
 @pytest.mark.parametrize("content, suffix, message", [
     ("pairs: []\n", ".yaml", "has no pairs"),
     ("", ".jsonl", "has no pairs"),
-    ("name: x\n", ".yaml", "must be a mapping with a 'pairs' list"),
+    ("name: x\n", ".yaml", "must be a list of pairs or a mapping with a 'pairs' list"),
+    ("positive,negativ\na,b\n", ".csv", "the header row must name the columns 'positive' and 'negative'"),
+    ('positive,negative\na,""\n', ".csv", "pair 1: missing or empty 'negative'"),
     ("pairs:\n  - positive: only one side\n", ".yaml", "pair 1: missing or empty 'negative'"),
     ("pairs:\n  - positive: a\n    negative: '  '\n", ".yaml", "pair 1: missing or empty 'negative'"),
     ("pairs:\n  - {positive: a, negative: b, extra: c}\n", ".yaml", "expected exactly the keys"),
-    ("pairs: [unclosed\n", ".yaml", "is not valid YAML"),
+    ("pairs: [unclosed\n", ".yaml", "is not valid YAML or JSON"),
     ('{"positive": "a", "negative": "b"}\n{"positive": "a"\n', ".jsonl", "line 2: not valid JSON"),
     ('{"positive": "a", "negative": 3}\n', ".jsonl", "pair 1: missing or empty 'negative'"),
 ])

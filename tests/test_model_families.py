@@ -90,3 +90,69 @@ def test_family_as_source(family_dir, tiny_gpt2_dir, small_inputs):
     assert (transplant.source_num_layers, transplant.source_hidden_size) == (2, 32)
     assert torch.isfinite(transplant.vector).all() and transplant.vector.norm() > 0
     assert transplant.source_vector.norm() > 0  # the source's positive and negative sides differ
+
+
+REMOTE_CONFIG = '''from transformers import LlamaConfig
+
+
+class TinyRemoteConfig(LlamaConfig):
+    model_type = "contrans_tiny_remote"
+'''
+REMOTE_MODEL = '''from transformers import LlamaForCausalLM
+
+from .configuration_tiny_remote import TinyRemoteConfig
+
+
+class TinyRemoteForCausalLM(LlamaForCausalLM):
+    config_class = TinyRemoteConfig
+'''
+
+
+@pytest.fixture
+def remote_code_dir(tiny_llama_dir, tmp_path):
+    """A model whose code lives in its folder (`auto_map`), as on the hub: transformers runs it only
+    with trust_remote_code=True."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_llama_dir, tmp_path / "tiny-remote")
+    (folder / "configuration_tiny_remote.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_tiny_remote.py").write_text(REMOTE_MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="contrans_tiny_remote", architectures=["TinyRemoteForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_tiny_remote.TinyRemoteConfig",
+                            "AutoModelForCausalLM": "modeling_tiny_remote.TinyRemoteForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_remote_code_model_as_source_and_target_with_trust_remote_code(remote_code_dir, small_inputs):
+    """lm-eval's trust_remote_code=True reaches the build's own loads of both models, not only HFLM's."""
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    concept, anchors = small_inputs
+    lm = ConTransLM(source=str(remote_code_dir), target=str(remote_code_dir), trust_remote_code="True", concept=concept,
+                    anchors=anchors, device="cpu", batch_size=2)
+    assert type(lm.model).__name__ == "TinyRemoteForCausalLM"
+    assert lm.transplant.target_model_type == "contrans_tiny_remote" and lm.transplant.heldout_r2 > 0.5
+    with pytest.raises(ConTransError, match="^trust_remote_code: .* ships its own model code; to run it, pass"):
+        ConTransLM(source=str(remote_code_dir), target=str(remote_code_dir), concept=concept, anchors=anchors,
+                   device="cpu", batch_size=2)
+
+
+@pytest.mark.cli
+def test_contrans_build_trusts_remote_code_when_told(remote_code_dir, small_inputs, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    concept, anchors = small_inputs
+    command = [str(Path(sys.executable).parent / "contrans"), "build", "--source", str(remote_code_dir), "--target",
+               str(remote_code_dir), "--concept", concept, "--anchors", anchors, "--out", str(tmp_path / "t.safetensors")]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    built = subprocess.run(command + ["--trust-remote-code"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "trust_remote_code: " in refused.stderr and "Traceback" not in refused.stderr
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "contrans_tiny_remote" in subprocess.run([command[0], "inspect", str(tmp_path / "t.safetensors")],
+                                                    capture_output=True, text=True).stdout

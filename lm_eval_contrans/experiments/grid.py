@@ -240,10 +240,11 @@ class Grid:
             self._target_lm[1].use_transplants(transplants, alphas)
             return self._target_lm[1]
         self._release_target()  # another model is loaded next: free the target first
-        pretrained = pretrained_path(parse_model_spec(row.model, "model"))
+        spec = parse_model_spec(row.model, "model")
+        model_args = {"pretrained": pretrained_path(spec), **spec.load_kwargs, **self._hf_args()}
         if row.prefix is not None:
-            return PromptBaselineLM(prefix=row.prefix, pretrained=pretrained, **self._hf_args())
-        return FastScoringHFLM(pretrained=pretrained, **self._hf_args())
+            return PromptBaselineLM(prefix=row.prefix, **model_args)
+        return FastScoringHFLM(**model_args)
 
     def _release_target(self) -> None:
         if self._target_lm is not None:

@@ -23,7 +23,7 @@ from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (
-    ModelSpec, default_device, free_model, load_model, parse_model_spec, pretrained_path, release_read_only_tokenizers,
+    ModelSpec, default_device, free_model, load_model, parse_model_spec, release_read_only_tokenizers,
     return_freed_memory_to_the_os,
 )
 from lm_eval_contrans.pipeline.depth import (
@@ -110,7 +110,7 @@ def plan_build(
     plan = BuildPlan(source=source, target=target, concepts=sets, recipe=recipe,
                      source_layers=layers["source_layer"], target_layers=layers["target_layer"],
                      anchor_texts=anchor_texts, anchors_name=anchors_name,
-                     target_num_layers=config_layer_count(pretrained_path(target)), dtype=dtype,
+                     target_num_layers=config_layer_count(target), dtype=dtype,
                      source_dtype=source_dtype or dtype, device=device or default_device(), batch_size=batch_size,
                      notes=[dict(anchor_note) for _ in sets])
     automatic = [position for position, layer in enumerate(plan.target_layers) if is_auto(layer)]
@@ -142,7 +142,7 @@ def plan_port(
     `source_layer` places a file that names no block."""
     source = parse_model_spec(source, "source", source_block_path)
     foreign = vector if isinstance(vector, ForeignVector) else read_vector(vector, source_layer, "source_vector")
-    facts = config_facts(pretrained_path(source))
+    facts = config_facts(source)
     if facts["num_layers"] is not None and facts["hidden_size"] is not None:
         foreign.checked(facts["hidden_size"], facts["num_layers"], "source_vector")
     hint, family = foreign.model_hint, facts["model_type"]
@@ -152,7 +152,7 @@ def plan_port(
     directions = [ImportedDirection(foreign, block) for block in foreign.blocks]
     if target_layer is None:
         target_spec = parse_model_spec(target, "target", options.get("block_path"))
-        target_count = config_layer_count(pretrained_path(target_spec))
+        target_count = config_layer_count(target_spec)
         source_count = facts["num_layers"] or max(foreign.blocks) + 1
         target_layer = [round(relative_depth(block, source_count) * (target_count - 1)) if target_count else
                         relative_depth(block, source_count) for block in foreign.blocks]
@@ -216,7 +216,7 @@ def _target_states(plan: BuildPlan, model, tokenizer, num_layers: int, dtype: st
 
 
 def _configured_model_type(spec: ModelSpec) -> str:
-    return model_type_of(load_config(pretrained_path(spec)))
+    return model_type_of(load_config(spec))
 
 
 def _transplants(plan: BuildPlan, sources: list[ConceptStates], targets: list) -> list[Transplant]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from lm_eval_contrans.blocks import configured_layer_count, decoder_blocks, resolve_layer
+from lm_eval_contrans.loading import ModelSpec, pretrained_path
 
 SOURCE_LAYER_BAND = 0.15  # source_layer=auto tries blocks within this relative depth of the target's
 TARGET_LAYER_RANGE = (0.4, 0.85)  # target_layer=auto tries the blocks in this range of relative depth
@@ -14,25 +15,25 @@ def model_layer_count(model: nn.Module) -> int:
     return len(decoder_blocks(model))
 
 
-def load_config(folder: str):
+def load_config(spec: ModelSpec):
     """The model's Hugging Face config (no weights), or None where there is none to read."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(pretrained_path(spec), **spec.load_kwargs)
     except Exception:
         return None
 
 
-def config_layer_count(folder: str) -> int | None:
+def config_layer_count(spec: ModelSpec) -> int | None:
     """Decoder-block count from the config alone (no weights), or None if it does not say."""
-    config = load_config(folder)
+    config = load_config(spec)
     return None if config is None else configured_layer_count(config)
 
 
-def config_facts(folder: str) -> dict:
+def config_facts(spec: ModelSpec) -> dict:
     """Block count, hidden size and model type from the config alone (None where it does not say)."""
-    config = load_config(folder)
+    config = load_config(spec)
     if config is None:
         return {"num_layers": None, "hidden_size": None, "model_type": None}
     text = getattr(config, "text_config", None) or config

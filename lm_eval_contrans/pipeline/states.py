@@ -22,7 +22,7 @@ from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.extract import concept_vector
 from lm_eval_contrans.loading import (
-    ModelSpec, default_device, free_model, load_model, model_identity, parse_model_spec, pretrained_path,
+    ModelSpec, default_device, free_model, load_model, model_identity, parse_model_spec,
     read_only_tokenizer,
 )
 from lm_eval_contrans.pipeline.depth import config_layer_count, model_layer_count, source_blocks
@@ -162,7 +162,7 @@ def record_concept_states(
     spec = parse_model_spec(model, role)
     anchor_tokens = check_anchor_tokens(anchor_tokens)
     device = device or default_device()
-    num_layers = config_layer_count(pretrained_path(spec))
+    num_layers = config_layer_count(spec)
     loaded: list = []  # [model, tokenizer] once loaded
 
     def with_model():
