@@ -224,7 +224,7 @@ class ConTransLM(FastScoringHFLM):
 
 def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpec:
     """The target, with the HFLM args that say which weights and code to load (`revision`, `gguf_file`,
-    `trust_remote_code`) taken into it: the build reads the same weights and tokenizer, its cache keys
+    `trust_remote_code`; `peft` and `delta`, which stay HFLM's to apply) taken into it: the build reads the same weights and tokenizer, its cache keys
     name them, and HFLM loads the spec's folder (a GGUF de-quantized once, as for `target=file.gguf`)."""
     spec = parse_model_spec(target, "target", block_path=block_path)
     gguf_file = hf_args.pop("gguf_file", None)
@@ -234,7 +234,10 @@ def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpe
         revision = f"@{spec.revision}" if spec.revision else ""
         spec = parse_model_spec(f"{spec.pretrained.rstrip('/')}/{gguf_file}{revision}", "target", block_path=block_path)
     trust = as_bool(hf_args.pop("trust_remote_code", False), "trust_remote_code")
-    return dataclasses.replace(spec.at_revision(hf_args.pop("revision", None), "target"), trust_remote_code=trust)
+    # HFLM applies these to the weights it loads (the build records from that model): they name its states
+    adapter = next(((kind, str(hf_args[kind])) for kind in ("peft", "delta") if hf_args.get(kind)), None)
+    return dataclasses.replace(spec.at_revision(hf_args.pop("revision", None), "target"), trust_remote_code=trust,
+                               adapter=adapter)
 
 
 def _given_transplants(vector, block) -> list[Transplant] | ForeignVector:

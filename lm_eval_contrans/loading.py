@@ -44,6 +44,7 @@ class ModelSpec:
     block_path: str | None = None  # module path of the decoder blocks, where discovery needs telling
     revision: str | None = None  # of a hub repository: branch, tag or commit
     trust_remote_code: bool = False  # the user's `trust_remote_code=True`: run the model's own code
+    adapter: tuple[str, str] | None = None  # ("peft" | "delta", path or hub id) that HFLM applies to the weights
 
     @property
     def on_hub(self) -> bool:
@@ -284,11 +285,30 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=resolve_dtype(dtype), **spec.load_kwargs, **from_pretrained_kwargs
         )
+    if spec.adapter is not None:
+        model = with_adapter(model, *spec.adapter)
     model.to(device or default_device())
     model.eval()
     if spec.block_path:
         use_block_path(model, spec.block_path, "source_block_path" if argument == "source" else "block_path")
     return model, tokenizer
+
+
+def with_adapter(model: nn.Module, kind: str, name: str) -> nn.Module:
+    """What HFLM does with its `peft=` / `delta=` args, for the build's own loads of the target."""
+    if kind == "peft":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, name)
+    from transformers import AutoModelForCausalLM
+
+    delta = AutoModelForCausalLM.from_pretrained(name, dtype=next(model.parameters()).dtype).state_dict()
+    with torch.no_grad():
+        for key, parameter in model.state_dict().items():
+            if key not in delta:
+                raise ConTransError("delta", f"{name} has no weights for {key}")
+            parameter += delta[key]
+    return model
 
 
 def read_only_tokenizer(spec: ModelSpec):
@@ -351,6 +371,9 @@ def model_identity(spec: ModelSpec) -> dict:
             for entry in os.scandir(local)
             if entry.is_file()
         )
+    if spec.adapter is not None:  # other weights, other states
+        kind, name = spec.adapter
+        identity[kind] = model_identity(parse_model_spec(name, kind))
     return identity
 
 

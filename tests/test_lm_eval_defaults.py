@@ -1,7 +1,7 @@
 """The paths lm-eval users walk out of habit, in process through `simple_evaluate` with model args as
 lm-eval parses them from a string: its default device (cuda:0, on a CPU-only machine too), devices
 that do not exist here, `batch_size auto` and `auto:N`, `dtype=auto|bfloat16|float16`,
-`parallelize=True`, a ConTransLM instance, and the registry."""
+`parallelize=True`, `peft=`, a ConTransLM instance, and the registry."""
 
 from __future__ import annotations
 
@@ -93,3 +93,61 @@ def test_device_that_does_not_exist_says_so_once(caplog):
     assert chosen == ("cuda" if torch.cuda.is_available() else "cpu")
     assert [record.levelname for record in caplog.records] == ["WARNING"]
     assert "cuda:7" in caplog.records[0].getMessage()
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tiny_gpt2_dir, tmp_path_factory):
+    """A LoRA adapter for the tiny target, initialised so that it changes the model's states."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir),
+                           LoraConfig(r=4, target_modules=["c_attn", "c_fc"], init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("lora")
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_peft_adapter_names_the_targets_states_and_the_builds_own_load_applies_it(tiny_llama_dir, tiny_gpt2_dir,
+                                                                                small_inputs, lora_adapter):
+    """HFLM applies peft= to the target the transplant is fitted to; the cached target states belong to
+    the adapted weights (before, a build with the adapter read the plain target's states from the cache)."""
+    from lm_eval_contrans.loading import load_model, parse_model_spec
+    from lm_eval_contrans.lm_eval_model import _target_spec
+
+    concept, anchors = small_inputs
+    args = dict(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept=concept, anchors=anchors, device="cpu")
+    plain = ConTransLM(**args).transplant
+    adapted_lm = ConTransLM(**args, peft=str(lora_adapter))
+    adapted = adapted_lm.transplant
+    assert not torch.allclose(plain.map_weight, adapted.map_weight)
+    torch.testing.assert_close(ConTransLM(**args, peft=str(lora_adapter)).transplant.map_weight, adapted.map_weight)
+
+    spec = _target_spec(str(tiny_gpt2_dir), None, {"peft": str(lora_adapter)})
+    assert spec.adapter == ("peft", str(lora_adapter)) and spec != parse_model_spec(str(tiny_gpt2_dir), "target")
+    built_here, _ = load_model(spec, device="cpu")  # the build's own load (target_layer=auto, contrans build)
+    ids = torch.tensor([[5, 17, 33, 60]])
+    with torch.no_grad():
+        torch.testing.assert_close(built_here(input_ids=ids).logits, adapted_lm.model(input_ids=ids).logits)
+
+
+def test_delta_weights_are_added_by_the_builds_own_load(tiny_gpt2_dir, tmp_path):
+    """delta= (HFLM adds a model's weights to the target's): the build's own loads add them the same way,
+    and the states are keyed on them."""
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_contrans.loading import load_model, model_identity, parse_model_spec
+    from lm_eval_contrans.lm_eval_model import _target_spec
+
+    delta = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    with torch.no_grad():
+        for parameter in delta.parameters():
+            parameter.fill_(0.25)
+    delta.save_pretrained(tmp_path / "delta")
+    spec = _target_spec(str(tiny_gpt2_dir), None, {"delta": str(tmp_path / "delta")})
+    plain, _ = load_model(parse_model_spec(str(tiny_gpt2_dir), "target"), device="cpu")
+    shifted, _ = load_model(spec, device="cpu")
+    name = "transformer.h.0.mlp.c_fc.weight"
+    torch.testing.assert_close(shifted.state_dict()[name], plain.state_dict()[name] + 0.25)
+    assert model_identity(spec)["delta"]["name"] == str((tmp_path / "delta").resolve())
