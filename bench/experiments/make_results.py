@@ -12,8 +12,8 @@ Source SmolLM2-135M-Instruct -> target Gemma-3-270M base, data from ../shared/da
 3. Ablations: each change of the recipe alone on the same WikiSplit anchors, the shipped corpus in
    place of WikiSplit, and target_layer=auto.
 
-Run:  python bench/experiments/make_results.py --data ../shared/data          (56 min on 2 CPU cores with a warm state
-      cache, alone on the machine, 2026-11-26: builds 9 min, base 2.5, steered rows 36, ablations 7, source 1)
+Run:  python bench/experiments/make_results.py --data ../shared/data          (about an hour on 2 CPU cores: the
+      section's header gives the saved run's time and its parts; rows already in the grid folder are read back)
       python bench/experiments/make_results.py --data ../shared/data --full   (every dev document; many hours)
       python bench/experiments/make_results.py --render     (the section, from bench/results/make_results.json)
 Every number goes to bench/results/make_results.json (--json), and the evidence section of docs/RESULTS.md is
