@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build a transplant artifact and print its diagnostics")
     build.add_argument("--source", required=True, help="source (aligned) model: hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub")
     build.add_argument("--target", required=True, help="target model: hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub")
-    build.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file")
+    build.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file; several as a+b (one artifact, one load of each model)")
     build.add_argument("--out", required=True, help="where to write the .safetensors artifact")
     _recipe_arguments(build)
     build.add_argument("--dtype", default="float32")
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--include_path", "--include-path", action="append", default=[],
                          help="a folder of your own task YAMLs, as for lm_eval (repeatable)")
     compare.add_argument("--no-controls", action="store_true", help="skip the random, own-vector and prompt rows")
+    _trust_argument(compare)
     compare.add_argument("--also-metrics", nargs="*", default=["margin"],
                          help="metrics shown next to each task's main metric where the task reports them")
 
@@ -92,8 +93,8 @@ def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="default", choices=["default", "reference"],
                         help="default: dense anchors, centred fit, source block by R^2, alpha in residual units; "
                              "reference: the paper's recipe")
-    parser.add_argument("--source-layer", default=None, help="block index, depth fraction, or auto (recipe's default)")
-    parser.add_argument("--target-layer", default=None, help="block index or depth fraction (default 0.75)")
+    parser.add_argument("--source-layer", default=None, help="block index, depth fraction, or auto (the recipe's default); one per concept as x+y")
+    parser.add_argument("--target-layer", default=None, help="block index, depth fraction, or auto (default 0.75); one per concept as x+y")
     parser.add_argument("--anchors", default=None, help="anchor corpus .txt/.jsonl (default: shipped corpus)")
     parser.add_argument("--anchor-tokens", default=None, choices=["dense", "last"])
     parser.add_argument("--map", default=None, choices=["lstsq", "ridge", "procrustes"])
@@ -127,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "build":
-            from lm_eval_contrans.artifact import save_transplant
-            from lm_eval_contrans.pipeline import build_transplant
+            from lm_eval_contrans.artifact import save_transplants
+            from lm_eval_contrans.pipeline import build_transplants
 
-            transplant = build_transplant(*_models(args), args.concept, **_recipe_options(args),
-                                          dtype=args.dtype, device=args.device, batch_size=args.batch_size)
-            save_transplant(transplant, args.out)
-            print(transplant.summary())
+            # several concepts (a+b) share one load of each model and one artifact
+            transplants = build_transplants(*_models(args), args.concept, **_recipe_options(args),
+                                            dtype=args.dtype, device=args.device, batch_size=args.batch_size)
+            save_transplants(transplants, args.out)
+            print("\n\n".join(transplant.summary() for transplant in transplants))
             print(f"wrote {args.out}")
         elif args.command == "inspect":
             from lm_eval_contrans.artifact import as_dict, load_transplants
@@ -164,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                 source=args.source, target=args.target, concept=args.concept,
                 tasks=[task for task in args.tasks.split(",") if task], alphas=args.alphas,
                 instruct=args.instruct, out=Path(args.out), limit=limit, batch_size=batch_size,
-                device=args.device, seed=args.seed, model_args={"dtype": args.dtype} if args.dtype else {},
+                device=args.device, seed=args.seed,
+                model_args={**({"dtype": args.dtype} if args.dtype else {}),
+                            **({"trust_remote_code": True} if args.trust_remote_code else {})},
                 task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
                 include_path=args.include_path,
                 extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),

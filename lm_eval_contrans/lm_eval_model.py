@@ -223,9 +223,10 @@ class ConTransLM(FastScoringHFLM):
 
 
 def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpec:
-    """The target, with the HFLM args that say which weights and code to load (`revision`, `gguf_file`,
-    `trust_remote_code`; `peft` and `delta`, which stay HFLM's to apply) taken into it: the build reads the same weights and tokenizer, its cache keys
-    name them, and HFLM loads the spec's folder (a GGUF de-quantized once, as for `target=file.gguf`)."""
+    """The target, with the HFLM args that say which weights and code to load taken into it (`revision`,
+    `gguf_file`, `trust_remote_code`; `peft` and `delta` stay HFLM's to apply too): the build reads the
+    same weights and tokenizer, its cache keys name them, and HFLM loads the spec's folder (a GGUF
+    de-quantized once, as for `target=file.gguf`)."""
     spec = parse_model_spec(target, "target", block_path=block_path)
     gguf_file = hf_args.pop("gguf_file", None)
     if gguf_file:

@@ -64,8 +64,9 @@ class ModelSpec:
             return self
         if self.revision is not None:
             raise ConTransError(argument, f"two revisions: {self.name!r} and revision={revision!r}")
-        if not self.on_hub:
-            raise ConTransError("revision", f"{self.name} is a local path; revision= applies to hub ids only")
+        if not self.on_hub:  # as from_pretrained does with a folder
+            logger.warning("revision=%s ignored: %s is a local path, not a hub id", revision, self.name)
+            return self
         return replace(self, revision=revision, name=f"{self.name}@{revision}")
 
 
@@ -216,10 +217,12 @@ def hub_commit(spec: ModelSpec) -> str | None:
 def _hub_commit(repo: str, revision: str | None) -> str | None:
     from huggingface_hub import hf_hub_download
 
-    try:  # the snapshot folder a file is read from is named by its commit
-        return Path(hf_hub_download(repo, "config.json", revision=revision)).parent.name
-    except Exception:
-        return None
+    for file in ("config.json", "adapter_config.json"):  # a model's, or a peft adapter's
+        try:  # the snapshot folder a file is read from is named by its commit
+            return Path(hf_hub_download(repo, file, revision=revision)).parent.name
+        except Exception:
+            continue
+    return None
 
 
 def pretrained_path(spec: ModelSpec) -> str:

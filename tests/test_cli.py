@@ -100,6 +100,14 @@ def test_contrans_build_and_inspect(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     assert metadata["source_hidden_size"] == 32 and metadata["target_hidden_size"] == 48
     assert metadata["concept"] == "sentiment" and len(metadata["concept_hash"]) == 64
 
+    # several concepts as lm_eval's concept=a+b takes them: one artifact, a block each
+    both = tmp_path / "both.safetensors"
+    build = run([str(BIN / "contrans"), "build", "--source", str(tiny_llama_dir), "--target", str(tiny_gpt2_dir),
+                 "--concept", "sentiment+honesty", "--target-layer", "1+2", "--out", str(both), "--device", "cpu"], tmp_path)
+    assert build.returncode == 0, build.stderr[-4000:]
+    described = json.loads(run([str(BIN / "contrans"), "inspect", str(both), "--json"], tmp_path).stdout)
+    assert [(entry["concept"], entry["target_layer"]) for entry in described] == [("sentiment", 1), ("honesty", 2)]
+
 
 def test_contrans_cli_errors_name_the_argument(tmp_path):
     result = run([str(BIN / "contrans"), "build", "--source", "nowhere.gguf", "--target", "x",

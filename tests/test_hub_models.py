@@ -86,8 +86,8 @@ def test_revision_model_arg_joins_the_spec_and_refuses_a_contradiction(tmp_path)
     assert parse_model_spec("org/model@v1", "target").at_revision("v1", "target").name == "org/model@v1"
     with pytest.raises(ConTransError, match="two revisions"):
         parse_model_spec("org/model@v1", "target").at_revision("v2", "target")
-    with pytest.raises(ConTransError, match="hub ids only"):
-        parse_model_spec(str(tmp_path), "target").at_revision("v2", "target")
+    local = parse_model_spec(str(tmp_path), "target")
+    assert local.at_revision("main", "target") == local  # as from_pretrained ignores it for a folder
 
 
 def test_a_hub_models_cache_identity_names_the_commit_its_revision_resolves_to(offline_hub):
@@ -95,6 +95,16 @@ def test_a_hub_models_cache_identity_names_the_commit_its_revision_resolves_to(o
     assert (main["commit"], older["commit"]) == (MAIN, OLDER)
     assert model_identity(parse_model_spec(f"{TARGET}@{OLDER}", "target"))["commit"] == OLDER  # a commit as revision
     assert model_identity(parse_model_spec(f"{TARGET}@main", "target"))["commit"] == MAIN
+
+
+def test_a_peft_adapter_on_the_hub_is_named_by_its_commit_too(offline_hub, tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")  # an adapter repository has no config.json
+    publish(offline_hub, "contrans-test/lora", tmp_path / "lora", "e" * 40, ["main"])
+    from lm_eval_contrans.lm_eval_model import _target_spec
+
+    identity = model_identity(_target_spec(TARGET, None, {"peft": "contrans-test/lora"}))
+    assert identity["commit"] == MAIN and identity["peft"]["commit"] == "e" * 40
 
 
 def test_each_revision_is_built_from_its_own_weights(offline_hub, small_inputs):

@@ -142,7 +142,7 @@ def test_a_remote_code_model_as_source_and_target_with_trust_remote_code(remote_
 
 
 @pytest.mark.cli
-def test_contrans_build_trusts_remote_code_when_told(remote_code_dir, small_inputs, tmp_path):
+def test_contrans_build_and_compare_trust_remote_code_when_told(remote_code_dir, small_inputs, task_dir, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -156,3 +156,11 @@ def test_contrans_build_trusts_remote_code_when_told(remote_code_dir, small_inpu
     assert built.returncode == 0, built.stderr[-3000:]
     assert "contrans_tiny_remote" in subprocess.run([command[0], "inspect", str(tmp_path / "t.safetensors")],
                                                     capture_output=True, text=True).stdout
+
+    compare = subprocess.run(
+        [command[0], "compare", "--source", str(remote_code_dir), "--target", str(remote_code_dir), "--concept", concept,
+         "--anchors", anchors, "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--alphas", "1",
+         "--limit", "2", "--device", "cpu", "--out", str(tmp_path / "compare"), "--trust-remote-code"],
+        capture_output=True, text=True, timeout=600)
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    assert "target's own vector α=1" in compare.stdout and "source" in compare.stdout  # every row ran its model code

@@ -12,7 +12,7 @@ way: a rerun with another recipe, layer or concept builds again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lm_eval_contrans.artifact import Transplant, load_transplant, save_transplant
@@ -21,7 +21,8 @@ from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
 from lm_eval_contrans.experiments.report import Row, write_report
-from lm_eval_contrans.loading import default_device
+from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_spec
+from lm_eval_contrans.pipeline.recipe import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ def _alpha_name(alpha: float) -> str:
     return f"{alpha:g}"
 
 
+def _models(plan: ComparePlan) -> tuple[ModelSpec, ModelSpec]:
+    """(source, target) as the build loads them: `trust_remote_code` in the model args covers both."""
+    trust = as_bool(plan.model_args.get("trust_remote_code", False), "trust_remote_code")
+    return tuple(replace(parse_model_spec(name, role), trust_remote_code=trust)
+                 for name, role in ((plan.source, "source"), (plan.target, "target")))
+
+
 def _built(plan: ComparePlan, device: str) -> Transplant:
     """The transplant for this plan, from the output folder when it was built with the same settings."""
     from lm_eval_contrans.pipeline import build_transplant
@@ -61,7 +69,7 @@ def _built(plan: ComparePlan, device: str) -> Transplant:
                        "dtype": plan.model_args.get("dtype")})
     path = Path(plan.out) / "artifacts" / f"{concept.name}-{key[:12]}.safetensors"
     if not path.exists():
-        save_transplant(build_transplant(plan.source, plan.target, concept, device=device, **plan.build_options), path)
+        save_transplant(build_transplant(*_models(plan), concept, device=device, **plan.build_options), path)
     return load_transplant(path)
 
 
@@ -75,7 +83,8 @@ def compare_rows(plan: ComparePlan, transplant: Transplant, device: str) -> list
         from lm_eval_contrans.anchors import load_anchor_texts
 
         anchor_texts, _ = load_anchor_texts(transplant.anchors if transplant.anchors != "default" else None)
-        own = own_control(transplant, target_own_vector(transplant, concept, anchor_texts, device=device))
+        own = own_control(transplant, target_own_vector(transplant, concept, anchor_texts, device=device,
+                                                        target=_models(plan)[1]))
         random = random_control(transplant, plan.seed)
         diagnostics["cos_to_own"] = cosine(transplant.vector, own.vector)
     rows += [GridRow(f"+ ConTrans α={_alpha_name(alpha)}", "contrans", plan.target, transplant, alpha,

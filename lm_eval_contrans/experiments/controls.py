@@ -16,6 +16,7 @@ import torch
 
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import ConceptSet
+from lm_eval_contrans.loading import ModelSpec
 from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
 
 
@@ -27,10 +28,11 @@ def random_control(transplant: Transplant, seed: int = 0) -> Transplant:
 
 def target_own_vector(
     transplant: Transplant, concept: ConceptSet, anchor_texts: list[str], *, dtype: str = "float32",
-    device: str | None = None,
+    device: str | None = None, target: str | ModelSpec | None = None,
 ) -> torch.Tensor:
-    """The target's own concept vector at the transplant's target block (cached like any source side)."""
-    states = record_concept_states(transplant.target, [StateRequest(concept, transplant.target_layer)],
+    """The target's own concept vector at the transplant's target block (cached like any source side);
+    `target`: the target as loaded (default: the transplant's target name)."""
+    states = record_concept_states(target or transplant.target, [StateRequest(concept, transplant.target_layer)],
                                    anchor_texts=anchor_texts, dtype=dtype, device=device, role="target")
     return states[0].concept_vector
 
