@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConTransError as error:
         print(f"contrans: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left early (`contrans concepts | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

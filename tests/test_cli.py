@@ -248,3 +248,10 @@ def test_contrans_port_writes_an_artifact_that_lm_eval_steers_with(tiny_llama_di
     bad = run([str(BIN / "contrans"), "port", "--vector", str(vector), "--source", str(tiny_llama_dir),
                "--target", str(tiny_gpt2_dir), "--out", str(tmp_path / "x.safetensors")], tmp_path)
     assert bad.returncode == 2 and "source_vector: " in bad.stderr and "give source_layer= (--source-layer)" in bad.stderr
+
+
+def test_contrans_output_piped_into_a_reader_that_leaves_early(tmp_path):
+    # unbuffered, each line is written as printed, so the writes after `head` has left fail
+    result = subprocess.run(f"'{BIN / 'contrans'}' concepts | head -n 1", shell=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("anger") and "Traceback" not in result.stderr, result.stderr
