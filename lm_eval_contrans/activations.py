@@ -28,8 +28,8 @@ class _StopForward(Exception):
 
 
 def block_output_tensor(output) -> torch.Tensor:
-    """Decoder blocks return a tensor or a tuple whose first item is the hidden state."""
-    return output[0] if isinstance(output, tuple) else output
+    """Decoder blocks return a tensor, or a tuple (a list in OpenAI GPT) whose first item is the hidden state."""
+    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -26,7 +26,7 @@ from lm_eval_contrans.loading import (
     ModelSpec, evaluation_device, parse_model_spec, pretrained_path, release_read_only_tokenizers,
 )
 from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, plan_port, record_sources
-from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of
+from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of, residual_width
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions
@@ -151,7 +151,7 @@ class ConTransLM(FastScoringHFLM):
             transplants = finish_build(plan, sources, self.model, self.tokenizer)
         elif foreign is not None:
             transplants = steering_transplants(foreign, target=target_spec.name,
-                                               hidden_size=self.model.get_input_embeddings().embedding_dim,
+                                               hidden_size=residual_width(self.model),
                                                num_layers=model_layer_count(self.model), model_type=model_type_of(self.model))
         self.use_transplants(transplants, alphas)
         if save_vector:
@@ -174,7 +174,7 @@ class ConTransLM(FastScoringHFLM):
             raise ConTransError("alpha", f"{len(alphas)} values for {len(transplants)} transplants")
         for transplant in transplants:
             check_against_target(
-                transplant, target=self._target_name, hidden_size=self.model.get_input_embeddings().embedding_dim,
+                transplant, target=self._target_name, hidden_size=residual_width(self.model),
                 num_layers=model_layer_count(self.model), model_type=model_type_of(self.model),
                 strict_name=self._check_target_name,
             )

@@ -110,7 +110,7 @@ def add_vector_hook(vector: torch.Tensor, steer_this_pass=lambda: True):
         if key not in cache:
             cache[key] = vector.to(device=hidden.device, dtype=hidden.dtype)
         steered = hidden + cache[key]
-        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return type(output)([steered, *output[1:]]) if isinstance(output, (tuple, list)) else steered
 
     return hook
 

@@ -17,7 +17,8 @@ MOE = dict(num_experts=4, num_local_experts=4, num_experts_per_tok=2, moe_interm
 FAMILIES: dict[str, dict] = {
     "llama": {}, "mistral": {}, "mixtral": MOE, "qwen2": {}, "qwen2_moe": MOE, "qwen3": {}, "qwen3_moe": MOE,
     "gemma": {}, "gemma2": {}, "gemma3_text": {}, "gemma3": {}, "phi": {}, "phi3": {}, "gpt2": {}, "gpt_neox": {},
-    "opt": {}, "bloom": {}, "falcon": dict(head_dim=None), "mpt": {}, "stablelm": {}, "starcoder2": {}, "olmo": {},
+    "opt": dict(word_embed_proj_dim=16),  # OPT-350m's shape: narrower embeddings projected into the blocks
+    "bloom": {}, "falcon": dict(head_dim=None), "mpt": {}, "stablelm": {}, "starcoder2": {}, "olmo": {},
     "olmo2": {}, "cohere": {}, "granite": {}, "granitemoe": MOE, "glm4": {}, "smollm3": {},
     "gptj": dict(rotary_dim=4), "codegen": dict(rotary_dim=4), "gpt_neo": dict(attention_types=[[["global", "local"], 1]],
                                                                                num_layers=2),
@@ -32,6 +33,10 @@ FAMILIES: dict[str, dict] = {
     "lfm2": {},
     "qwen3_next": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
                        linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, **MOE),
+    "qwen3_5_text": dict(layer_types=["linear_attention", "full_attention"], linear_num_value_heads=4,
+                         linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8),
+    "gemma4_text": {},
+    "openai-gpt": {},  # its blocks return a list, not a tuple
 }
 
 

@@ -37,10 +37,22 @@ def config_facts(spec: ModelSpec) -> dict:
     if config is None:
         return {"num_layers": None, "hidden_size": None, "model_type": None}
     text = getattr(config, "text_config", None) or config
-    hidden = next((getattr(text, name) for name in ("hidden_size", "n_embd", "d_model")
-                   if isinstance(getattr(text, name, None), int)), None)
-    return {"num_layers": configured_layer_count(config), "hidden_size": hidden,
+    return {"num_layers": configured_layer_count(config), "hidden_size": configured_hidden_size(config),
             "model_type": str(getattr(text, "model_type", None) or getattr(config, "model_type", "")) or None}
+
+
+def configured_hidden_size(config) -> int | None:
+    """The width of the residual stream a config states (for multimodal models, its text model's)."""
+    text = getattr(config, "text_config", None) or config
+    return next((getattr(text, name) for name in ("hidden_size", "n_embd", "d_model")
+                 if isinstance(getattr(text, name, None), int)), None)
+
+
+def residual_width(model: nn.Module) -> int:
+    """The width of what the decoder blocks output, which a steering vector must have: the config's
+    hidden size, which is not always the embeddings' (OPT-350m projects 512-wide embeddings into
+    1024-wide blocks); the embeddings' where the config does not say."""
+    return configured_hidden_size(getattr(model, "config", None)) or model.get_input_embeddings().embedding_dim
 
 
 def model_type_of(model_or_config) -> str:
