@@ -223,10 +223,10 @@ class ConTransLM(FastScoringHFLM):
 
 
 def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpec:
-    """The target, with the HFLM args that say which weights and code to load taken into it (`revision`,
-    `gguf_file`, `trust_remote_code`; `peft` and `delta` stay HFLM's to apply too): the build reads the
-    same weights and tokenizer, its cache keys name them, and HFLM loads the spec's folder (a GGUF
-    de-quantized once, as for `target=file.gguf`)."""
+    """The target, with the HFLM args that say which weights, tokenizer and code to load taken into it
+    (`revision`, `gguf_file`, `trust_remote_code`; `peft`, `delta` and `tokenizer` stay HFLM's to apply
+    too): the build reads the same weights and tokenizer, its cache keys name them, and HFLM loads the
+    spec's folder (a GGUF de-quantized once, as for `target=file.gguf`)."""
     spec = parse_model_spec(target, "target", block_path=block_path)
     gguf_file = hf_args.pop("gguf_file", None)
     if gguf_file:
@@ -237,8 +237,9 @@ def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpe
     trust = as_bool(hf_args.pop("trust_remote_code", False), "trust_remote_code")
     # HFLM applies these to the weights it loads (the build records from that model): they name its states
     adapter = next(((kind, str(hf_args[kind])) for kind in ("peft", "delta") if hf_args.get(kind)), None)
+    tokenizer = hf_args.get("tokenizer") if isinstance(hf_args.get("tokenizer"), str) else None
     return dataclasses.replace(spec.at_revision(hf_args.pop("revision", None), "target"), trust_remote_code=trust,
-                               adapter=adapter)
+                               adapter=adapter, tokenizer=tokenizer)
 
 
 def _given_transplants(vector, block) -> list[Transplant] | ForeignVector:

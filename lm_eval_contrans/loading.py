@@ -45,6 +45,7 @@ class ModelSpec:
     revision: str | None = None  # of a hub repository: branch, tag or commit
     trust_remote_code: bool = False  # the user's `trust_remote_code=True`: run the model's own code
     adapter: tuple[str, str] | None = None  # ("peft" | "delta", path or hub id) that HFLM applies to the weights
+    tokenizer: str | None = None  # another tokenizer than the model's own (HFLM's `tokenizer=`)
 
     @property
     def on_hub(self) -> bool:
@@ -217,7 +218,7 @@ def hub_commit(spec: ModelSpec) -> str | None:
 def _hub_commit(repo: str, revision: str | None) -> str | None:
     from huggingface_hub import hf_hub_download
 
-    for file in ("config.json", "adapter_config.json"):  # a model's, or a peft adapter's
+    for file in ("config.json", "adapter_config.json", "tokenizer_config.json"):  # a model, peft adapter or tokenizer
         try:  # the snapshot folder a file is read from is named by its commit
             return Path(hf_hub_download(repo, file, revision=revision)).parent.name
         except Exception:
@@ -284,7 +285,7 @@ def load_model(
         spec = parse_model_spec(spec, argument)
     folder = pretrained_path(spec)
     with remote_code_explained(spec):
-        tokenizer = AutoTokenizer.from_pretrained(folder, **spec.load_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or folder, **spec.load_kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=resolve_dtype(dtype), **spec.load_kwargs, **from_pretrained_kwargs
         )
@@ -318,6 +319,9 @@ def read_only_tokenizer(spec: ModelSpec):
     """The model's tokenizer, for reading how it splits texts: loaded once per process and state of its
     folder's tokenizer files (parsing Gemma 3's 262k-token vocabulary takes ~1.5 s, most of a cached
     build). Shared between callers, so it must not be changed; `load_model` gives each model its own."""
+    if spec.tokenizer is not None:  # HFLM's tokenizer=: read as a model name of its own
+        return read_only_tokenizer(replace(parse_model_spec(spec.tokenizer, "tokenizer"),
+                                           trust_remote_code=spec.trust_remote_code))
     folder = pretrained_path(spec)
     files = Path(folder).glob("*token*") if Path(folder).is_dir() else ()
     files_state = tuple(sorted((file.name, file.stat().st_mtime_ns, file.stat().st_size) for file in files))
@@ -377,6 +381,8 @@ def model_identity(spec: ModelSpec) -> dict:
     if spec.adapter is not None:  # other weights, other states
         kind, name = spec.adapter
         identity[kind] = model_identity(parse_model_spec(name, kind))
+    if spec.tokenizer is not None:  # other tokens, other states
+        identity["tokenizer"] = model_identity(parse_model_spec(spec.tokenizer, "tokenizer"))
     return identity
 
 

@@ -1,7 +1,7 @@
 """The paths lm-eval users walk out of habit, in process through `simple_evaluate` with model args as
 lm-eval parses them from a string: its default device (cuda:0, on a CPU-only machine too), devices
 that do not exist here, `batch_size auto` and `auto:N`, `dtype=auto|bfloat16|float16`,
-`parallelize=True`, `peft=`, a ConTransLM instance, and the registry."""
+`parallelize=True`, `peft=`, `delta=`, `tokenizer=`, a ConTransLM instance, and the registry."""
 
 from __future__ import annotations
 
@@ -151,3 +151,16 @@ def test_delta_weights_are_added_by_the_builds_own_load(tiny_gpt2_dir, tmp_path)
     name = "transformer.h.0.mlp.c_fc.weight"
     torch.testing.assert_close(shifted.state_dict()[name], plain.state_dict()[name] + 0.25)
     assert model_identity(spec)["delta"]["name"] == str((tmp_path / "delta").resolve())
+
+
+def test_tokenizer_arg_names_the_targets_states(tiny_llama_dir, tiny_gpt2_dir, small_inputs):
+    """tokenizer= (HFLM reads the target's texts with another tokenizer): the build pairs and records
+    the target's anchor tokens with it, and caches them apart from the model's own tokenizer's."""
+    concept, anchors = small_inputs
+    args = dict(source=str(tiny_gpt2_dir), target=str(tiny_llama_dir), concept=concept, anchors=anchors, device="cpu")
+    other = ConTransLM(**args, tokenizer=str(tiny_gpt2_dir))  # byte-level BPE ids fit the Llama's larger vocabulary
+    own = ConTransLM(**args)
+    assert type(other.tokenizer) is not type(own.tokenizer) or len(other.tokenizer) != len(own.tokenizer)
+    assert not torch.allclose(other.transplant.map_weight, own.transplant.map_weight)
+    torch.testing.assert_close(ConTransLM(**args, tokenizer=str(tiny_gpt2_dir)).transplant.map_weight,
+                               other.transplant.map_weight)
