@@ -74,6 +74,29 @@ def test_gguf_is_dequantized_once(artifact, monkeypatch):
     assert (folder / "config.json").is_file() and (folder / "SOURCE_GGUF").is_file()
 
 
+def test_a_gguf_file_in_a_hub_repository_is_downloaded_and_dequantized(tmp_path, monkeypatch):
+    """`owner/repo/file.gguf`, read offline from a hub cache that holds the packaged SmolLM2 file: the same
+    weights as the packaged name gives."""
+    import huggingface_hub.constants as constants
+    from safetensors.torch import load_file
+
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+    packaged = packaged_gguf("smollm2-135m-instruct", "source")
+    repository = tmp_path / "hub" / "models--contrans-test--SmolLM2-GGUF"
+    (repository / "snapshots" / ("f" * 40)).mkdir(parents=True)
+    (repository / "snapshots" / ("f" * 40) / packaged.name).symlink_to(packaged)  # as the hub's cache links blobs
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text("f" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    from_hub = Path(pretrained_path(parse_model_spec(f"contrans-test/SmolLM2-GGUF/{packaged.name}", "source")))
+    from_package = Path(pretrained_path(parse_model_spec(SOURCE, "source")))
+    assert from_hub != from_package and (from_hub / "SOURCE_GGUF").read_text().strip().endswith(packaged.name)
+    name = "model.layers.3.mlp.down_proj.weight"
+    assert torch.equal(load_file(from_hub / "model.safetensors")[name], load_file(from_package / "model.safetensors")[name])
+
+
 def _margins(model, tokenizer, rows, layer=None, vector=None, alpha=0.0):
     """log p(positive verdict) - log p(negative verdict) after each prompt: every prompt and ending in one
     left-padded batch, so that each ending sits at the end of its row, where `logits_to_keep` reads."""
