@@ -189,12 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from lm_eval_contrans.artifact import load_transplants
             from lm_eval_contrans.export import export_gguf, export_steered
-            from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
             transplants = load_transplants(args.artifact, "artifact")
             if args.format == "steered":
-                folder = pretrained_path(parse_model_spec(args.target or transplants[0].target, "target"))
-                export_steered(transplants, args.out, folder, args.alpha)
+                export_steered(transplants, args.out, args.target or transplants[0].target, args.alpha)
             else:
                 export_gguf(transplants, args.out)
             blocks = sorted({transplant.target_layer for transplant in transplants})

@@ -17,19 +17,25 @@ import torch
 
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 
 FORMATS = ("steered", "gguf")
 
 
-def steered_hookpoint(target_folder: str, layer: int) -> str:
+def steered_hookpoint(target: str | ModelSpec, layer: int) -> str:
     """The block's module name under `model.base_model`, from an empty (meta) copy of the model."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from lm_eval_contrans.blocks import decoder_blocks
+    from lm_eval_contrans.pipeline.depth import load_config
 
+    spec = parse_model_spec(target, "target")
+    config = load_config(spec)  # at the target's revision
+    if config is None:
+        raise ConTransError("target", f"cannot read the config of {spec.name}, which names the blocks' hookpoints")
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(target_folder))
+        model = AutoModelForCausalLM.from_config(config)
     block = decoder_blocks(model)[layer]
     for name, module in model.base_model.named_modules():
         if module is block:
@@ -48,9 +54,10 @@ def _by_block(transplants: Transplant | list[Transplant]) -> dict[int, torch.Ten
     return dict(sorted(blocks.items()))
 
 
-def export_steered(transplants: Transplant | list[Transplant], path: str | Path, target_folder: str,
+def export_steered(transplants: Transplant | list[Transplant], path: str | Path, target: str | ModelSpec,
                    alpha: float = 1.0) -> Path:
-    config = {steered_hookpoint(target_folder, block): {"steering_vector": vector.clone(),
+    """lm-eval's `--model steered` file for `target` (a model name as everywhere, or a ModelSpec)."""
+    config = {steered_hookpoint(target, block): {"steering_vector": vector.clone(),
                                                         "steering_coefficient": float(alpha), "action": "add",
                                                         "bias": None, "head_index": None}
               for block, vector in _by_block(transplants).items()}
