@@ -319,9 +319,10 @@ def read_only_tokenizer(spec: ModelSpec):
     """The model's tokenizer, for reading how it splits texts: loaded once per process and state of its
     folder's tokenizer files (parsing Gemma 3's 262k-token vocabulary takes ~1.5 s, most of a cached
     build). Shared between callers, so it must not be changed; `load_model` gives each model its own."""
-    if spec.tokenizer is not None:  # HFLM's tokenizer=: read as a model name of its own
-        return read_only_tokenizer(replace(parse_model_spec(spec.tokenizer, "tokenizer"),
-                                           trust_remote_code=spec.trust_remote_code))
+    if spec.tokenizer is not None:  # HFLM's tokenizer=, read as HFLM does: at the model's revision
+        tokenizer = parse_model_spec(spec.tokenizer, "tokenizer")
+        return read_only_tokenizer(replace(tokenizer, trust_remote_code=spec.trust_remote_code,
+                                           revision=tokenizer.revision or (spec.revision if tokenizer.on_hub else None)))
     folder = pretrained_path(spec)
     files = Path(folder).glob("*token*") if Path(folder).is_dir() else ()
     files_state = tuple(sorted((file.name, file.stat().st_mtime_ns, file.stat().st_size) for file in files))
