@@ -110,11 +110,9 @@ def _trust_argument(command: argparse.ArgumentParser) -> None:
 
 
 def _models(args) -> tuple[ModelSpec, ModelSpec]:
-    from dataclasses import replace
-
     from lm_eval_contrans.loading import parse_model_spec
 
-    return tuple(replace(parse_model_spec(name, role), trust_remote_code=args.trust_remote_code)
+    return tuple(parse_model_spec(name, role, trust_remote_code=args.trust_remote_code)
                  for name, role in ((args.source, "source"), (args.target, "target")))
 
 

@@ -97,8 +97,8 @@ class ConTransLM(FastScoringHFLM):
             raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
         target_spec = _target_spec(target, block_path, kwargs)
         if vector is None:  # trust_remote_code=True: the user trusts the code of both models they named
-            source = dataclasses.replace(parse_model_spec(source, "source", block_path=source_block_path),
-                                         trust_remote_code=target_spec.trust_remote_code)
+            source = parse_model_spec(source, "source", block_path=source_block_path,
+                                      trust_remote_code=target_spec.trust_remote_code)
         build_device = evaluation_device(device)
         if as_bool(kwargs.get("parallelize", False), "parallelize") and not torch.cuda.is_available():
             # HFLM would offload every weight to disk and put inputs on "cuda"; with no GPU there is

@@ -110,7 +110,15 @@ def packaged_gguf(name: str, argument: str) -> Path:
         ) from None
 
 
-def parse_model_spec(spec: str | ModelSpec, argument: str, block_path: str | None = None) -> ModelSpec:
+def parse_model_spec(spec: str | ModelSpec, argument: str, block_path: str | None = None, *,
+                     trust_remote_code: bool = False) -> ModelSpec:
+    """The model a user named (see the module docstring); `trust_remote_code`: their consent to run the
+    code a model's folder or repository ships."""
+    parsed = _parse_model_name(spec, argument, block_path)
+    return replace(parsed, trust_remote_code=True) if trust_remote_code else parsed
+
+
+def _parse_model_name(spec: str | ModelSpec, argument: str, block_path: str | None) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec if block_path is None else replace(spec, block_path=block_path)
     if not isinstance(spec, str) or not spec.strip():
@@ -340,7 +348,7 @@ def remote_code_explained(spec: ModelSpec) -> Iterator[None]:
             raise
         raise ConTransError("trust_remote_code", f"{spec.name} ships its own model code; to run it, pass "
                                                  "trust_remote_code=True (lm_eval --model_args) or --trust-remote-code "
-                                                 "(contrans build/port)") from None
+                                                 "(contrans build/port/compare)") from None
 
 
 def release_read_only_tokenizers() -> None:

@@ -12,7 +12,7 @@ way: a rerun with another recipe, layer or concept builds again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_eval_contrans.artifact import Transplant, load_transplant, save_transplant
@@ -55,7 +55,7 @@ def _alpha_name(alpha: float) -> str:
 def _models(plan: ComparePlan) -> tuple[ModelSpec, ModelSpec]:
     """(source, target) as the build loads them: `trust_remote_code` in the model args covers both."""
     trust = as_bool(plan.model_args.get("trust_remote_code", False), "trust_remote_code")
-    return tuple(replace(parse_model_spec(name, role), trust_remote_code=trust)
+    return tuple(parse_model_spec(name, role, trust_remote_code=trust)
                  for name, role in ((plan.source, "source"), (plan.target, "target")))
 
 
