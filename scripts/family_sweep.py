@@ -33,11 +33,10 @@ def check_family(family: str, extra: dict) -> dict:
 
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     sys.path.insert(0, str(TESTS))
     from conftest import _byte_bpe_tokenizer
-    from model_families import COMMON
+    from model_families import tiny_config
 
     from lm_eval_contrans.blocks import decoder_blocks
     from lm_eval_contrans.pipeline.depth import residual_width
@@ -48,9 +47,7 @@ def check_family(family: str, extra: dict) -> dict:
     tokenizer = _byte_bpe_tokenizer()
     stage = "tiny model"  # not reached: the common sizes do not make a model of this family
     try:
-        special = tokenizer.eos_token_id
-        config = CONFIG_MAPPING[family](**{**COMMON, "vocab_size": len(tokenizer), "pad_token_id": special,
-                                           "bos_token_id": special, "eos_token_id": special, **extra})
+        config = tiny_config(family, len(tokenizer), tokenizer.eos_token_id, extra)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config).eval()
         ids = torch.tensor([[5, 17, 33, 60, 101, 7]])

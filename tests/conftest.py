@@ -126,6 +126,20 @@ def _byte_bpe_tokenizer():
     )
 
 
+def publish_to_hub_cache(cache: Path, repo: str, folder: Path, commit: str, refs: list[str]) -> Path:
+    """Lay `folder` out as the Hugging Face hub's cache does after a download of `repo` at `commit` (read
+    offline: HF_HUB_OFFLINE); the snapshot folder is returned."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    shutil.copytree(folder, snapshot, symlinks=True)
+    (root / "refs").mkdir(exist_ok=True)
+    for ref in refs:
+        (root / "refs" / ref).write_text(commit)
+    return snapshot
+
+
 def _save(folder: Path, model, tokenizer) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -40,12 +40,14 @@ FAMILIES: dict[str, dict] = {
 }
 
 
-def tiny_config(family: str, vocab_size: int, special_id: int):
+def tiny_config(family: str, vocab_size: int, special_id: int, extra: dict | None = None):
+    """The family's config at the common tiny sizes, with its entry above (none for a family not listed,
+    as scripts/family_sweep.py tries) and `extra` fields."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     fields = {**COMMON, "vocab_size": vocab_size, "pad_token_id": special_id, "bos_token_id": special_id,
               "eos_token_id": special_id}
-    for key, value in FAMILIES[family].items():
+    for key, value in {**FAMILIES.get(family, {}), **(extra or {})}.items():
         if value is None:
             fields.pop(key, None)
         else:

@@ -9,23 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import publish_to_hub_cache as publish
 from lm_eval_contrans import loading
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, model_identity, parse_model_spec
 
 SOURCE, TARGET = "contrans-test/tiny-llama", "contrans-test/tiny-gpt2"
 MAIN, OLDER = "b" * 40, "c" * 40  # the target's two commits: main, and tag v1 with other weights
-
-
-def publish(cache: Path, repo: str, folder: Path, commit: str, refs: list[str]) -> Path:
-    """Lay `folder` out as the hub's cache does after a download of `repo` at `commit`."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / commit
-    shutil.copytree(folder, snapshot)
-    (root / "refs").mkdir(exist_ok=True)
-    for ref in refs:
-        (root / "refs" / ref).write_text(commit)
-    return snapshot
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import publish_to_hub_cache
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import packaged_gguf
 
@@ -83,11 +84,9 @@ def test_a_gguf_file_in_a_hub_repository_is_downloaded_and_dequantized(tmp_path,
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
     packaged = packaged_gguf("smollm2-135m-instruct", "source")
-    repository = tmp_path / "hub" / "models--contrans-test--SmolLM2-GGUF"
-    (repository / "snapshots" / ("f" * 40)).mkdir(parents=True)
-    (repository / "snapshots" / ("f" * 40) / packaged.name).symlink_to(packaged)  # as the hub's cache links blobs
-    (repository / "refs").mkdir()
-    (repository / "refs" / "main").write_text("f" * 40)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / packaged.name).symlink_to(packaged)  # as the hub's cache links its blobs
+    publish_to_hub_cache(tmp_path / "hub", "contrans-test/SmolLM2-GGUF", tmp_path / "repo", "f" * 40, ["main"])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     from_hub = Path(pretrained_path(parse_model_spec(f"contrans-test/SmolLM2-GGUF/{packaged.name}", "source")))

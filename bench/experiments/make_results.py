@@ -12,8 +12,8 @@ Source SmolLM2-135M-Instruct -> target Gemma-3-270M base, data from ../shared/da
 3. Ablations: each change of the recipe alone on the same WikiSplit anchors, the shipped corpus in
    place of WikiSplit, and target_layer=auto.
 
-Run:  python bench/experiments/make_results.py --data ../shared/data          (about an hour on 2 CPU cores: the
-      section's header gives the saved run's time and its parts; rows already in the grid folder are read back)
+Run:  python bench/experiments/make_results.py --data ../shared/data          (the section's header gives the
+      saved run's time and its parts; rows already in the grid folder are read back, not run again)
       python bench/experiments/make_results.py --data ../shared/data --full   (every dev document; many hours)
       python bench/experiments/make_results.py --render     (the section, from bench/results/make_results.json)
 Every number goes to bench/results/make_results.json (--json), and the evidence section of docs/RESULTS.md is
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 from lm_eval_contrans.experiments.data import (
@@ -209,9 +210,7 @@ def measure(args) -> dict:
                             else "ablation rows" if name.startswith("ablation") else "steered rows")
     for name, seconds in grid.seconds.items():
         phases[kind_of(name)] = phases.get(kind_of(name), 0.0) + seconds
-    row_counts = {}
-    for row in rows:
-        row_counts[kind_of(row.name)] = row_counts.get(kind_of(row.name), 0) + 1
+    row_counts = Counter(kind_of(row.name) for row in rows)
     return {
         "settings": {"full": args.full, "smoke": args.smoke, "limits": limits, "batch_size": args.batch_size,
                      "alpha_unit_fraction": ALPHA_UNIT_FRACTION, "machine": machine(), "seconds": time.time() - started,
