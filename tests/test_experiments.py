@@ -237,6 +237,80 @@ def test_map_levers_choose_on_the_selection_concepts_and_carry_both_the_concept_
     assert torch.equal(twice["lever|fear|shuffled|α=2"].transplant.vector, twice["lever|fear|shuffled"].transplant.vector)
 
 
+def test_a_row_is_above_its_controls_only_by_more_than_two_standard_errors():
+    from lm_eval_contrans.experiments.emotion_steering import above_controls
+
+    scores = {name: {"task": {"acc,none": value}} for name, value in
+              {"lever": 0.93, "random": 0.0, "shuffled": 0.82, "same": 0.93, "all": 1.0}.items()}
+    assert above_controls(scores, "lever", ["random"], "task", 40)
+    assert not above_controls(scores, "lever", ["random", "shuffled"], "task", 40)  # 0.11 apart, 2 s.e. = 0.15
+    assert above_controls(scores, "lever", ["random", "shuffled"], "task", 400)  # 2 s.e. = 0.05
+    assert not above_controls(scores, "all", ["all"], "task", 40) and not above_controls(scores, "lever", ["same"], "task", 10_000)
+
+
+def lever_states_of_random_texts(transplant, seed: int = 0):
+    """LeverStates over every shipped concept's texts, with random states, source vectors and own vectors."""
+    import dataclasses
+
+    import torch
+
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.experiments import map_levers
+
+    generator = torch.Generator().manual_seed(seed)
+    sizes = {"source": transplant.source_hidden_size, "target": transplant.target_hidden_size}
+    pairs = {c: list(zip(load_concept_set(c).positives, load_concept_set(c).negatives)) for c in map_levers.CONCEPTS}
+    texts = sorted({text for p in pairs.values() for pair in p for text in pair})
+    text_states = {role: {t: torch.randn(size, generator=generator) for t in texts} for role, size in sizes.items()}
+    transplants = {c: dataclasses.replace(transplant, source_vector=torch.randn(sizes["source"], generator=generator))
+                   for c in map_levers.CONCEPTS}
+    own = {c: torch.randn(sizes["target"], generator=generator) for c in map_levers.CONCEPTS}
+    anchors = torch.randn(300, sizes["source"], generator=generator)
+    anchor_target = anchors @ torch.randn(sizes["source"], sizes["target"], generator=generator) + 0.1 * torch.randn(300, sizes["target"],
+                                                                                                                      generator=generator)
+    return map_levers.LeverStates(transplants, pairs, text_states, anchors, anchor_target, None, own, {})
+
+
+def test_contrast_rows_teach_the_map_and_an_emotion_s_map_is_chosen_without_it(transplant):
+    """lambda 0 is the centred least-squares map; a larger lambda fits the contrast rows more closely;
+    an emotion's teaching never holds a text of its set, and what is chosen for it does not move when
+    everything about it (its texts' states, its vectors) is redrawn."""
+    import dataclasses
+
+    import torch
+
+    from lm_eval_contrans.experiments import contrast_rows
+    from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
+    from lm_eval_contrans.experiments.map_levers import SELECTION
+
+    states = lever_states_of_random_texts(transplant)
+    fit = contrast_rows.ContrastFit(states.anchor_source, states.anchor_target)
+    x, y = states.anchor_source.double(), states.anchor_target.double()
+    least_squares = torch.linalg.lstsq(x - x.mean(0), y - y.mean(0)).solution
+    assert torch.allclose(fit.weight(), least_squares, atol=1e-6)
+
+    taught = contrast_rows.teaching_pairs("sadness", contrast_rows.WITHIN, states.pairs)
+    own_texts = {text for pair in states.pairs["sadness"] for text in pair}
+    assert taught and not own_texts & {text for pair in taught for text in pair}
+    assert set(contrast_rows.teaching_pairs("sadness", contrast_rows.ACROSS, states.pairs)) == {
+        pair for name in SELECTION for pair in states.pairs[name]}
+    differences = {role: states.differences(role, taught) for role in ("source", "target")}
+    misfit = [float((differences["source"] @ fit.taught(states, "sadness", contrast_rows.WITHIN, fraction) - differences["target"]).norm())
+              for fraction in (0.0, 0.01, 1.0)]
+    assert misfit[0] > misfit[1] > misfit[2]
+
+    chosen, inner = contrast_rows.choose_for_emotions(states, fit)
+    assert set(chosen) == set(EMOTIONS) and all(set(scores) == set(inner["fear"]) for scores in inner.values())
+    redrawn = lever_states_of_random_texts(transplant, seed=1)
+    fear_texts = {text for pair in states.pairs["fear"] for text in pair}
+    mixed = dataclasses.replace(states, text_states={role: {t: (redrawn.text_states[role][t] if t in fear_texts else state)
+                                                            for t, state in by_text.items()} for role, by_text in states.text_states.items()},
+                                transplants={**states.transplants, "fear": redrawn.transplants["fear"]}, own={**states.own, "fear": redrawn.own["fear"]})
+    chosen_again, inner_again = contrast_rows.choose_for_emotions(mixed, fit)
+    assert inner_again["fear"] == pytest.approx(inner["fear"], abs=1e-12) and chosen_again["fear"] == chosen["fear"]
+    assert inner_again["sadness"] != pytest.approx(inner["sadness"], abs=1e-6)  # the others' choices do read fear's vectors
+
+
 def test_the_anchor_space_rules_rebuild_a_vector_from_anchor_states():
     """Sparse coding with as many anchors as dimensions rebuilds any vector exactly, so through a linear
     relation between the two sides it gives that relation's image; nearest weights anchors by cosine."""

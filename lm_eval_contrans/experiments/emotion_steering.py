@@ -88,6 +88,17 @@ def cell(scores: dict, row: str, task: str) -> str:
     return f"{scores[row][task]['acc,none']:.2f}" + (f" ± {stderr:.2f}" if isinstance(stderr, float) else "")
 
 
+def above_controls(scores: dict, row: str, controls: list[str], task: str, documents: int) -> bool:
+    """Whether `row`'s accuracy on `task` exceeds every control row's by more than two standard errors
+    of the difference (binomial, unpaired, over `documents` documents each)."""
+    def accuracy(name: str) -> float:
+        return scores[name][task]["acc,none"]
+
+    ours = accuracy(row)
+    return all(ours - accuracy(control) > 2 * ((ours * (1 - ours) + accuracy(control) * (1 - accuracy(control))) / documents) ** 0.5
+               for control in controls)
+
+
 def steered(scores: dict, rows_by_emotion: dict[str, str], threshold: float = 0.8) -> int:
     """How many emotions reach `threshold` steering success in the named rows."""
     return sum(scores[row][emotion_task(emotion)]["acc,none"] >= threshold for emotion, row in rows_by_emotion.items())

@@ -39,7 +39,10 @@ class LeverStates:
     checks: dict[str, dict[str, float]]  # cosines that say the states above reproduce the build
 
     @classmethod
-    def record(cls, source: str, target: str, concepts: list[str] = CONCEPTS, device: str = "cpu") -> LeverStates:
+    def record(cls, source: str, target: str, concepts: list[str] = CONCEPTS, device: str = "cpu",
+               target_layer: float | int | None = None) -> LeverStates:
+        """The states at the blocks of the concepts' transplants, built by the default recipe (at
+        `target_layer`, a depth or a block, when given)."""
         from lm_eval_contrans.activations import last_token_states
         from lm_eval_contrans.anchors import load_anchor_texts
         from lm_eval_contrans.concepts import load_concept_set
@@ -48,7 +51,7 @@ class LeverStates:
         from lm_eval_contrans.loading import free_model, load_model
         from lm_eval_contrans.pipeline import build_transplant
 
-        transplants = {concept: build_transplant(source, target, concept, device=device) for concept in concepts}
+        transplants = {concept: build_transplant(source, target, concept, device=device, target_layer=target_layer) for concept in concepts}
         first = transplants[concepts[0]]
         if any((t.source_layer, t.target_layer) != (first.source_layer, first.target_layer) for t in transplants.values()):
             raise ValueError("the concepts' default transplants use different blocks; a lever compares them on one pair of blocks")
