@@ -173,3 +173,36 @@ def test_lm_eval_cli_with_hub_ids_and_lm_evals_revision_arg(hub_cache, small_inp
     assert result.returncode == 0, result.stderr[-4000:]
     config = json.loads(sorted(output.rglob("results_*.json"))[-1].read_text())["config"]
     assert config["contrans"]["target"] == f"{TARGET}@v1" and config["model_revision"] == "v1"
+
+
+def test_a_revision_or_model_that_is_not_there_is_named_in_one_line(offline_hub, small_inputs, monkeypatch):
+    """Before, transformers' traceback ("couldn't connect to the hub ..." offline), from deep in a load."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    concept, anchors = small_inputs
+    with pytest.raises(ConTransError, match=rf"^target: {TARGET}@v9: the hub cannot be reached, and the local hub cache holds "
+                                            rf"{TARGET} at main, v1, not at 'v9'$"):
+        ConTransLM(source=SOURCE, target=TARGET, revision="v9", concept=concept, anchors=anchors, device="cpu")
+    with pytest.raises(ConTransError, match="^source: contrans-test/nowhere: no such local folder, and the hub cannot be reached"):
+        ConTransLM(source="contrans-test/nowhere", target=TARGET, concept=concept, anchors=anchors, device="cpu")
+    from lm_eval_contrans.pipeline import build_transplant  # what `contrans build` runs
+
+    with pytest.raises(ConTransError, match=rf"^target: {TARGET}@v9: the hub cannot be reached"):
+        build_transplant(SOURCE, f"{TARGET}@v9", concept, anchors=anchors, device="cpu", target_layer="auto")
+    with pytest.raises(ConTransError, match=r"^source: contrans-test/tiny-llama@v9: the hub cannot be reached"):
+        build_transplant(f"{SOURCE}@v9", TARGET, concept, anchors=anchors, device="cpu")
+    assert model_identity(parse_model_spec(f"{TARGET}@{OLDER}", "target"))["commit"] == OLDER  # a commit in the cache is there
+
+    import httpx2  # what huggingface_hub's errors carry: the hub's answer
+
+    answer = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co"))
+    for error, expected in ((RevisionNotFoundError("", response=answer), "^target: org/model has no revision 'v9' on the hub"),
+                            (RepositoryNotFoundError("", response=answer), "^target: org/model@v9: no such local folder, and no such model")):
+        def answering(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr("huggingface_hub.hf_hub_download", answering)
+        loading._hub_commit.cache_clear()
+        with pytest.raises(ConTransError, match=expected):
+            model_identity(parse_model_spec("org/model@v9", "target"))
