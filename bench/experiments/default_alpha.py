@@ -6,12 +6,16 @@ with the factual-completion control under each steer. It prints the paired diffe
 (the same documents under both), whose standard error is what says whether a small gain is more
 than noise, and then the paired difference between the transplant and the random vector at each
 alpha: whether the transplant beats the control on the same documents, not only the base. With
---random-seeds N there are N random directions (seeds 0..N-1); the transplant is then paired with
-their mean on each document, which estimates "a random vector of equal norm" with less noise than
-one direction does. --json writes every per-document score; --render --json FILE prints the tables from it.
+--random-seeds N there are N random directions (seeds 0..N-1; seed 0 is the "random, equal norm" row);
+the transplant is then paired with their mean on each document, which estimates "a random vector of equal norm" with less noise than
+one direction does. With --depths the steer is split over the target blocks at those depths (each its own
+transplant, the source block chosen by held-out R^2 near it), alpha / (number of blocks) at each, and the
+random control is a random vector of each transplant's norm at each block (issue 21, lever 4).
+--json writes every per-document score; --render --json FILE prints the tables from it.
 
 Run:  python bench/experiments/default_alpha.py --data ../shared/data [--honesty 50 --toxicity 100]   (about 30 min on 2 cores)
       python bench/experiments/default_alpha.py --concepts toxicity --toxicity 0   (one concept)
+      python bench/experiments/default_alpha.py --concepts toxicity --toxicity 0 --depths 0.6 0.75 0.9   (three blocks)
       python bench/experiments/default_alpha.py --render --json bench/results/default_alpha.json   (from a saved run)
       python bench/experiments/default_alpha.py --honesty 0 --toxicity 0 --alphas 1 2 5 --device cuda
             --source S.gguf --target T.gguf --batch-size 64     (all dev documents, on a GPU)
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPT_TASKS), choices=list(CONCEPT_TASKS))
     parser.add_argument("--random-seeds", type=int, default=1, help="random directions of equal norm (seeds 0..N-1)")
+    parser.add_argument("--depths", type=float, nargs="+", help="split each steer over the target blocks at these depths")
     add_json_argument(parser, render=True)
     add_pair_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -53,22 +58,27 @@ def main() -> None:
     from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.experiments.controls import random_control
     from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
-    from lm_eval_contrans.pipeline import build_transplant
+    from lm_eval_contrans.pipeline import build_transplants
 
     started = time.time()
     limits = {"contrans_honesty_mc2": args.honesty or None, "contrans_toxicity": args.toxicity or None, "contrans_facts": None}
     print(f"machine: {machine()}; alphas {args.alphas}; documents {limits}", flush=True)
 
-    transplants = {concept: build_transplant(args.source, args.target, concept, device=args.device) for concept in args.concepts}
-    randoms = ["random, equal norm"] if args.random_seeds == 1 else [f"random seed {seed}" for seed in range(args.random_seeds)]
+    depths = args.depths or [None]  # None: the default block
+    transplants = {concept: build_transplants(args.source, args.target, [concept] * len(depths), device=args.device, target_layer=depths)
+                   for concept in args.concepts}
+    randoms = ["random, equal norm"] + [f"random seed {seed}" for seed in range(1, args.random_seeds)]  # seed 0's rows keep one name
+    blocks = "" if args.depths is None else " over depths " + "+".join(f"{depth:g}" for depth in depths)  # new rows, new names
     grid_rows = [GridRow("base target", "base", args.target, alpha=0.0,
                          tasks=tuple(sorted({CONCEPT_TASKS[c][0] for c in args.concepts} | {FACTS[0]})))]
     for concept in args.concepts:
-        vectors = [transplants[concept]] + [random_control(transplants[concept], seed=seed) for seed in range(args.random_seeds)]
+        vectors = [transplants[concept]] + [[random_control(t, seed=seed) for t in transplants[concept]] for seed in range(args.random_seeds)]
         for kind, vector in zip(["transplanted", *randoms], vectors):
             for alpha in args.alphas:
-                grid_rows.append(GridRow(f"{concept} {kind} α={alpha:g}", "contrans" if kind == "transplanted" else "random",
-                                         args.target, vector, alpha, tasks=(CONCEPT_TASKS[concept][0], FACTS[0])))
+                grid_rows.append(GridRow(f"{concept} {kind} α={alpha:g}{blocks}", "contrans" if kind == "transplanted" else "random",
+                                         args.target, vector if args.depths else vector[0],
+                                         (alpha / len(depths),) * len(depths) if args.depths else alpha,
+                                         tasks=(CONCEPT_TASKS[concept][0], FACTS[0])))
     grid = Grid(cache_root() / "experiments" / "default_alpha",
                 EvalSettings(tasks=[], limit=limits, batch_size=args.batch_size, device=args.device, bootstrap_iters=0,
                              task_metadata=task_metadata(data_folder(args.data)), per_document=("acc", "acc_norm")))
@@ -76,10 +86,11 @@ def main() -> None:
     print(f"[{time.time() - started:5.0f} s] every row evaluated", flush=True)
     base = {task: measured["base target"].per_document[task][metric]
             for task, metric in [*(CONCEPT_TASKS[c] for c in args.concepts), FACTS]}
-    steered = {" / ".join((concept, kind, f"{alpha:g}", task)): measured[f"{concept} {kind} α={alpha:g}"].per_document[task][metric]
+    steered = {" / ".join((concept, kind, f"{alpha:g}", task)): measured[f"{concept} {kind} α={alpha:g}{blocks}"].per_document[task][metric]
                for concept in args.concepts for kind in ["transplanted", *randoms] for alpha in args.alphas
                for task, metric in (CONCEPT_TASKS[concept], FACTS)}
-    document = {"concepts": args.concepts, "alphas": args.alphas, "randoms": randoms, "limits": limits,
+    document = {"concepts": args.concepts, "alphas": args.alphas, "randoms": randoms, "limits": limits, "depths": args.depths,
+                "blocks": {concept: [[t.source_layer, t.target_layer] for t in transplants[concept]] for concept in args.concepts},
                 "base": base, "steered": steered, "seconds": time.time() - started}
     write_json(args.json, document)  # first: a run is kept even if printing it fails
     print("\n" + render(document), flush=True)
@@ -117,8 +128,13 @@ def render(document: dict) -> str:
     def scores(concept: str, kind: str, alpha: float, task: str) -> list[float]:
         return steered[" / ".join((concept, kind, f"{alpha:g}", task))]
 
-    lines = ["| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [] if not document.get("depths") else [
+        "Each steer split over the target blocks at depths " + ", ".join(f"{depth:g}" for depth in document["depths"])
+        + " (source → target: " + "; ".join(f"{concept} " + ", ".join(f"{s}→{t}" for s, t in document["blocks"][concept])
+                                             for concept in document["concepts"])
+        + f"), α / {len(document['depths'])} at each: α is the total.", ""]
+    lines += ["| concept | steer | alpha | task | base | steered | paired difference ± s.e. | documents |",
+              "|---|---|---|---|---|---|---|---|"]
     for concept in document["concepts"]:
         for kind in ["transplanted", *randoms]:
             for alpha in document["alphas"]:
