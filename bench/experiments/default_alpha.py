@@ -105,10 +105,22 @@ def finite(after: list[float], before: list[float]) -> tuple[list[float], list[f
 
 def paired(after: list[float], before: list[float]) -> str:
     """Mean of the paired differences ± its standard error, over the documents where both are numbers."""
+    return "{:+.3f} ± {:.3f}".format(*paired_values(after, before))
+
+
+def paired_values(after: list[float], before: list[float]) -> tuple[float, float]:
+    """(mean of the paired differences, its standard error), over the documents where both are numbers."""
     after, before = finite(after, before)
     differences = [a - b for a, b in zip(after, before)]
-    error = statistics.stdev(differences) / math.sqrt(len(differences))
-    return f"{statistics.mean(differences):+.3f} ± {error:.3f}"
+    return statistics.mean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
+
+
+def with_direction_spread(ours: list[float], directions: list[list[float]]) -> str:
+    """The paired difference to the mean of several random directions, its standard error over documents
+    widened by the spread of the directions' own means (sd / sqrt(N))."""
+    difference, over_documents = paired_values(ours, [statistics.mean(values) for values in zip(*directions)])
+    between = statistics.stdev([mean(direction) for direction in directions]) / math.sqrt(len(directions))
+    return f"{difference:+.3f} ± {math.hypot(over_documents, between):.3f}"
 
 
 def counted(after: list[float], before: list[float]) -> str:
@@ -142,18 +154,27 @@ def render(document: dict) -> str:
                     after, before = scores(concept, kind, alpha, task), base[task]
                     lines.append(f"| {concept} | {kind} | {alpha:g} | {task} {metric} | {mean(before):.3f} | "
                                  f"{mean(after):.3f} | {paired(after, before)} | {counted(after, before)} |")
-    control_name = "random" if len(randoms) == 1 else f"mean of {len(randoms)} random"
+    several = len(randoms) > 1
+    control_name = "random" if not several else f"mean of {len(randoms)} random"
     lines += ["", "The transplant against the random vector of equal norm, paired on the same documents"
-              + ("" if len(randoms) == 1 else f" (the mean of {len(randoms)} random directions on each)") + ":", "",
-              f"| concept | alpha | task | transplanted | {control_name} | paired difference ± s.e. | documents |",
-              "|---|---|---|---|---|---|---|"]
+              + ("" if not several else f" (the mean of {len(randoms)} random directions on each; then the standard error "
+                                        "widened by the spread between the directions' own means, sd / √N, since the directions "
+                                        "are a sample too; then against each direction alone)") + ":", "",
+              f"| concept | alpha | task | transplanted | {control_name} | paired difference ± s.e. | documents |"
+              + (" directions' spread added | above a direction by ≥ 2 s.e. |" if several else ""),
+              "|---|---|---|---|---|---|---|" + ("---|---|" if several else "")]
     for concept in document["concepts"]:
         for alpha in document["alphas"]:
             for task, metric in (CONCEPT_TASKS[concept], FACTS):
                 ours = scores(concept, "transplanted", alpha, task)
-                control = [statistics.mean(values) for values in zip(*(scores(concept, kind, alpha, task) for kind in randoms))]
-                lines.append(f"| {concept} | {alpha:g} | {task} {metric} | {mean(ours):.3f} | "
-                             f"{mean(control):.3f} | {paired(ours, control)} | {counted(ours, control)} |")
+                directions = [scores(concept, kind, alpha, task) for kind in randoms]
+                control = [statistics.mean(values) for values in zip(*directions)]
+                line = (f"| {concept} | {alpha:g} | {task} {metric} | {mean(ours):.3f} | "
+                        f"{mean(control):.3f} | {paired(ours, control)} | {counted(ours, control)} |")
+                if several:
+                    beaten = sum(difference > 2 * error for difference, error in (paired_values(ours, d) for d in directions))
+                    line += f" {with_direction_spread(ours, directions)} | {beaten} of {len(directions)} |"
+                lines.append(line)
     return "\n".join(lines)
 
 if __name__ == "__main__":
