@@ -58,10 +58,8 @@ def main() -> None:
         for emotion in EMOTIONS:
             transplant = states.transplants[emotion]
             default.setdefault(emotion, {})[depth] = transplant
-            taught.setdefault(emotion, {})[depth] = dataclasses.replace(
-                transplant, vector=carry(emotion, states.source_vector(states.pairs[emotion])).float(), extra={**transplant.extra, "map": TAUGHT})
-            shuffled.setdefault(emotion, {})[depth] = dataclasses.replace(
-                transplant, vector=carry(emotion, states.source_vector(states.shuffled_pairs(emotion))).float(), extra={**transplant.extra, "map": TAUGHT})
+            taught.setdefault(emotion, {})[depth] = through(transplant, carry(emotion, states.source_vector(states.pairs[emotion])))
+            shuffled.setdefault(emotion, {})[depth] = through(transplant, carry(emotion, states.source_vector(states.shuffled_pairs(emotion))))
             cosines[str(depth)][emotion] = {"default": carried_cosine(states, emotion, fit.weight()),
                                             TAUGHT: carried_cosine(states, emotion, chosen_map(states, fit, emotion, chosen[str(depth)][emotion]))}
         watch.log(f"depth {depth}: blocks {blocks[str(depth)][:2]}, chosen {chosen[str(depth)]}; cosines to own "
@@ -86,6 +84,11 @@ def main() -> None:
                 "reused": sorted(grid.reused), "scores": scores, "seconds": watch.seconds}
     write_json(args.json, document)
     print(render(document))
+
+
+def through(transplant, vector):
+    """`transplant` with the vector a taught map carried (its blocks, norms and alpha unit as they were)."""
+    return dataclasses.replace(transplant, vector=vector.float(), extra={**transplant.extra, "map": TAUGHT})
 
 
 def render(document: dict) -> str:
