@@ -7,8 +7,8 @@ with the factual-completion control under each steer. It prints the paired diffe
 than noise, and then the paired difference between the transplant and the random vector at each
 alpha: whether the transplant beats the control on the same documents, not only the base. With
 --random-seeds N there are N random directions (seeds 0..N-1; seed 0 is the "random, equal norm" row);
-the transplant is then paired with their mean on each document, which estimates "a random vector of equal norm" with less noise than
-one direction does. With --depths the steer is split over the target blocks at those depths (each its own
+the transplant is then paired with their mean on each document, which estimates "a random vector of
+equal norm" with less noise than one direction does. With --depths the steer is split over the target blocks at those depths (each its own
 transplant, the source block chosen by held-out R^2 near it), alpha / (number of blocks) at each, and the
 random control is a random vector of each transplant's norm at each block (issue 21, lever 4).
 --json writes every per-document score; --render --json FILE prints the tables from it.
@@ -76,9 +76,7 @@ def main() -> None:
         for kind, vector in zip(["transplanted", *randoms], vectors):
             for alpha in args.alphas:
                 grid_rows.append(GridRow(f"{concept} {kind} α={alpha:g}{blocks}", "contrans" if kind == "transplanted" else "random",
-                                         args.target, vector if args.depths else vector[0],
-                                         (alpha / len(depths),) * len(depths) if args.depths else alpha,
-                                         tasks=(CONCEPT_TASKS[concept][0], FACTS[0])))
+                                         args.target, *split_over_blocks(vector, alpha), tasks=(CONCEPT_TASKS[concept][0], FACTS[0])))
     grid = Grid(cache_root() / "experiments" / "default_alpha",
                 EvalSettings(tasks=[], limit=limits, batch_size=args.batch_size, device=args.device, bootstrap_iters=0,
                              task_metadata=task_metadata(data_folder(args.data)), per_document=("acc", "acc_norm")))
@@ -94,6 +92,14 @@ def main() -> None:
                 "base": base, "steered": steered, "seconds": time.time() - started}
     write_json(args.json, document)  # first: a run is kept even if printing it fails
     print("\n" + render(document), flush=True)
+
+
+def split_over_blocks(transplants: list, alpha: float) -> tuple:
+    """A row's transplant and alpha: one block as a single transplant (keyed as rows were before --depths,
+    so they are read back), several with alpha / their number at each."""
+    if len(transplants) == 1:
+        return transplants[0], alpha
+    return transplants, (alpha / len(transplants),) * len(transplants)
 
 
 def finite(after: list[float], before: list[float]) -> tuple[list[float], list[float]]:

@@ -5,6 +5,7 @@ accuracies a grid run gives, and the table cells made from them."""
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,12 +92,9 @@ def cell(scores: dict, row: str, task: str) -> str:
 def above_controls(scores: dict, row: str, controls: list[str], task: str, documents: int) -> bool:
     """Whether `row`'s accuracy on `task` exceeds every control row's by more than two standard errors
     of the difference (binomial, unpaired, over `documents` documents each)."""
-    def accuracy(name: str) -> float:
-        return scores[name][task]["acc,none"]
-
-    ours = accuracy(row)
-    return all(ours - accuracy(control) > 2 * ((ours * (1 - ours) + accuracy(control) * (1 - accuracy(control))) / documents) ** 0.5
-               for control in controls)
+    ours = scores[row][task]["acc,none"]
+    theirs = [scores[control][task]["acc,none"] for control in controls]
+    return all(ours - other > 2 * math.sqrt((ours * (1 - ours) + other * (1 - other)) / documents) for other in theirs)
 
 
 def steered(scores: dict, rows_by_emotion: dict[str, str], threshold: float = 0.8) -> int:
