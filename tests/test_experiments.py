@@ -375,3 +375,21 @@ def test_a_saved_run_names_its_commit_and_whether_the_code_differed_from_it(tmp_
     assert data.code_commit() == clean
     (tmp_path / "lm_eval_contrans" / "module.py").write_text("x = 2\n")
     assert data.code_commit() == clean + "-dirty"
+
+
+def test_the_alpha_that_reaches_a_kl_budget_is_read_off_the_measured_curve():
+    """kl_alpha.py's unit: log-log interpolation between the measured alphas (exact for a power law),
+    clamped to the measured range rather than extrapolated."""
+    import importlib.util
+
+    from lm_eval_contrans.experiments.data import REPOSITORY
+
+    spec = importlib.util.spec_from_file_location("kl_alpha", REPOSITORY / "bench" / "experiments" / "kl_alpha.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    quadratic = [0.01 * alpha ** 2 for alpha in module.ALPHAS]
+    assert module.alpha_at(quadratic, 0.04) == pytest.approx(2.0)
+    assert module.alpha_at(quadratic, 0.0225) == pytest.approx(1.5, rel=1e-3)
+    assert module.alpha_at(quadratic, 1e-9) == module.ALPHAS[0] and module.alpha_at(quadratic, 10.0) == module.ALPHAS[-1]
+    bumpy = [0.001, 0.002, 0.05, 0.03, 0.06, 0.2, 0.5]  # not monotone: the first crossing
+    assert module.ALPHAS[1] < module.alpha_at(bumpy, 0.01) < module.ALPHAS[2]
