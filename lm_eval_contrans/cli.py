@@ -110,10 +110,9 @@ def _trust_argument(command: argparse.ArgumentParser) -> None:
 
 
 def _models(args) -> tuple[ModelSpec, ModelSpec]:
-    from lm_eval_contrans.loading import parse_model_spec
+    from lm_eval_contrans.loading import parse_model_pair
 
-    return tuple(parse_model_spec(name, role, trust_remote_code=args.trust_remote_code)
-                 for name, role in ((args.source, "source"), (args.target, "target")))
+    return parse_model_pair(args.source, args.target, trust_remote_code=args.trust_remote_code)
 
 
 def _recipe_options(args) -> dict:

@@ -119,6 +119,13 @@ def parse_model_spec(spec: str | ModelSpec, argument: str, block_path: str | Non
     return replace(parsed, trust_remote_code=True) if trust_remote_code else parsed
 
 
+def parse_model_pair(source: str | ModelSpec, target: str | ModelSpec, *, trust_remote_code: bool = False,
+                     ) -> tuple[ModelSpec, ModelSpec]:
+    """(source, target) as a build loads them: `trust_remote_code` is the user's consent for both."""
+    return (parse_model_spec(source, "source", trust_remote_code=trust_remote_code),
+            parse_model_spec(target, "target", trust_remote_code=trust_remote_code))
+
+
 def _parse_model_name(spec: str | ModelSpec, argument: str, block_path: str | None) -> ModelSpec:
     if isinstance(spec, ModelSpec):
         return spec if block_path is None else replace(spec, block_path=block_path)

@@ -110,7 +110,9 @@ def add_vector_hook(vector: torch.Tensor, steer_this_pass=lambda: True):
         if key not in cache:
             cache[key] = vector.to(device=hidden.device, dtype=hidden.dtype)
         steered = hidden + cache[key]
-        return type(output)([steered, *output[1:]]) if isinstance(output, (tuple, list)) else steered
+        if isinstance(output, tuple):
+            return (steered, *output[1:])
+        return [steered, *output[1:]] if isinstance(output, list) else steered  # OpenAI GPT's blocks return lists
 
     return hook
 

@@ -24,7 +24,7 @@ from lm_eval_contrans.experiments import map_levers
 from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
 from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
 from lm_eval_contrans.experiments.contrast_rows import (
-    ACROSS, LAMBDAS, TEACHINGS, ContrastFit, carried_cosine, choose_for_emotions, emotion_carry,
+    ACROSS, LAMBDAS, TEACHINGS, ContrastFit, carried_cosine, choose_for_emotions, chosen_map, emotion_carry,
 )
 from lm_eval_contrans.experiments.map_levers import CONCEPTS, SELECTION
 
@@ -70,8 +70,7 @@ def main() -> None:
 
     levers = {}
     if float(across.split("|")[0]) > 0:  # lambda 0 is the default map: nothing new to steer
-        levers[f"{ACROSS}, λ {across.split('|')[0]}"] = lambda emotion, vector: vector @ fits["all"].taught(
-            states, emotion, ACROSS, float(across.split("|")[0]))
+        levers[f"{ACROSS}, λ {across.split('|')[0]}"] = lambda emotion, vector: vector @ chosen_map(states, fits["all"], emotion, across)
     if any(float(setting.split("|")[0]) > 0 for setting in within.values()):
         levers[WITHIN_LEVER] = emotion_carry(states, fits["all"], within)
     scores = emotions.accuracies(grid.run(map_levers.steering_rows(states, TARGET, levers, tuple(args.alphas)))) if levers else {}

@@ -51,10 +51,9 @@ def main() -> None:
     watch.log("KL at alpha 1 (nats per token): " + ", ".join(f"{name} {curve[ALPHAS.index(1.0)]:.4f}" for name, curve in curves.items()))
 
     base = emotions.base_row(TARGET, EMOTIONS)
-    selection = {f"{concept}|B={budget:g}": GridRow(f"{concept}|B={budget:g}", "contrans", TARGET, vectors[concept],
-                                                      alpha_at(curves[concept], budget), tasks=(FACTS,))
-                 for concept in SELECTION for budget in BUDGETS}
-    scores = emotions.accuracies(grid.run([base, *selection.values()]))
+    selection = [GridRow(f"{concept}|B={budget:g}", "contrans", TARGET, vectors[concept], alpha_at(curves[concept], budget), tasks=(FACTS,))
+                 for concept in SELECTION for budget in BUDGETS]
+    scores = emotions.accuracies(grid.run([base, *selection]))
     floor = scores["base"][FACTS]["acc,none"] - 0.02
     kept = [budget for budget in BUDGETS if all(scores[f"{c}|B={budget:g}"][FACTS]["acc,none"] >= floor for c in SELECTION)]
     chosen = max(kept) if kept else min(BUDGETS)

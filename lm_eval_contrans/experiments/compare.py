@@ -21,7 +21,7 @@ from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
 from lm_eval_contrans.experiments.report import Row, write_report
-from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_spec
+from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_pair
 from lm_eval_contrans.pipeline.recipe import as_bool
 
 logger = logging.getLogger(__name__)
@@ -54,9 +54,8 @@ def _alpha_name(alpha: float) -> str:
 
 def _models(plan: ComparePlan) -> tuple[ModelSpec, ModelSpec]:
     """(source, target) as the build loads them: `trust_remote_code` in the model args covers both."""
-    trust = as_bool(plan.model_args.get("trust_remote_code", False), "trust_remote_code")
-    return tuple(parse_model_spec(name, role, trust_remote_code=trust)
-                 for name, role in ((plan.source, "source"), (plan.target, "target")))
+    return parse_model_pair(plan.source, plan.target,
+                            trust_remote_code=as_bool(plan.model_args.get("trust_remote_code", False), "trust_remote_code"))
 
 
 def _built(plan: ComparePlan, device: str) -> Transplant:

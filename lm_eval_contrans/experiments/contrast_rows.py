@@ -86,10 +86,10 @@ def choose_for_emotions(states: LeverStates, fit: ContrastFit) -> tuple[dict[str
     return {emotion: max(scores, key=scores.get) for emotion, scores in inner.items()}, inner
 
 
-def chosen_map(states: LeverStates, fit: ContrastFit, emotion: str, setting: str) -> torch.Tensor:
-    """W for `emotion` at a `lambda|teaching` setting that `choose_for_emotions` returned."""
+def chosen_map(states: LeverStates, fit: ContrastFit, concept: str, setting: str) -> torch.Tensor:
+    """W for `concept` at a `lambda|teaching` setting (as `choose_for_emotions` returns them)."""
     fraction, teaching = setting.split("|")
-    return fit.taught(states, emotion, teaching, float(fraction))
+    return fit.taught(states, concept, teaching, float(fraction))
 
 
 def emotion_carry(states: LeverStates, fit: ContrastFit, chosen: dict[str, str]) -> Carry:
