@@ -3,7 +3,9 @@ folders. Each benchmark prints its ratio against a baseline measured in the same
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,6 +33,8 @@ def fresh_cache_with_gguf() -> Path:
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
 
     folder = Path(tempfile.mkdtemp(prefix="contrans-bench-"))
+    # the states a run records here take gigabytes: gone when the run ends (the GGUF link is removed, not followed)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     user_gguf = Path(os.environ.get("CONTRANS_CACHE", Path.home() / ".cache" / "lm_eval_contrans")) / "gguf"
     os.environ["CONTRANS_CACHE"] = str(folder)
     if user_gguf.is_dir():  # reuse de-quantized folders already made (read-only use)
