@@ -2,31 +2,37 @@
 
 The shipped default (`data/neutral_anchors.txt`, 2,397 texts) was made for this project by
 `scripts/make_anchor_corpus.py`: prose sampled from the packaged SmolLM2-135M-Instruct on requests
-of ours across many genres and topics. A user may pass a `.txt` file (one text per line) or a
-`.jsonl` file (objects with a "text" field) instead, e.g. the WikiSplit sentences that the
-reference implementation uses.
+of ours across many genres and topics. A user may pass their own instead, e.g. the WikiSplit
+sentences that the reference implementation uses: a `.jsonl` file (objects with a "text" field), a
+`.json` list (of texts, or of such objects), a `.csv` / `.tsv` file with a `text` column, or any other
+text file, one text per line.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.textfiles import read_user_text
 
 ARGUMENT = "anchors"
 DEFAULT_ANCHORS = Path(__file__).resolve().parent / "data" / "neutral_anchors.txt"
 
 
 def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str]:
-    """Return (texts, name) for the default corpus or a .txt / .jsonl file."""
+    """Return (texts, name) for the default corpus or a file (see the module docstring)."""
     path = DEFAULT_ANCHORS if anchors in (None, "", "default") else Path(anchors).expanduser()
     if not path.is_file():
         raise ConTransError(ARGUMENT, f"anchor corpus not found: {anchors}")
-    if path.suffix == ".jsonl":
+    text = read_user_text(path, ARGUMENT)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -36,13 +42,32 @@ def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise ConTransError(ARGUMENT, f"{path}, line {number}: expected an object with a 'text' string")
             texts.append(record["text"])
+    elif suffix == ".json":  # read line by line, a JSON file would put its brackets and quotes into the texts
+        texts = _json_texts(path, text)
+    elif suffix in (".csv", ".tsv"):
+        rows = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
+        columns = {str(name).strip().lower(): name for name in rows.fieldnames or ()}
+        if "text" not in columns:
+            raise ConTransError(ARGUMENT, f"{path}: the header row must name a 'text' column (found {rows.fieldnames})")
+        texts = [row[columns["text"]] or "" for row in rows]
     else:
-        texts = path.read_text(encoding="utf-8").splitlines()
+        texts = text.splitlines()
     texts = [text.strip() for text in texts if text.strip()]
     if not texts:
         raise ConTransError(ARGUMENT, f"{path} holds no texts")
     name = "default" if path == DEFAULT_ANCHORS else str(anchors)
     return texts, name
+
+
+def _json_texts(path: Path, text: str) -> list[str]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConTransError(ARGUMENT, f"{path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(document, list) or not all(
+            isinstance(item, str) or (isinstance(item, dict) and isinstance(item.get("text"), str)) for item in document):
+        raise ConTransError(ARGUMENT, f"{path}: expected a JSON list of texts, or of objects with a 'text' string")
+    return [item if isinstance(item, str) else item["text"] for item in document]
 
 
 def anchors_hash(texts: list[str]) -> str:

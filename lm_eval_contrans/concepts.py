@@ -28,6 +28,7 @@ import yaml
 
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.tasks_path import shipped_dir
+from lm_eval_contrans.textfiles import read_user_text
 
 ARGUMENT = "concept"
 
@@ -74,8 +75,9 @@ def shipped_concepts() -> dict[str, Path]:
 
 
 def _read_pairs(path: Path) -> tuple[dict, list]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
+    text = read_user_text(path, ARGUMENT)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
         pairs = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -85,12 +87,14 @@ def _read_pairs(path: Path) -> tuple[dict, list]:
             except json.JSONDecodeError as error:
                 raise ConTransError(ARGUMENT, f"{path}, line {number}: not valid JSON ({error.msg})") from None
         return {}, pairs
-    if path.suffix.lower() in (".csv", ".tsv"):
-        rows = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        if not {"positive", "negative"} <= set(rows.fieldnames or ()):
+    if suffix in (".csv", ".tsv"):
+        rows = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
+        # a header typed in a spreadsheet may read "Positive" or "negative "
+        columns = {str(name).strip().lower(): name for name in rows.fieldnames or ()}
+        if not {"positive", "negative"} <= set(columns):
             raise ConTransError(ARGUMENT, f"{path}: the header row must name the columns 'positive' and 'negative' "
                                           f"(found {rows.fieldnames})")
-        return {}, [{side: row[side] for side in ("positive", "negative")} for row in rows]
+        return {}, [{side: row[columns[side]] for side in ("positive", "negative")} for row in rows]
     try:
         document = yaml.safe_load(text)  # JSON is read as YAML
     except yaml.YAMLError as error:

@@ -43,6 +43,27 @@ def test_pairs_written_by_other_tools_load(tmp_path):
     assert len({concept.pairs_hash for concept in loaded}) == 1 and loaded[1].name == "sheet"
 
 
+def test_pairs_saved_by_a_spreadsheet_or_a_windows_editor_load(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark and ends lines with CRLF; a header typed by hand
+    may be capitalised; a file name may be upper-case. Before, the mark made the first column
+    '\ufeffpositive' and the file was refused naming a column that looked right."""
+    expected = load_concept_set(str(_write_pairs(tmp_path / "plain.jsonl")))
+    mark = b"\xef\xbb\xbf"
+    (tmp_path / "excel.csv").write_bytes(mark + b'Positive,Negative \r\n"good day, all told",bad day\r\nkind words,cruel words\r\n')
+    (tmp_path / "NOTEPAD.JSONL").write_bytes(mark + (tmp_path / "plain.jsonl").read_bytes().replace(b"\n", b"\r\n"))
+    (tmp_path / "unicode_text.tsv").write_text("Positive\tNegative\r\ngood day, all told\tbad day\r\nkind words\tcruel words\r\n",
+                                               encoding="utf-16")  # Excel's "Unicode Text": UTF-16 with its mark
+    for name in ("excel.csv", "NOTEPAD.JSONL", "unicode_text.tsv"):
+        loaded = load_concept_set(str(tmp_path / name))
+        assert (loaded.positives, loaded.negatives, loaded.pairs_hash) == (expected.positives, expected.negatives, expected.pairs_hash)
+
+
+def _write_pairs(path):
+    pairs = [{"positive": "good day, all told", "negative": "bad day"}, {"positive": "kind words", "negative": "cruel words"}]
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    return path
+
+
 @pytest.mark.parametrize("content, suffix, message", [
     ("pairs: []\n", ".yaml", "has no pairs"),
     ("", ".jsonl", "has no pairs"),
@@ -53,12 +74,13 @@ def test_pairs_written_by_other_tools_load(tmp_path):
     ("pairs:\n  - positive: a\n    negative: '  '\n", ".yaml", "pair 1: missing or empty 'negative'"),
     ("pairs:\n  - {positive: a, negative: b, extra: c}\n", ".yaml", "expected exactly the keys"),
     ("pairs: [unclosed\n", ".yaml", "is not valid YAML or JSON"),
+    ("positive,negative\ncaf\xe9,bar\n".encode("latin-1"), ".csv", r"is not UTF-8 text \(at byte offset 21: b'\\xe9'\); save it as UTF-8"),
     ('{"positive": "a", "negative": "b"}\n{"positive": "a"\n', ".jsonl", "line 2: not valid JSON"),
     ('{"positive": "a", "negative": 3}\n', ".jsonl", "pair 1: missing or empty 'negative'"),
 ])
 def test_malformed_concept_files_are_refused(tmp_path, content, suffix, message):
     path = tmp_path / f"bad{suffix}"
-    path.write_text(content)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     with pytest.raises(ConTransError, match=f"^concept: .*{message}"):
         load_concept_set(str(path))
 
@@ -82,6 +104,23 @@ def test_default_anchor_corpus_is_big_enough_and_user_files_load(tmp_path):
         load_anchor_texts(str(jsonl))
     with pytest.raises(ConTransError, match="^anchors: anchor corpus not found"):
         load_anchor_texts(str(tmp_path / "missing.txt"))
+    mark = "\ufeff"  # a byte-order mark, as Windows editors save UTF-8, is not part of the first text
+    (tmp_path / "windows.txt").write_text(mark + "one text\r\ntwo text\r\n", encoding="utf-8")
+    (tmp_path / "WINDOWS.JSONL").write_text(mark + '{"text": "alpha"}\r\n{"text": "beta"}\r\n', encoding="utf-8")
+    assert load_anchor_texts(str(tmp_path / "windows.txt"))[0] == ["one text", "two text"]
+    assert load_anchor_texts(str(tmp_path / "WINDOWS.JSONL"))[0] == ["alpha", "beta"]
+    # written by other tools: the same texts from a JSON list (of texts or of records) and a sheet's text column
+    (tmp_path / "list.json").write_text(json.dumps(["alpha", "beta"]))
+    (tmp_path / "records.json").write_text(json.dumps([{"text": "alpha", "id": 1}, {"text": "beta", "id": 2}], indent=2))
+    (tmp_path / "sheet.csv").write_text('id,Text\n1,alpha\n2,"beta"\n')
+    for name in ("list.json", "records.json", "sheet.csv"):
+        assert load_anchor_texts(str(tmp_path / name))[0] == ["alpha", "beta"], name
+    (tmp_path / "bad.json").write_text('{"text": "alpha"}')
+    with pytest.raises(ConTransError, match="^anchors: .*expected a JSON list of texts"):
+        load_anchor_texts(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.csv").write_text("sentence\nalpha\n")
+    with pytest.raises(ConTransError, match=r"^anchors: .*must name a 'text' column \(found \['sentence'\]\)"):
+        load_anchor_texts(str(tmp_path / "bad.csv"))
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ConTransError, match="^anchors: .* holds no texts"):
         load_anchor_texts(str(tmp_path / "empty.txt"))
