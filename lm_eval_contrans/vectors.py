@@ -7,19 +7,20 @@ Formats, by file suffix:
   `contrans export --format gguf`): one `direction.<block>` tensor per steered block, added after
   decoder block `<block>` (0-based; llama.cpp has no slot for block 0), and `controlvector.model_hint`.
 - `.pt`: lm-eval's `--model steered` file, `{hookpoint: {"steering_vector": tensor, ...}}` (its
-  hookpoints name the blocks: `...layers.<block>`), or a bare tensor; loaded with `weights_only=True`,
-  so no code in the file runs.
+  hookpoints name the blocks: `...layers.<block>`), a dict of tensors by block (steering-vectors'
+  `layer_activations`), or a bare tensor; loaded with `weights_only=True`, so no code in the file runs.
 - `.safetensors`: one tensor, or `direction.<block>` / `<block>` tensors (one per block).
 - `.npy`: one array.
 
-A file that names no block (a bare tensor) needs `source_layer=` (`--source-layer`).
+A file that names no block (a bare tensor) needs `source_layer=` (`--source-layer`). Blocks are resolved
+against the model as every layer argument is (`ForeignVector.checked`): a negative one counts from the end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -55,15 +56,26 @@ class ForeignVector:
                 **({"model_hint": self.model_hint} if self.model_hint else {})}
 
     def checked(self, hidden_size: int, num_layers: int, argument: str) -> ForeignVector:
-        """Refuse a width that is not the model's hidden size, or a block it does not have."""
-        for block, direction in self.directions.items():
+        """The same vector with its blocks resolved as every layer argument is (a negative index counts from
+        the end; the layer given for a bare tensor may also be a depth fraction), refusing a width that is
+        not the model's hidden size or a block it does not have."""
+        from lm_eval_contrans.blocks import resolve_layer
+
+        directions, coefficients = {}, {}
+        for given, direction in self.directions.items():
             if direction.ndim != 1 or direction.shape[0] != hidden_size:
-                raise ConTransError(argument, f"{self.file}: the vector for block {block} has shape "
+                raise ConTransError(argument, f"{self.file}: the vector for block {given} has shape "
                                               f"{tuple(direction.shape)}; the model's hidden size is {hidden_size}")
-            if not 0 <= block < num_layers:
-                raise ConTransError(argument, f"{self.file}: block {block} is out of range for a model with "
-                                              f"{num_layers} decoder blocks")
-        return self
+            try:
+                block = resolve_layer(given, num_layers, argument)
+            except ConTransError as error:
+                raise ConTransError(argument, f"{self.file}: {str(error).removeprefix(f'{argument}: ')}") from None
+            if block in directions:
+                raise ConTransError(argument, f"{self.file}: two vectors for block {block} (one named {given})")
+            directions[block] = direction
+            if given in self.coefficients:
+                coefficients[block] = self.coefficients[given]
+        return replace(self, directions=directions, coefficients=coefficients)
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,7 @@ def read_vector(path: str | Path, source_layer: int | str | None = None, argumen
             layer_argument = "target_layer=" if argument == "vector" else "source_layer= (--source-layer)"
             raise ConTransError(argument, f"{path} holds one tensor and names no block; give {layer_argument} "
                                           "for the block it was made at")
-        directions = {int(source_layer): directions[None]}
+        directions = {source_layer: directions[None]}  # resolved against the model by `checked`
     directions = {block: vector.detach().float().reshape(-1) if vector.ndim == 2 and 1 in vector.shape else
                   vector.detach().float() for block, vector in directions.items()}
     if not directions:
@@ -153,8 +165,13 @@ def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ConTransError(argument, f"{path} is not a tensor file that loads with weights_only=True "
-                                      f"(a pickle of other objects is refused): {str(error).splitlines()[0][:200]}") from None
+        pickled = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if pickled is None:
+            raise ConTransError(argument, f"{path} is not a tensor file that loads with weights_only=True: "
+                                          f"{str(error).splitlines()[0][:200]}") from None
+        advice = _SAVE_INSTEAD.get(pickled.group(1).split(".")[0], _SAVE_TENSORS)
+        raise ConTransError(argument, f"{path} holds a pickled {pickled.group(1)}, which is not loaded (unpickling it "
+                                      f"could run code); {advice}") from None
     if isinstance(loaded, torch.Tensor):
         return {None: loaded}, {}, "pt"
     if not isinstance(loaded, dict) or not loaded:
@@ -163,15 +180,23 @@ def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
     directions, coefficients = {}, {}
     for key, value in loaded.items():
         if isinstance(value, dict) and isinstance(value.get("steering_vector"), torch.Tensor):  # lm-eval steered
-            block = _block_of(str(key), path, argument)
+            block = _pt_block(key, path, argument)
             directions[block] = value["steering_vector"]
             coefficients[block] = float(value.get("steering_coefficient", 1.0))
         elif isinstance(value, torch.Tensor):
-            directions[_block_of(str(key), path, argument)] = value
+            directions[_pt_block(key, path, argument)] = value
         else:
             raise ConTransError(argument, f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor or a "
                                           "steered entry with 'steering_vector'")
     return directions, coefficients, "steered" if coefficients else "pt"
+
+
+_SAVE_TENSORS = "save its tensors instead: one tensor, or a dict of them by 0-based decoder block"
+_SAVE_INSTEAD = {  # the object each tool's users save whole, and how to write it as tensors
+    "steering_vectors": "save its tensors instead: torch.save(steering_vector.layer_activations, path) (a dict by "
+                        "0-based decoder block, as steering-vectors numbers them for its default layer_type)",
+    "repeng": "write it as a control vector instead: control_vector.export_gguf('name.gguf')",
+}
 
 
 def _from_safetensors(path: Path, argument: str) -> dict:
@@ -185,6 +210,12 @@ def _from_safetensors(path: Path, argument: str) -> dict:
     if len(tensors) == 1 and _BLOCK_IN_NAME.search(next(iter(tensors))) is None:
         return {None: next(iter(tensors.values()))}
     return {_block_of(name, path, argument): tensor for name, tensor in tensors.items()}
+
+
+def _pt_block(key, path: Path, argument: str) -> int:
+    """A dict key's block: an int as it is (steering-vectors' layer numbers; a negative one counts from the
+    end, resolved by `ForeignVector.checked`), or the number that ends a name (a hookpoint)."""
+    return key if isinstance(key, int) and not isinstance(key, bool) else _block_of(str(key), path, argument)
 
 
 def _block_of(name: str, path: Path, argument: str) -> int:
@@ -201,7 +232,7 @@ def steering_transplants(vector: ForeignVector, *, target: str, hidden_size: int
     `alpha_unit=raw`, alpha multiplies the file's vector, as llama.cpp's scale does)."""
     from lm_eval_contrans.artifact import Transplant
 
-    vector.checked(hidden_size, num_layers, "vector")
+    vector = vector.checked(hidden_size, num_layers, "vector")
     transplants = []
     for block in vector.blocks:
         direction = vector.directions[block]

@@ -74,6 +74,48 @@ def test_every_format_gives_the_same_vector(direct, tmp_path):
     assert read_vector(tmp_path / "steered.pt").coefficients == {block: 2.0}
 
 
+def test_blocks_are_named_as_every_layer_argument_is(direct, tiny_llama_dir, tiny_gpt2_dir, tmp_path):
+    """A negative block counts from the end (steering-vectors' int keys may, as Python's list indices do), and the
+    layer given for a bare tensor may be a depth fraction, as for source_layer= everywhere. Before, a fraction
+    crashed in int() with a ValueError and a negative block was refused as out of range."""
+    transplant, anchors = direct
+    block, vector, num_layers = transplant.source_layer, transplant.source_vector, transplant.source_num_layers
+    torch.save({block - num_layers: vector}, tmp_path / "layer_activations.pt")  # steering-vectors' dict, saved
+    torch.save(vector, tmp_path / "bare.pt")
+    for file, layer in (("layer_activations.pt", None), ("bare.pt", block - num_layers), ("bare.pt", str(block / num_layers))):
+        checked = read_vector(tmp_path / file, source_layer=layer).checked(vector.shape[0], num_layers, "source_vector")
+        assert checked.blocks == [block] and torch.equal(checked.directions[block], vector), (file, layer)
+    ported, = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(tmp_path / "layer_activations.pt"), anchors=anchors,
+                          target_layer=transplant.target_layer, device="cpu")
+    assert ported.source_layer == block and ported.extra["imported"]["blocks"] == [block]
+    torch.testing.assert_close(ported.vector, transplant.vector, atol=1e-6, rtol=1e-6)
+    torch.save({block: vector, block - num_layers: vector}, tmp_path / "twice.pt")
+    with pytest.raises(ConTransError, match=f"two vectors for block {block}"):
+        read_vector(tmp_path / "twice.pt").checked(vector.shape[0], num_layers, "source_vector")
+
+
+@pytest.mark.parametrize("module, name, advice", [
+    ("steering_vectors.steering_vector", "SteeringVector", r"torch.save\(steering_vector.layer_activations, path\)"),
+    ("repeng.extract", "ControlVector", r"control_vector.export_gguf\('name.gguf'\)"),
+])
+def test_another_tools_pickled_vector_object_is_refused_with_how_to_save_it(tmp_path, monkeypatch, module, name, advice):
+    """Users of steering-vectors and repeng save the tool's object whole; unpickling it could run code, so the
+    error says how that tool writes plain tensors instead."""
+    import dataclasses
+    import sys
+    import types
+
+    vector_class = dataclasses.make_dataclass(name, [("directions", dict)])
+    vector_class.__module__ = module
+    for depth in range(1, module.count(".") + 2):
+        monkeypatch.setitem(sys.modules, ".".join(module.split(".")[:depth]), types.ModuleType(module))
+    setattr(sys.modules[module], name, vector_class)
+    torch.save(vector_class({3: torch.ones(4)}), tmp_path / "saved.pt")
+    with pytest.raises(ConTransError, match=f"^source_vector: .*saved.pt holds a pickled {module}.{name}, which is not "
+                                            f"loaded .*; .*{advice}"):
+        read_vector(tmp_path / "saved.pt")
+
+
 def test_a_vector_on_several_blocks_lands_at_the_same_relative_depths(tiny_llama_dir, tiny_gpt2_dir, small_inputs,
                                                                        tmp_path):
     _, anchors = small_inputs
@@ -100,7 +142,7 @@ def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, smal
     with pytest.raises(ConTransError, match=r"^source_vector: .*wide.gguf: the vector for block 1 has shape \(48,\); "
                                             r"the model's hidden size is 32"):
         port(write_control_vector(tmp_path / "wide.gguf", {1: torch.ones(48)}))
-    with pytest.raises(ConTransError, match="^source_vector: .*: block 7 is out of range for a model with 4 decoder blocks"):
+    with pytest.raises(ConTransError, match="^source_vector: .*deep.gguf: layer 7 is out of range for a model with 4 decoder blocks"):
         port(write_control_vector(tmp_path / "deep.gguf", {7: torch.ones(32)}))
     writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama")
     writer.add_tensor("token_embd.weight", numpy.ones((4, 4), dtype=numpy.float32))
@@ -114,8 +156,12 @@ def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, smal
     with pytest.raises(ConTransError, match="holds a list; expected a tensor or a dict of tensors"):
         port(tmp_path / "list.pt")
     torch.save({"layers.1": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled object: never unpickled
-    with pytest.raises(ConTransError, match="is not a tensor file that loads with weights_only=True"):
+    with pytest.raises(ConTransError, match="holds a pickled torch.nn.modules.linear.Linear, which is not loaded "
+                                            r"\(unpickling it could run code\); save its tensors instead"):
         port(tmp_path / "module.pt")
+    (tmp_path / "text.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ConTransError, match="text.pt is not a tensor file that loads with weights_only=True: "):
+        port(tmp_path / "text.pt")
     torch.save(torch.ones(32), tmp_path / "bare.pt")
     with pytest.raises(ConTransError, match=r"names no block; give source_layer= \(--source-layer\)"):
         port(tmp_path / "bare.pt")
@@ -149,6 +195,10 @@ def test_a_vector_made_for_the_target_steers_it_as_it_is(tiny_gpt2_dir, tiny_lla
         plain.loglikelihood(requests, disable_tqdm=True)[0][0], abs=1e-3)
     with pytest.raises(ConTransError, match="^vector: .*the vector for block 1 has shape \\(48,\\); the model's hidden size is 32"):
         ConTransLM(target=str(tiny_llama_dir), vector=str(file), device="cpu", batch_size=4)
+    numpy.save(tmp_path / "bare.npy", direction.numpy())  # a bare tensor: target_layer= places it, in any of its forms
+    for layer, block in (("-2", 1), ("0.5", 2), (1, 1)):
+        lm = ConTransLM(target=str(tiny_gpt2_dir), vector=str(tmp_path / "bare.npy"), target_layer=layer, device="cpu", batch_size=4)
+        assert lm.transplant.target_layer == block, layer
 
 
 def test_source_vector_model_arg_ports_like_the_function(direct, tiny_llama_dir, tiny_gpt2_dir, tmp_path):

@@ -144,7 +144,7 @@ def plan_port(
     foreign = vector if isinstance(vector, ForeignVector) else read_vector(vector, source_layer, "source_vector")
     facts = config_facts(source)
     if facts["num_layers"] is not None and facts["hidden_size"] is not None:
-        foreign.checked(facts["hidden_size"], facts["num_layers"], "source_vector")
+        foreign = foreign.checked(facts["hidden_size"], facts["num_layers"], "source_vector")
     hint, family = foreign.model_hint, facts["model_type"]
     if hint and family and hint.removesuffix("_text") != family.removesuffix("_text"):
         logger.warning("source_vector: %s was made for a %s model (controlvector.model_hint); source %s is a %s",
