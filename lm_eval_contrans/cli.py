@@ -15,6 +15,9 @@ from lm_eval_contrans.errors import ConTransError
 if TYPE_CHECKING:
     from lm_eval_contrans.loading import ModelSpec
 
+# lm_eval's evaluation options that `contrans compare` takes under lm_eval's names and passes on
+EVALUATE_OPTIONS = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "gen_kwargs", "system_instruction")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contrans", description=__doc__)
@@ -55,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--metadata", default=None, help="JSON passed to the tasks, e.g. local data paths")
     compare.add_argument("--include_path", "--include-path", action="append", default=[],
                          help="a folder of your own task YAMLs, as for lm_eval (repeatable)")
+    compare.add_argument("--num_fewshot", "--num-fewshot", type=int, default=None, help="as for lm_eval")
+    compare.add_argument("--apply_chat_template", "--apply-chat-template", nargs="?", const=True, default=None,
+                         help="as for lm_eval (optionally a template name); the prompt baseline's instruction then goes "
+                              "into the system instruction")
+    compare.add_argument("--fewshot_as_multiturn", "--fewshot-as-multiturn", action="store_true", default=None,
+                         help="as for lm_eval")
+    compare.add_argument("--gen_kwargs", "--gen-kwargs", default=None, help="as for lm_eval, e.g. temperature=0,max_gen_toks=64")
+    compare.add_argument("--system_instruction", "--system-instruction", default=None, help="as for lm_eval")
     compare.add_argument("--no-controls", action="store_true", help="skip the random, own-vector and prompt rows")
     _trust_argument(compare)
     compare.add_argument("--also-metrics", nargs="*", default=["margin"],
@@ -170,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
                 include_path=args.include_path,
                 extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
+                evaluate={option: getattr(args, option) for option in EVALUATE_OPTIONS if getattr(args, option) is not None},
             )
             print(markdown_table(run_compare(plan), plan.extra_metrics))
             print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")

@@ -140,6 +140,23 @@ def publish_to_hub_cache(cache: Path, repo: str, folder: Path, commit: str, refs
     return snapshot
 
 
+CHAT_TEMPLATE = ("{% for message in messages %}[{{ message['role'] }}] {{ message['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def with_chat_template(folder: Path, destination: Path) -> Path:
+    """A copy of a tiny model folder whose tokenizer has a small chat template."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(folder, destination)
+    tokenizer = AutoTokenizer.from_pretrained(destination)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(destination)
+    return destination
+
+
 def _save(folder: Path, model, tokenizer) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

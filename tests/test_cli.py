@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import evaluate
+from conftest import evaluate, with_chat_template
 
 pytestmark = pytest.mark.cli
 BIN = Path(sys.executable).parent
@@ -158,22 +158,10 @@ def test_accelerate_data_parallel_matches_one_process_and_builds_once(tiny_llama
     assert lm_eval_results(tmp_path / "parallel")["results"] == lm_eval_results(tmp_path / "single")["results"]
 
 
-CHAT_TEMPLATE = ("{% for message in messages %}[{{ message['role'] }}] {{ message['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}[assistant] {% endif %}")
-
-
 def test_lm_eval_cli_with_lm_evals_own_defaults(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):
     """No --device (lm-eval passes cuda:0, on a CPU-only machine too), --batch_size auto, dtype=auto,
     a chat template with few-shot turns, --gen_kwargs, --log_samples and --seed: as a newcomer runs it."""
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    target = tmp_path / "chat-target"
-    shutil.copytree(tiny_gpt2_dir, target)
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(target)
+    target = with_chat_template(tiny_gpt2_dir, tmp_path / "chat-target")
     concept, anchors = small_inputs
     artifact = tmp_path / "chat.safetensors"
 

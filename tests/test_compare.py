@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from lm_eval_contrans.artifact import load_transplant
+from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
 from lm_eval_contrans.experiments.report import Row, markdown_table, rows_from_folder
 
@@ -140,6 +142,56 @@ def test_the_prompt_baseline_puts_the_instruction_before_every_context(tiny_gpt2
     contexts = [context for context, _ in pairs]
     assert scores(baseline, contexts) == pytest.approx(scores(plain, [prefix + c for c in contexts]), abs=1e-5)
     assert scores(baseline, contexts) != pytest.approx(scores(plain, contexts), abs=1e-3)
+
+
+def test_lm_evals_evaluation_options_reach_every_row_and_a_chat_model_reads_the_instruction_as_a_system_turn(
+        tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path, monkeypatch):
+    """`contrans compare --apply_chat_template --num_fewshot 1 --system_instruction ...` asks every row what lm_eval
+    would ask it. Under a chat template the prompt baseline's instruction joins the system instruction: as a prefix
+    it would stand before the template's own opening, outside any turn."""
+    import lm_eval
+    import yaml
+
+    from conftest import with_chat_template
+
+    source, target = (with_chat_template(folder, tmp_path / name) for folder, name in
+                      ((tiny_llama_dir, "chat-source"), (tiny_gpt2_dir, "chat-target")))
+    concept, anchors = small_inputs
+    with_instruction = tmp_path / "warm.yaml"
+    with_instruction.write_text(yaml.safe_dump({"name": "warm", "instruction": "Write warmly.", "pairs": [
+        json.loads(line) for line in open(concept)]}))
+    prompts, real = {}, lm_eval.simple_evaluate
+
+    def recording(*args, **kwargs):  # every row's prompts, as lm-eval built them
+        output = real(*args, **{**kwargs, "log_samples": True})
+        prompts[len(prompts)] = (kwargs, [sample["arguments"][0][0] for sample in output["samples"]["contrans_tiny_choice"]])
+        return output
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", recording)
+    plan = ComparePlan(source=str(source), target=str(target), concept=str(with_instruction), tasks=["contrans_tiny_choice"],
+                       alphas=[60.0], out=tmp_path / "compare", limit=2, batch_size=4, device="cpu",
+                       include_path=[str(task_dir)], build_options={"anchors": anchors},
+                       evaluate={"apply_chat_template": True, "num_fewshot": 1, "system_instruction": "Be brief."})
+    rows = run_compare(plan)
+    names = [row.name for row in rows]
+    assert names == ["base target", "+ ConTrans α=60", "random vector α=60", "target's own vector α=60", "prompt baseline", "source"]
+    by_row = dict(zip(names, prompts.values()))
+    for name, (options, texts) in by_row.items():
+        assert {key: options[key] for key in ("apply_chat_template", "num_fewshot")} == {"apply_chat_template": True,
+                                                                                      "num_fewshot": 1}, name
+        # a chat-formatted prompt with the few-shot example as an earlier user turn
+        assert all(text.count("[user]") == 2 and text.rstrip().endswith("[assistant]") for text in texts), name
+    assert all(text.startswith("[system] Be brief.\n[user]") for text in by_row["base target"][1])
+    assert all(text.startswith("[system] Be brief.\n\nWrite warmly.\n[user]") for text in by_row["prompt baseline"][1])
+    plain_target = dataclasses.replace(plan, target=str(tiny_gpt2_dir), out=tmp_path / "other")
+    with pytest.raises(ConTransError, match=f"^apply_chat_template: the target {tiny_gpt2_dir} has no chat template"):
+        run_compare(plain_target)  # before any row runs, or the build
+    assert not (tmp_path / "other").exists()
+    calls = len(prompts)
+    run_compare(plan)
+    assert len(prompts) == calls  # the same options: every row read back
+    run_compare(dataclasses.replace(plan, evaluate={}, controls=False))
+    assert len(prompts) == calls + 3  # other options: base, transplant and source run again
 
 
 def test_table_of_lm_eval_output_from_model_contrans(tiny_llama_dir, tiny_gpt2_dir, small_inputs, tmp_path):

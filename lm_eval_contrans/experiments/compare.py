@@ -2,8 +2,9 @@
 
 Rows: the base target; target + transplanted concept at each alpha; the two vector controls at
 each alpha (a seeded random vector of the same norm, the target's own concept vector); the prompt
-baseline (the concept's instruction as a prefix); the source; optionally an instruction-tuned
-target. The rows run on the experiment grid (grid.py): each is stored with the key of every
+baseline (the concept's instruction as a prefix, or as the system instruction under a chat template);
+the source; optionally an instruction-tuned target. Every row is evaluated with the same lm-eval
+options (few-shot count, chat template, generation arguments, system instruction). The rows run on the experiment grid (grid.py): each is stored with the key of every
 setting that determines it, so an interrupted comparison resumes, and one rerun with other
 settings runs again instead of reusing rows it does not match. The transplant is keyed the same
 way: a rerun with another recipe, layer or concept builds again.
@@ -21,7 +22,8 @@ from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
 from lm_eval_contrans.experiments.report import Row, write_report
-from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_pair
+from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_pair, parse_model_spec, read_only_tokenizer
 from lm_eval_contrans.pipeline.recipe import as_bool
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class ComparePlan:
     controls: bool = True
     extra_metrics: tuple[str, ...] = ("margin",)  # shown next to each task's main metric when reported
     build_options: dict = field(default_factory=dict)  # plan_build's recipe and its overrides
+    evaluate: dict = field(default_factory=dict)  # lm-eval's evaluation options (grid.EvalSettings.evaluate)
 
 
 def _alpha_name(alpha: float) -> str:
@@ -93,7 +96,12 @@ def compare_rows(plan: ComparePlan, transplant: Transplant, device: str) -> list
             rows.append(GridRow(f"random vector α={_alpha_name(alpha)}", "random", plan.target, random, alpha,
                                 diagnostics={"cos_to_own": cosine(random.vector, own.vector)}))
             rows.append(GridRow(f"target's own vector α={_alpha_name(alpha)}", "own", plan.target, own, alpha))
-        if concept.instruction:
+        if concept.instruction and plan.evaluate.get("apply_chat_template"):
+            # a prefix would stand before the chat template's own opening; the instruction goes where a chat model
+            # reads instructions, after the user's own system instruction if any
+            system = "\n\n".join(filter(None, [plan.evaluate.get("system_instruction"), concept.instruction.strip()]))
+            rows.append(GridRow("prompt baseline", "prompt", plan.target, evaluate={"system_instruction": system}))
+        elif concept.instruction:
             rows.append(GridRow("prompt baseline", "prompt", plan.target, prefix=concept.instruction.strip() + "\n\n"))
         else:
             logger.warning("concept %s has no instruction: no prompt-baseline row", concept.name)
@@ -103,12 +111,29 @@ def compare_rows(plan: ComparePlan, transplant: Transplant, device: str) -> list
     return rows
 
 
+def check_chat_templates(plan: ComparePlan) -> None:
+    """Under `apply_chat_template`, every model of the grid needs a chat template; without this check a base
+    model fails inside lm-eval with transformers' traceback, after the rows before it have run."""
+    if plan.evaluate.get("apply_chat_template") is not True:  # a template named by the user is lm-eval's to find
+        return
+    source, target = _models(plan)
+    models = {"target": target, "source": source}
+    if plan.instruct:
+        models["instruct"] = parse_model_spec(plan.instruct, "instruct", trust_remote_code=target.trust_remote_code)
+    for role, spec in models.items():
+        if not getattr(read_only_tokenizer(spec), "chat_template", None):
+            raise ConTransError("apply_chat_template", f"the {role} {spec.name} has no chat template (a base model?); "
+                                                       "leave --apply_chat_template out, or compare models that have one")
+
+
 def run_compare(plan: ComparePlan) -> list[Row]:
+    check_chat_templates(plan)
     device = plan.device or default_device()
     transplant = _built(plan, device)
     settings = EvalSettings(tasks=list(plan.tasks), limit=plan.limit, batch_size=plan.batch_size, device=device,
                             model_args=dict(plan.model_args), task_metadata=dict(plan.task_metadata),
-                            include_path=[str(Path(path).resolve()) for path in plan.include_path])
+                            include_path=[str(Path(path).resolve()) for path in plan.include_path],
+                            evaluate=dict(plan.evaluate))
     rows = Grid(plan.out, settings).run(compare_rows(plan, transplant, device))
     write_report(rows, Path(plan.out), extra_metrics=tuple(plan.extra_metrics))
     return rows

@@ -7,8 +7,8 @@ compare`, and the scripts in bench/experiments. The grid
 - loads the target once for all of its consecutive steered rows (`ConTransLM.use_transplants`);
 - writes each row's results as soon as it finishes, under `rows/<name>/`, with the key of every
   setting that determines them (the row's model, transplant file hash, alpha, prefix and tasks;
-  the grid's limits, batch size, model args, task metadata and include paths; the lm-eval and
-  package versions). A rerun reuses a row only when its key matches, and runs it again otherwise:
+  the grid's limits, batch size, model args, task metadata, include paths and lm-eval evaluation
+  options such as few-shot count and chat template; the lm-eval and package versions). A rerun reuses a row only when its key matches, and runs it again otherwise:
   an interrupted grid resumes, and a grid with other settings never mixes old results in.
 """
 
@@ -45,7 +45,8 @@ def slug(name: str) -> str:
 class GridRow:
     """One evaluated configuration. `transplant`: a Transplant, several (steered at once, `alpha` one
     value each) or an artifact path (None: unsteered); `prefix`: text put before every context (the
-    prompt baseline); `tasks`: this row's tasks (None: the grid's)."""
+    prompt baseline); `tasks`: this row's tasks (None: the grid's); `evaluate`: lm-eval evaluation
+    options of this row, over the grid's (the prompt baseline's system instruction under a chat template)."""
 
     name: str
     kind: str  # base | contrans | random | own | shuffled | prompt | source | instruct | other
@@ -55,6 +56,7 @@ class GridRow:
     prefix: str | None = None
     tasks: tuple[str, ...] | None = None
     diagnostics: dict = field(default_factory=dict, compare=False)
+    evaluate: dict = field(default_factory=dict)
 
     @property
     def steered(self) -> bool:
@@ -74,6 +76,9 @@ class EvalSettings:
     include_path: list[str] = field(default_factory=list)
     bootstrap_iters: int = 1000
     per_document: tuple[str, ...] = ()  # metrics to keep per document (by doc_id), for paired comparisons
+    # lm-eval's evaluation options (simple_evaluate's num_fewshot, apply_chat_template, fewshot_as_multiturn,
+    # gen_kwargs, system_instruction), as `lm_eval` takes them on its command line
+    evaluate: dict = field(default_factory=dict)
 
     def limit_of(self, task: str):
         return self.limit.get(task) if isinstance(self.limit, dict) else self.limit
@@ -144,15 +149,20 @@ class Grid:
             raise ConTransError("transplant", f"artifact not found: {path}")
         return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
+    def evaluate_options(self, row: GridRow) -> dict:
+        return {**self.settings.evaluate, **row.evaluate}
+
     def row_key(self, row: GridRow, transplant_sha: str | None) -> str:
         settings = asdict(self.settings)
         settings["tasks"] = sorted(row.tasks or self.settings.tasks)
         if isinstance(self.settings.limit, dict):
             settings["limit"] = {task: self.settings.limit_of(task) for task in settings["tasks"]}
         alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
-        return content_key({"row": {"kind": row.kind, "model": row.model, "transplant": transplant_sha,
-                                    "alpha": alpha, "prefix": row.prefix},
-                            "settings": settings, "lm_eval": self.lm_eval_version, "package": __version__})
+        described = {"kind": row.kind, "model": row.model, "transplant": transplant_sha, "alpha": alpha, "prefix": row.prefix}
+        del settings["evaluate"]
+        if self.evaluate_options(row):  # named only when given, so rows saved before the option existed keep their keys
+            described["evaluate"] = self.evaluate_options(row)
+        return content_key({"row": described, "settings": settings, "lm_eval": self.lm_eval_version, "package": __version__})
 
     # ---- running
     def run(self, rows: Iterable[GridRow]) -> list[Row]:
@@ -210,7 +220,7 @@ class Grid:
             with environment_described_once():
                 output = lm_eval.simple_evaluate(model=lm, tasks=sorted(group), task_manager=self.task_manager,
                                                  limit=limit, bootstrap_iters=self.settings.bootstrap_iters,
-                                                 log_samples=bool(wanted), verbosity="ERROR")
+                                                 log_samples=bool(wanted), verbosity="ERROR", **self.evaluate_options(row))
             results.update(output["results"])
             configs.update({task: {"metric_list": config.get("metric_list", [])}
                             for task, config in output.get("configs", {}).items()})
