@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
     _trust_argument(build)
 
-    inspect = commands.add_parser("inspect", help="print an artifact's metadata")
+    inspect = commands.add_parser("inspect", help="print an artifact's metadata, or what another tool's steering-vector file holds")
     inspect.add_argument("artifact")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -126,6 +126,23 @@ def _models(args) -> tuple[ModelSpec, ModelSpec]:
     return parse_model_pair(args.source, args.target, trust_remote_code=args.trust_remote_code)
 
 
+def _another_tools_vector(path: str) -> bool:
+    """A steering-vector file of another tool, not our artifact: another suffix, or a readable safetensors file
+    without our metadata (a damaged or missing artifact is left to the artifact reader's errors)."""
+    from lm_eval_contrans.artifact import is_transplant_file
+
+    suffix = Path(path).suffix.lower()
+    if suffix != ".safetensors":
+        return suffix in (".gguf", ".pt", ".npy")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            return not is_transplant_file(path)
+    except (SafetensorError, OSError):
+        return False
+
+
 def _recipe_options(args) -> dict:
     return dict(recipe=args.recipe, source_layer=args.source_layer, target_layer=args.target_layer,
                 anchors=args.anchors, anchor_tokens=args.anchor_tokens, map_method=args.map, ridge=args.ridge,
@@ -148,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}")
         elif args.command == "inspect":
             from lm_eval_contrans.artifact import as_dict, load_transplants
+            from lm_eval_contrans.vectors import UNPLACED, read_vector
 
+            if _another_tools_vector(args.artifact):  # what `contrans port` or vector= would read from it
+                vector = read_vector(args.artifact, source_layer=UNPLACED, argument="artifact")
+                print(json.dumps(vector.describe(), indent=2, sort_keys=True) if args.json else vector.summary())
+                return 0
             transplants = load_transplants(args.artifact, "artifact")
             if args.json:
                 described = [as_dict(transplant) for transplant in transplants]

@@ -28,6 +28,7 @@ import torch
 from lm_eval_contrans.errors import ConTransError
 
 FORMATS = ("gguf", "steered", "safetensors", "pt", "npy")
+UNPLACED = "unplaced"  # read_vector(..., source_layer=UNPLACED) keeps a bare tensor without a block, to describe it
 _BLOCK_IN_NAME = re.compile(r"(?:^|[._])(\d+)$")
 
 
@@ -54,6 +55,24 @@ class ForeignVector:
         """What an artifact records about the imported file."""
         return {"file": Path(self.file).name, "sha256": self.sha256, "format": self.format, "blocks": self.blocks,
                 **({"model_hint": self.model_hint} if self.model_hint else {})}
+
+    def describe(self) -> dict:
+        """What `contrans inspect` prints of the file: where it came from, and each block as the file names it
+        (before `checked` resolves it against a model) with its width and norm."""
+        return {**self.origin(), "file": self.file, "blocks": {
+            str(block): {"width": int(direction.shape[-1]), "norm": round(float(direction.norm()), 6),
+                         **({"coefficient": self.coefficients[block]} if block in self.coefficients else {})}
+            for block, direction in sorted(self.directions.items(), key=lambda item: str(item[0]).zfill(6))}}
+
+    def summary(self) -> str:
+        described = self.describe()
+        lines = [f"steering vector {described['file']}",
+                 f"format          {described['format']}" + (f" (model hint {self.model_hint})" if self.model_hint else ""),
+                 f"sha256          {described['sha256']}"]
+        lines += [f"block {'(none named)' if block == UNPLACED else block:<9} width {entry['width']}, norm {entry['norm']:.4g}"
+                  + (f", coefficient {entry['coefficient']:g}" if "coefficient" in entry else "")
+                  for block, entry in described["blocks"].items()]
+        return "\n".join(lines)
 
     def checked(self, hidden_size: int, num_layers: int, argument: str) -> ForeignVector:
         """The same vector with its blocks resolved as every layer argument is (a negative index counts from

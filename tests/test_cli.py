@@ -212,6 +212,29 @@ def test_contrans_compare_runs_the_users_own_tasks(tiny_llama_dir, tiny_gpt2_dir
     assert set(rows) == {"base target", "+ ConTrans α=60", "source"}
 
 
+def test_contrans_inspect_describes_another_tools_vector_file(tmp_path):
+    """Before porting a file, see what it holds: `contrans inspect` read it as a transplant artifact and said a .pt
+    or .gguf file was a corrupted safetensors file."""
+    import numpy
+    import torch
+
+    torch.save({-1: torch.ones(4), 2: torch.zeros(4)}, tmp_path / "layer_activations.pt")
+    torch.save({"model.layers.3": {"steering_vector": torch.ones(4) * 3, "steering_coefficient": 2.0, "action": "add"}},
+               tmp_path / "steered.pt")
+    numpy.save(tmp_path / "bare.npy", numpy.ones(4, dtype="float32"))
+    described = {}
+    for name in ("layer_activations.pt", "steered.pt", "bare.npy"):
+        result = run([str(BIN / "contrans"), "inspect", str(tmp_path / name), "--json"], tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        described[name] = json.loads(result.stdout)
+    assert described["layer_activations.pt"]["blocks"] == {"-1": {"width": 4, "norm": 2.0}, "2": {"width": 4, "norm": 0.0}}
+    assert described["steered.pt"]["format"] == "steered"
+    assert described["steered.pt"]["blocks"] == {"3": {"width": 4, "norm": 6.0, "coefficient": 2.0}}
+    assert described["bare.npy"]["blocks"] == {"unplaced": {"width": 4, "norm": 2.0}}
+    text = run([str(BIN / "contrans"), "inspect", str(tmp_path / "bare.npy")], tmp_path).stdout
+    assert "format          npy" in text and "block (none named) width 4, norm 2" in text
+
+
 def test_contrans_port_writes_an_artifact_that_lm_eval_steers_with(tiny_llama_dir, tiny_gpt2_dir, task_dir,
                                                                     small_inputs, tmp_path):
     import numpy
