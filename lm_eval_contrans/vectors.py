@@ -199,6 +199,12 @@ def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
     directions, coefficients = {}, {}
     for key, value in loaded.items():
         if isinstance(value, dict) and isinstance(value.get("steering_vector"), torch.Tensor):  # lm-eval steered
+            # lm-eval also clamps a projection or adds to one attention head: neither is a vector added to a block's output
+            action, head = value.get("action", "add"), value.get("head_index")
+            if action != "add" or head is not None:
+                what = f"has action {action!r}" if action != "add" else f"adds to attention head {head}"
+                raise ConTransError(argument, f"{path}: entry {key!r} {what}; only 'add' entries on a block's whole "
+                                              "output are steering vectors we read")
             block = _pt_block(key, path, argument)
             directions[block] = value["steering_vector"]
             coefficients[block] = float(value.get("steering_coefficient", 1.0))

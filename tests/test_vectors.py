@@ -152,6 +152,10 @@ def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, smal
     torch.save({"layers.1": "not a tensor"}, tmp_path / "strings.pt")
     with pytest.raises(ConTransError, match="entry 'layers.1' is a str, not a tensor"):
         port(tmp_path / "strings.pt")
+    for entry, says in (({"action": "clamp"}, "has action 'clamp'"), ({"action": "add", "head_index": 2}, "adds to attention head 2")):
+        torch.save({"model.layers.1": {"steering_vector": torch.ones(32), "steering_coefficient": 1.0, **entry}}, tmp_path / "odd.pt")
+        with pytest.raises(ConTransError, match=f"entry 'model.layers.1' {says}; only 'add' entries on a block's whole output"):
+            port(tmp_path / "odd.pt")
     torch.save([torch.ones(32)], tmp_path / "list.pt")
     with pytest.raises(ConTransError, match="holds a list; expected a tensor or a dict of tensors"):
         port(tmp_path / "list.pt")
