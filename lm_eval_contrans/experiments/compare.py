@@ -4,10 +4,11 @@ Rows: the base target; target + transplanted concept at each alpha; the two vect
 each alpha (a seeded random vector of the same norm, the target's own concept vector); the prompt
 baseline (the concept's instruction as a prefix, or as the system instruction under a chat template);
 the source; optionally an instruction-tuned target. Every row is evaluated with the same lm-eval
-options (few-shot count, chat template, generation arguments, system instruction). The rows run on the experiment grid (grid.py): each is stored with the key of every
-setting that determines it, so an interrupted comparison resumes, and one rerun with other
-settings runs again instead of reusing rows it does not match. The transplant is keyed the same
-way: a rerun with another recipe, layer or concept builds again.
+options (few-shot count, chat template, generation arguments, system instruction). The rows run on
+the experiment grid (grid.py): each is stored with the key of every setting that determines it, so
+an interrupted comparison resumes, and one rerun with other settings runs again instead of reusing
+rows it does not match. The transplant is keyed the same way: a rerun with another recipe, layer or
+concept builds again.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ compare`, and the scripts in bench/experiments. The grid
 - writes each row's results as soon as it finishes, under `rows/<name>/`, with the key of every
   setting that determines them (the row's model, transplant file hash, alpha, prefix and tasks;
   the grid's limits, batch size, model args, task metadata, include paths and lm-eval evaluation
-  options such as few-shot count and chat template; the lm-eval and package versions). A rerun reuses a row only when its key matches, and runs it again otherwise:
-  an interrupted grid resumes, and a grid with other settings never mixes old results in.
+  options such as few-shot count and chat template; the lm-eval and package versions). A rerun
+  reuses a row only when its key matches, and runs it again otherwise: an interrupted grid resumes,
+  and a grid with other settings never mixes old results in.
 """
 
 from __future__ import annotations

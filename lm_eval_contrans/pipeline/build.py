@@ -145,6 +145,9 @@ def plan_port(
     facts = config_facts(source)
     if facts["num_layers"] is not None and facts["hidden_size"] is not None:
         foreign = foreign.checked(facts["hidden_size"], facts["num_layers"], "source_vector")
+    elif not all(isinstance(block, int) and block >= 0 for block in foreign.directions):
+        raise ConTransError("source_vector", f"{source.name}'s config does not state its block count, so {foreign.file}'s "
+                                             f"blocks must be 0-based indices (got {', '.join(map(str, foreign.directions))})")
     hint, family = foreign.model_hint, facts["model_type"]
     if hint and family and hint.removesuffix("_text") != family.removesuffix("_text"):
         logger.warning("source_vector: %s was made for a %s model (controlvector.model_hint); source %s is a %s",
