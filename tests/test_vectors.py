@@ -156,6 +156,9 @@ def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, smal
         torch.save({"model.layers.1": {"steering_vector": torch.ones(32), "steering_coefficient": 1.0, **entry}}, tmp_path / "odd.pt")
         with pytest.raises(ConTransError, match=f"entry 'model.layers.1' {says}; only 'add' entries on a block's whole output"):
             port(tmp_path / "odd.pt")
+    with pytest.raises(ConTransError, match=r"^target_layer: auto scores blocks with held-out concept pairs, and a vector "
+                                            r"made by another tool \(deep\) has none"):
+        port(write_control_vector(tmp_path / "deep.gguf", {1: torch.ones(32)}), target_layer="auto")
     torch.save([torch.ones(32)], tmp_path / "list.pt")
     with pytest.raises(ConTransError, match="holds a list; expected a tensor or a dict of tensors"):
         port(tmp_path / "list.pt")

@@ -11,6 +11,7 @@ from lm_eval_contrans.pipeline.depth import is_auto, relative_depth, source_laye
 from lm_eval_contrans.pipeline.fit import make_transplant, paired_indices
 from lm_eval_contrans.pipeline.recipe import Recipe
 from lm_eval_contrans.pipeline.states import StateRequest, TargetAnchorStates, record_concept_states
+from lm_eval_contrans.vectors import ImportedDirection
 
 logger = logging.getLogger(__name__)
 VALIDATION_FRACTION = 0.2  # of the concept pairs, held out to score target blocks
@@ -33,6 +34,10 @@ def choose_target_layers(
     once for every concept (and records the whole sets' vectors too, for the build at the chosen
     blocks), then the target once; neither for states the cache holds."""
     for concept in concepts:
+        if isinstance(concept, ImportedDirection):
+            raise ConTransError("target_layer", f"auto scores blocks with held-out concept pairs, and a vector made by "
+                                                f"another tool ({concept.name}) has none; give a block index or fraction, "
+                                                "or leave target_layer out (the same relative depth as in the source)")
         if len(concept) < 5:
             raise ConTransError("target_layer", f"auto holds out concept pairs to score blocks; needs at least 5 pairs, "
                                                 f"'{concept.name}' has {len(concept)}. Give a block index or fraction.")
