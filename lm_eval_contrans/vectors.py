@@ -7,8 +7,9 @@ Formats, by file suffix:
   `contrans export --format gguf`): one `direction.<block>` tensor per steered block, added after
   decoder block `<block>` (0-based; llama.cpp has no slot for block 0), and `controlvector.model_hint`.
 - `.pt`: lm-eval's `--model steered` file, `{hookpoint: {"steering_vector": tensor, ...}}` (its
-  hookpoints name the blocks: `...layers.<block>`), a dict of tensors by block (steering-vectors'
-  `layer_activations`), or a bare tensor; loaded with `weights_only=True`, so no code in the file runs.
+  hookpoints name the blocks: `...layers.<block>`; read as that model adds it, the vector times its
+  `steering_coefficient`), a dict of tensors by block (steering-vectors' `layer_activations`), or a bare
+  tensor; loaded with `weights_only=True`, so no code in the file runs.
 - `.safetensors`: one tensor, or `direction.<block>` / `<block>` tensors (one per block).
 - `.npy`: one array.
 
@@ -41,7 +42,7 @@ class ForeignVector:
     sha256: str
     format: str
     model_hint: str | None = None
-    coefficients: dict[int, float] = field(default_factory=dict)  # the file's own scale per block, if it has one
+    coefficients: dict[int, float] = field(default_factory=dict)  # the file's own scale per block (applied to directions)
 
     @property
     def name(self) -> str:
@@ -58,7 +59,8 @@ class ForeignVector:
 
     def describe(self) -> dict:
         """What `contrans inspect` prints of the file: where it came from, and each block as the file names it
-        (before `checked` resolves it against a model) with its width and norm."""
+        (before `checked` resolves it against a model) with its width and the norm of what it adds (with the
+        file's coefficient, where it has one)."""
         return {**self.origin(), "file": self.file, "blocks": {
             str(block): {"width": int(direction.shape[-1]), "norm": round(float(direction.norm()), 6),
                          **({"coefficient": self.coefficients[block]} if block in self.coefficients else {})}
@@ -206,8 +208,9 @@ def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
                 raise ConTransError(argument, f"{path}: entry {key!r} {what}; only 'add' entries on a block's whole "
                                               "output are steering vectors we read")
             block = _pt_block(key, path, argument)
-            directions[block] = value["steering_vector"]
             coefficients[block] = float(value.get("steering_coefficient", 1.0))
+            # what lm-eval's steered model adds: the vector times its coefficient (whose sign may flip it)
+            directions[block] = value["steering_vector"] * coefficients[block]
         elif isinstance(value, torch.Tensor):
             directions[_pt_block(key, path, argument)] = value
         else:

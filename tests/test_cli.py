@@ -229,7 +229,7 @@ def test_contrans_inspect_describes_another_tools_vector_file(tmp_path):
         described[name] = json.loads(result.stdout)
     assert described["layer_activations.pt"]["blocks"] == {"-1": {"width": 4, "norm": 2.0}, "2": {"width": 4, "norm": 0.0}}
     assert described["steered.pt"]["format"] == "steered"
-    assert described["steered.pt"]["blocks"] == {"3": {"width": 4, "norm": 6.0, "coefficient": 2.0}}
+    assert described["steered.pt"]["blocks"] == {"3": {"width": 4, "norm": 12.0, "coefficient": 2.0}}  # as it steers
     assert described["bare.npy"]["blocks"] == {"unplaced": {"width": 4, "norm": 2.0}}
     text = run([str(BIN / "contrans"), "inspect", str(tmp_path / "bare.npy")], tmp_path).stdout
     assert "format          npy" in text and "block (none named) width 4, norm 2" in text

@@ -39,6 +39,9 @@ def test_steered_export_gives_the_same_loglikelihoods_as_contrans(artifact, tiny
     ours = ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha=3.0, device="cpu", batch_size=4)
     torch.testing.assert_close(loglikelihoods(theirs), loglikelihoods(ours), atol=1e-5, rtol=1e-6)
     assert list(torch.load(pt, weights_only=False)) == [f"h.{transplant.target_layer}"]
+    # the exported file read back as vector= steers as lm-eval's steered model does: its vector times its coefficient
+    read_back = ConTransLM(target=str(tiny_gpt2_dir), vector=str(pt), alpha=1.0, device="cpu", batch_size=4)
+    torch.testing.assert_close(loglikelihoods(read_back), loglikelihoods(theirs), atol=1e-5, rtol=1e-6)
 
 
 def test_gguf_export_reads_back(artifact, tmp_path):
