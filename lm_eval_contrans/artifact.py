@@ -56,17 +56,24 @@ class Transplant:
     residual_norm: float = 0.0  # median norm of the target block's anchor states: the alpha unit's scale
     version: str = __version__
     extra: dict = field(default_factory=dict)
+    # in residual units, the share of alpha this transplant adds: 1/N for each of the N blocks of one ported vector,
+    # so that alpha 1 pushes the target, over all of them, as much as one concept transplant does
+    alpha_share: float = 1.0
 
     _TENSORS = ("vector", "source_vector", "map_weight")
 
     def metadata(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS}
+        described = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS}
+        if self.alpha_share == 1.0:  # written only where it matters, so artifacts without a share keep their bytes
+            del described["alpha_share"]
+        return described
 
     def steering_vector(self) -> torch.Tensor:
-        """What alpha multiplies when steering (see `steering.unit_vector`)."""
+        """What alpha multiplies when steering (see `steering.unit_vector`; in residual units, times `alpha_share`)."""
         from lm_eval_contrans.steering import unit_vector
 
-        return unit_vector(self.vector, self.alpha_unit, self.residual_norm)
+        vector = unit_vector(self.vector, self.alpha_unit, self.residual_norm)
+        return vector * self.alpha_share if self.alpha_unit == "residual" and self.alpha_share != 1.0 else vector
 
     def apply(self, model, alpha: float = 1.0, positions: str = "all"):
         """A context manager: within it, `model` (the target) is steered by alpha times this transplant,
@@ -99,7 +106,9 @@ class Transplant:
             f"|source v|     {self.source_vector.norm():.4g}",
             f"|transplanted| {self.vector.norm():.4g}",
             f"alpha unit     {self.alpha_unit}" + (f" (alpha 1 = norm {self.steering_vector().norm():.4g}; "
-                                                   f"median residual norm {self.residual_norm:.4g})"
+                                                   f"median residual norm {self.residual_norm:.4g}"
+                                                   + (f"; this block's share of alpha {self.alpha_share:.4g}"
+                                                      if self.alpha_share != 1.0 else "") + ")"
                                                    if self.alpha_unit == "residual" else ""),
             f"version        {self.version}",
         ]

@@ -47,6 +47,8 @@ def test_our_own_source_vector_as_a_gguf_ports_to_the_direct_build(direct, tiny_
     torch.testing.assert_close(ported.map_weight, transplant.map_weight, atol=0, rtol=0)
     torch.testing.assert_close(ported.vector, transplant.vector, atol=1e-6, rtol=1e-6)
     assert ported.heldout_r2 == transplant.heldout_r2 and ported.residual_norm == transplant.residual_norm
+    assert ported.alpha_share == 1.0  # one block: it steers as the direct build does
+    torch.testing.assert_close(ported.steering_vector(), transplant.steering_vector(), atol=1e-4, rtol=1e-5)
     imported = ported.extra["imported"]
     assert imported["file"] == "ours.gguf" and imported["format"] == "gguf" and imported["blocks"] == [transplant.source_layer]
     assert len(imported["sha256"]) == 64 and ported.concept_hash == imported["sha256"] and ported.concept_pairs == 0
@@ -127,6 +129,15 @@ def test_a_vector_on_several_blocks_lands_at_the_same_relative_depths(tiny_llama
     # llama blocks 1 and 3 of 4 (depth 1/3 and 1) -> gpt2 blocks of 3 at depth 1/3 and 1
     assert (first.source_layer, first.target_layer) == (1, 1) and (last.source_layer, last.target_layer) == (3, 2)
     assert first.concept == "two@1" and last.concept == "two@3"
+    # one vector on two blocks: each adds half of its block's residual unit, so that alpha 1 is, in all, one push
+    from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
+
+    assert first.alpha_share == last.alpha_share == 0.5
+    for transplant in (first, last):
+        assert float(transplant.steering_vector().norm()) == pytest.approx(0.5 * ALPHA_UNIT_FRACTION * transplant.residual_norm, rel=1e-5)
+    from lm_eval_contrans.artifact import load_transplants, save_transplants
+
+    assert [t.alpha_share for t in load_transplants(save_transplants([first, last], tmp_path / "two.safetensors"))] == [0.5, 0.5]
     one_block = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(file), anchors=anchors, target_layer=2,
                             device="cpu")
     assert [t.target_layer for t in one_block] == [2, 2]

@@ -98,4 +98,6 @@ def make_transplant(
         alpha_unit=recipe.alpha_unit,
         residual_norm=float(target_rows.double().norm(dim=1).median()),
         extra=extra,
+        # the blocks of one ported vector share alpha: with it per block, a file of N blocks pushes N times as hard
+        alpha_share=1 / len(concept.vector.directions) if isinstance(concept, ImportedDirection) else 1.0,
     )
