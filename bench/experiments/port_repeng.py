@@ -86,30 +86,38 @@ def render(document: dict) -> str:
     return "\n".join(lines)
 
 
+def trained_with_repeng(repeng, hidden_layers: list[int] | None, name: str) -> Path:
+    """A control vector for the source trained by repeng on our sentiment pairs (its first principal component
+    of the pair differences; `hidden_layers` None: repeng's default layers), written by repeng's own export_gguf."""
+    from lm_eval_contrans.concepts import load_concept_set
+    from lm_eval_contrans.loading import free_model, load_model
+
+    pairs = load_concept_set("sentiment")
+    model, tokenizer = load_model(SOURCE, argument="source", device="cpu")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset = [repeng.DatasetEntry(positive=p, negative=n) for p, n in zip(pairs.positives, pairs.negatives)]
+    control_vector = repeng.ControlVector.train(model, tokenizer, dataset, hidden_layers=hidden_layers, method="pca_diff")
+    free_model(model)
+    exported = Path(tempfile.mkdtemp(prefix="contrans-repeng-")) / name
+    control_vector.export_gguf(str(exported))
+    return exported
+
+
 def measure(args) -> dict:
     if args.all_layers:
         return measure_all_layers(args)
     repeng = import_repeng()
     from lm_eval_contrans.cache import cache_root
-    from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.experiments.controls import cosine, random_control
     from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
-    from lm_eval_contrans.loading import free_model, load_model
     from lm_eval_contrans.pipeline import build_transplant, port_vector
 
     started = time.time()
     print(f"machine: {machine()}; repeng {getattr(repeng, '__version__', '0.4.0')}", flush=True)
     ours = build_transplant(SOURCE, TARGET, "sentiment", device="cpu")
     block = ours.source_layer
-    pairs = load_concept_set("sentiment")
-    model, tokenizer = load_model(SOURCE, argument="source", device="cpu")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dataset = [repeng.DatasetEntry(positive=p, negative=n) for p, n in zip(pairs.positives, pairs.negatives)]
-    control_vector = repeng.ControlVector.train(model, tokenizer, dataset, hidden_layers=[block], method="pca_diff")
-    free_model(model)
-    exported = Path(tempfile.mkdtemp(prefix="contrans-repeng-")) / "sentiment_smollm2_repeng.gguf"
-    control_vector.export_gguf(str(exported))  # repeng's own writer
+    exported = trained_with_repeng(repeng, [block], "sentiment_smollm2_repeng.gguf")
     print(f"[{time.time() - started:5.0f} s] repeng trained at block {block}, exported {exported.name}", flush=True)
     ported, = port_vector(SOURCE, TARGET, str(exported), target_layer=ours.target_layer, device="cpu")
     print(f"[{time.time() - started:5.0f} s] ported: blocks {ported.source_layer} -> {ported.target_layer}, "
@@ -137,24 +145,14 @@ def measure(args) -> dict:
 def measure_all_layers(args) -> dict:
     repeng = import_repeng()
     from lm_eval_contrans.cache import cache_root
-    from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
-    from lm_eval_contrans.loading import free_model, load_model
     from lm_eval_contrans.pipeline import build_transplant, port_vector
 
     started = time.time()
     print(f"machine: {machine()}; repeng {getattr(repeng, '__version__', '0.4.0')}", flush=True)
     ours = build_transplant(SOURCE, TARGET, "sentiment", device="cpu")
-    pairs = load_concept_set("sentiment")
-    model, tokenizer = load_model(SOURCE, argument="source", device="cpu")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dataset = [repeng.DatasetEntry(positive=p, negative=n) for p, n in zip(pairs.positives, pairs.negatives)]
-    control_vector = repeng.ControlVector.train(model, tokenizer, dataset, method="pca_diff")  # its default layers
-    free_model(model)
-    exported = Path(tempfile.mkdtemp(prefix="contrans-repeng-")) / "sentiment_smollm2_repeng_all_layers.gguf"
-    control_vector.export_gguf(str(exported))
-    print(f"[{time.time() - started:5.0f} s] repeng trained at {len(control_vector.directions)} blocks, exported", flush=True)
+    exported = trained_with_repeng(repeng, None, "sentiment_smollm2_repeng_all_layers.gguf")  # its default layers
+    print(f"[{time.time() - started:5.0f} s] repeng trained at its default layers, exported {exported.name}", flush=True)
     ported = port_vector(SOURCE, TARGET, str(exported), device="cpu")
     print(f"[{time.time() - started:5.0f} s] ported {len(ported)} blocks", flush=True)
     rows = [GridRow("base target", "base", TARGET, alpha=0.0)]
