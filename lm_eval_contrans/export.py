@@ -70,7 +70,9 @@ def export_gguf(transplants: Transplant | list[Transplant], path: str | Path) ->
 
     blocks = _by_block(transplants)
     if 0 in blocks:
-        raise ConTransError("format", "llama.cpp control vectors cannot steer block 0; rebuild with target_layer >= 1")
+        at_zero = [t.concept for t in ([transplants] if isinstance(transplants, Transplant) else transplants) if t.target_layer == 0]
+        raise ConTransError("format", f"llama.cpp control vectors cannot steer block 0, where {', '.join(at_zero)} lands; "
+                                      "rebuild (or port) with target_layer >= 1")
     first = transplants if isinstance(transplants, Transplant) else transplants[0]
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", first.target_model_type.removesuffix("_text"))
