@@ -10,14 +10,12 @@ text file, one text per line.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.textfiles import read_user_text
+from lm_eval_contrans.textfiles import read_user_text, table_rows
 
 ARGUMENT = "anchors"
 DEFAULT_ANCHORS = Path(__file__).resolve().parent / "data" / "neutral_anchors.txt"
@@ -45,11 +43,7 @@ def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str
     elif suffix == ".json":  # read line by line, a JSON file would put its brackets and quotes into the texts
         texts = _json_texts(path, text)
     elif suffix in (".csv", ".tsv"):
-        rows = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        columns = {str(name).strip().lower(): name for name in rows.fieldnames or ()}
-        if "text" not in columns:
-            raise ConTransError(ARGUMENT, f"{path}: the header row must name a 'text' column (found {rows.fieldnames})")
-        texts = [row[columns["text"]] or "" for row in rows]
+        texts = [row["text"] for row in table_rows(path, text, ("text",), ARGUMENT)]
     else:
         texts = text.splitlines()
     texts = [text.strip() for text in texts if text.strip()]

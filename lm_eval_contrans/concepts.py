@@ -16,9 +16,7 @@ tools read too: a JSON (or YAML) list of such objects, and a CSV or TSV file wit
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 from dataclasses import dataclass, field, replace
@@ -28,7 +26,7 @@ import yaml
 
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.tasks_path import shipped_dir
-from lm_eval_contrans.textfiles import read_user_text
+from lm_eval_contrans.textfiles import read_user_text, table_rows
 
 ARGUMENT = "concept"
 
@@ -88,13 +86,7 @@ def _read_pairs(path: Path) -> tuple[dict, list]:
                 raise ConTransError(ARGUMENT, f"{path}, line {number}: not valid JSON ({error.msg})") from None
         return {}, pairs
     if suffix in (".csv", ".tsv"):
-        rows = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        # a header typed in a spreadsheet may read "Positive" or "negative "
-        columns = {str(name).strip().lower(): name for name in rows.fieldnames or ()}
-        if not {"positive", "negative"} <= set(columns):
-            raise ConTransError(ARGUMENT, f"{path}: the header row must name the columns 'positive' and 'negative' "
-                                          f"(found {rows.fieldnames})")
-        return {}, [{side: row[columns[side]] for side in ("positive", "negative")} for row in rows]
+        return {}, table_rows(path, text, ("positive", "negative"), ARGUMENT)
     try:
         document = yaml.safe_load(text)  # JSON is read as YAML
     except yaml.YAMLError as error:

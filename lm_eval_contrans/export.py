@@ -43,12 +43,15 @@ def steered_hookpoint(target: str | ModelSpec, layer: int) -> str:
     raise ConTransError("format", f"block {layer} is not under the model's base_model; cannot name a hookpoint")
 
 
+def _listed(transplants: Transplant | list[Transplant]) -> list[Transplant]:
+    return [transplants] if isinstance(transplants, Transplant) else list(transplants)
+
+
 def _by_block(transplants: Transplant | list[Transplant]) -> dict[int, torch.Tensor]:
     """What alpha 1 adds at each target block; several transplants at one block (a ported multi-block
     vector sent to one block, or several concepts) add up, as they do when steering."""
-    transplants = [transplants] if isinstance(transplants, Transplant) else list(transplants)
     blocks: dict[int, torch.Tensor] = {}
-    for transplant in transplants:
+    for transplant in _listed(transplants):
         vector = transplant.steering_vector().float()
         blocks[transplant.target_layer] = blocks[transplant.target_layer] + vector if transplant.target_layer in blocks else vector
     return dict(sorted(blocks.items()))
@@ -70,10 +73,10 @@ def export_gguf(transplants: Transplant | list[Transplant], path: str | Path) ->
 
     blocks = _by_block(transplants)
     if 0 in blocks:
-        at_zero = [t.concept for t in ([transplants] if isinstance(transplants, Transplant) else transplants) if t.target_layer == 0]
+        at_zero = [t.concept for t in _listed(transplants) if t.target_layer == 0]
         raise ConTransError("format", f"llama.cpp control vectors cannot steer block 0, where {', '.join(at_zero)} lands; "
                                       "rebuild (or port) with target_layer >= 1")
-    first = transplants if isinstance(transplants, Transplant) else transplants[0]
+    first = _listed(transplants)[0]
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", first.target_model_type.removesuffix("_text"))
     writer.add_uint32("controlvector.layer_count", len(blocks))

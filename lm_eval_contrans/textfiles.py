@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
@@ -20,3 +22,16 @@ def read_user_text(path: Path, argument: str) -> str:
         raise ConTransError(argument, f"{path} is not UTF-8 text (at byte offset {error.start}: {offending!r}); "
                                       "save it as UTF-8") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")  # as read_text does: CRLF and CR line ends
+
+
+def table_rows(path: Path, text: str, columns: tuple[str, ...], argument: str) -> list[dict[str, str]]:
+    """The rows of a .csv (or, by its suffix, .tsv) file's text as {column: value} for `columns`, the header
+    matched without case or surrounding spaces (a header typed in a spreadsheet may read "Positive" or
+    "negative "); other columns are ignored, and a missing one is refused naming those found."""
+    rows = csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    found = {str(name).strip().lower(): name for name in rows.fieldnames or ()}
+    if not set(columns) <= set(found):
+        wanted = (f"a {columns[0]!r} column" if len(columns) == 1
+                  else "the columns " + " and ".join(repr(column) for column in columns))
+        raise ConTransError(argument, f"{path}: the header row must name {wanted} (found {rows.fieldnames})")
+    return [{column: row[found[column]] or "" for column in columns} for row in rows]

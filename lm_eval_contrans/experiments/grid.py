@@ -161,8 +161,9 @@ class Grid:
         alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
         described = {"kind": row.kind, "model": row.model, "transplant": transplant_sha, "alpha": alpha, "prefix": row.prefix}
         del settings["evaluate"]
-        if self.evaluate_options(row):  # named only when given, so rows saved before the option existed keep their keys
-            described["evaluate"] = self.evaluate_options(row)
+        options = self.evaluate_options(row)
+        if options:  # named only when given, so rows saved before the option existed keep their keys
+            described["evaluate"] = options
         return content_key({"row": described, "settings": settings, "lm_eval": self.lm_eval_version, "package": __version__})
 
     # ---- running
