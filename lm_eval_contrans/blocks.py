@@ -55,12 +55,12 @@ def use_block_path(model: nn.Module, path: str, argument: str = "block_path") ->
     return module
 
 
-def _discover_block_path(root: nn.Module) -> str:
+def _discover_block_path(root: nn.Module, config=None) -> str:
     """The ModuleList of decoder blocks: as long as the config's layer count, and (to tell the text
     blocks from a vision tower's or a list of experts) the one nearest the input embeddings."""
     lists = [(name, module) for name, module in root.named_modules()
              if name and isinstance(module, nn.ModuleList) and len(module) > 0]
-    count = configured_layer_count(getattr(root, "config", None))
+    count = configured_layer_count(config if config is not None else getattr(root, "config", None))
     if count is not None:
         lists = [(name, module) for name, module in lists if len(module) == count]
     if not lists:
@@ -91,6 +91,15 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     path = _BLOCK_PATHS.get(root)
     if path is None:
         path = _BLOCK_PATHS[root] = _discover_block_path(root)
+    return root.get_submodule(path)
+
+
+def decoder_blocks_of(model: nn.Module, config) -> nn.ModuleList:
+    """The decoder blocks of a model that does not carry its Hugging Face config (vLLM's), found with it."""
+    root = _unwrap(model)
+    path = _BLOCK_PATHS.get(root)
+    if path is None:
+        path = _BLOCK_PATHS[root] = _discover_block_path(root, config)
     return root.get_submodule(path)
 
 

@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--target", default=None, help="target model (steered format: names the hookpoint); default: the artifact's")
     export.add_argument("--alpha", type=float, default=1.0, help="steering_coefficient of the steered format")
 
+    serve = commands.add_parser(
+        "serve", allow_abbrev=False, help="vLLM's OpenAI-compatible server with a transplant (any other flag is vllm serve's)",
+        description="Serve the target with vLLM's OpenAI-compatible server, steered by a transplant built, ported or "
+                    "loaded as for --model contrans. Every flag not listed here is passed to `vllm serve` "
+                    "(--dtype, --port, --max-model-len, --enforce-eager, --tensor-parallel-size, ...).")
+    serve.add_argument("--target", required=True, help="the model to serve: hub id[@revision], folder, .gguf, packaged:...")
+    serve.add_argument("--source", default=None, help="aligned model to build the concept in (or the model --source-vector was made for)")
+    serve.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file; several as a+b")
+    serve.add_argument("--vector", default=None, help="an artifact (.safetensors), or another tool's vector made for the target")
+    serve.add_argument("--source-vector", default=None, help="another tool's vector made for the source, ported into the target")
+    serve.add_argument("--alpha", default="1.0", help="strength in the artifact's unit, fixed for the server's life; one per concept as a+b")
+    _recipe_arguments(serve)
+    serve.add_argument("--build-batch-size", default="auto", help="texts per batch of the build passes, or auto")
+    _trust_argument(serve)
+
     table = commands.add_parser("table", help="tabulate lm-eval output folders (or compare folders)")
     table.add_argument("folders", nargs="+")
     table.add_argument("--out", default=None, help="also write table.md, table.csv and plots here")
@@ -126,23 +141,6 @@ def _models(args) -> tuple[ModelSpec, ModelSpec]:
     return parse_model_pair(args.source, args.target, trust_remote_code=args.trust_remote_code)
 
 
-def _another_tools_vector(path: str) -> bool:
-    """A steering-vector file of another tool, not our artifact: another suffix, or a readable safetensors file
-    without our metadata (a damaged or missing artifact is left to the artifact reader's errors)."""
-    from lm_eval_contrans.artifact import is_transplant_file
-
-    suffix = Path(path).suffix.lower()
-    if suffix != ".safetensors":
-        return suffix in (".gguf", ".pt", ".npy")
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="pt"):
-            return not is_transplant_file(path)
-    except (SafetensorError, OSError):
-        return False
-
-
 def _recipe_options(args) -> dict:
     return dict(recipe=args.recipe, source_layer=args.source_layer, target_layer=args.target_layer,
                 anchors=args.anchors, anchor_tokens=args.anchor_tokens, map_method=args.map, ridge=args.ridge,
@@ -150,7 +148,10 @@ def _recipe_options(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "serve":  # only `serve` passes flags on (to vllm serve)
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "build":
@@ -165,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}")
         elif args.command == "inspect":
             from lm_eval_contrans.artifact import as_dict, load_transplants
+            from lm_eval_contrans.transplant_args import is_artifact_path
             from lm_eval_contrans.vectors import UNPLACED, read_vector
 
-            if _another_tools_vector(args.artifact):  # what `contrans port` or vector= would read from it
+            if not is_artifact_path(args.artifact):  # what `contrans port` or vector= would read from it
                 vector = read_vector(args.artifact, source_layer=UNPLACED, argument="artifact")
                 print(json.dumps(vector.describe(), indent=2, sort_keys=True) if args.json else vector.summary())
                 return 0
@@ -228,6 +230,19 @@ def main(argv: list[str] | None = None) -> int:
                 export_gguf(transplants, args.out)
             blocks = sorted({transplant.target_layer for transplant in transplants})
             print(f"wrote {args.out} ({args.format}, block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))})")
+        elif args.command == "serve":
+            from lm_eval_contrans.transplant_args import TransplantArgs
+            from lm_eval_contrans.vllm.serve import serve_command
+
+            transplant = TransplantArgs(
+                source=args.source, concept=args.concept, alpha=args.alpha, recipe=args.recipe,
+                source_layer=args.source_layer, target_layer=args.target_layer, anchors=args.anchors,
+                anchor_tokens=args.anchor_tokens, map=args.map, ridge=args.ridge, center=args.center,
+                alpha_unit=args.alpha_unit, vector=args.vector, source_vector=args.source_vector,
+                build_batch_size=args.build_batch_size)
+            command = serve_command(args.target, transplant, rest, trust_remote_code=args.trust_remote_code)
+            print("contrans serve: " + " ".join(command[2:]), file=sys.stderr, flush=True)
+            os.execv(command[0], command)
         elif args.command == "table":
             from lm_eval_contrans.experiments.report import markdown_table, rows_from_folder, write_report
 

@@ -9,28 +9,23 @@ positions go through the output layer, and on a CPU a shared context runs once (
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import torch
 from lm_eval.api.registry import register_model
 
-from lm_eval_contrans.artifact import (
-    Transplant, as_dict, check_against_target, is_transplant_file, load_transplants, save_transplants,
-)
+from lm_eval_contrans.artifact import Transplant, check_against_target, save_transplants
 from lm_eval_contrans.blocks import use_block_path
-from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (
-    ModelSpec, evaluation_device, parse_model_spec, pretrained_path, release_read_only_tokenizers,
+    evaluation_device, pretrained_path, release_read_only_tokenizers,
 )
-from lm_eval_contrans.pipeline.build import finish_build, per_concept, plan_build, plan_port, record_sources
-from lm_eval_contrans.pipeline.depth import model_layer_count, model_type_of, residual_width
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
-from lm_eval_contrans.steering import check_alpha, check_alpha_unit, check_positions
-from lm_eval_contrans.vectors import ForeignVector, read_vector, steering_transplants
+from lm_eval_contrans.steering import check_positions
+from lm_eval_contrans.transplant_args import (
+    TransplantArgs, alphas_for, engine_target_spec, prepare_transplants, target_facts, target_name, transplant_info,
+)
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
 logger = logging.getLogger("lm_eval.contrans")
@@ -49,114 +44,39 @@ def _show_package_logs_with_lm_evals() -> None:
 
 @register_model("contrans")
 class ConTransLM(FastScoringHFLM):
-    """Model args: target (alias pretrained), source, concept, alpha, recipe, source_layer,
-    target_layer, anchors, anchor_tokens, map, ridge, center, alpha_unit, vector, source_vector, save_vector,
-    build_batch_size, source_dtype, check_target_name, positions, share_context, block_path,
-    source_block_path; every other arg goes
-    to HFLM unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
+    """Model args: `target` (alias `pretrained`), `share_context`, and the transplant's (`TransplantArgs`:
+    source, concept, alpha, layers, recipe fields, vector files, positions, ...); every other arg goes to
+    HFLM unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
     either one value for all or `x+y`, one per concept."""
 
-    def __init__(
-        self,
-        target: str | None = None,
-        source: str | None = None,
-        concept: str = "sentiment",
-        alpha: float | str = 1.0,
-        recipe: str | None = None,
-        source_layer: int | float | str | None = None,
-        target_layer: int | float | str | None = None,
-        anchors: str | None = None,
-        anchor_tokens: str | None = None,
-        map: str | None = None,  # noqa: A002 - the model arg users write: map=lstsq|ridge|procrustes
-        ridge: float | str | None = None,
-        center: bool | str | None = None,
-        alpha_unit: str | None = None,
-        vector: str | None = None,
-        source_vector: str | None = None,
-        save_vector: str | None = None,
-        build_batch_size: int | str = "auto",
-        source_dtype: str | None = None,
-        check_target_name: bool = True,
-        positions: str = "all",
-        share_context: bool | str = "auto",
-        block_path: str | None = None,
-        source_block_path: str | None = None,
-        pretrained: str | None = None,
-        device: str | None = None,
-        **kwargs,
-    ) -> None:
-        if target is not None and pretrained is not None and target != pretrained:
-            raise ConTransError("target", f"given twice with different values ({target!r} and pretrained={pretrained!r})")
-        target = target if target is not None else pretrained
-        if not isinstance(target, str) or not target:
-            raise ConTransError("target", "name the model to steer: target=<hub id | folder | file.gguf>")
+    def __init__(self, target: str | None = None, pretrained: str | None = None, device: str | None = None,
+                 share_context: bool | str = "auto", **model_args) -> None:
+        args = TransplantArgs.take(model_args)  # the rest is HFLM's
+        target = target_name(target, pretrained)
         _show_package_logs_with_lm_evals()
-        self.positions = check_positions(positions)
+        self.positions = check_positions(args.positions)
         check_share_context(share_context)  # before the source is loaded, not after
-        if vector is None and source is None:
-            raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
-        target_spec = _target_spec(target, block_path, kwargs)
-        if vector is None:  # trust_remote_code=True: the user trusts the code of both models they named
-            source = parse_model_spec(source, "source", block_path=source_block_path,
-                                      trust_remote_code=target_spec.trust_remote_code)
+        target_spec = engine_target_spec(target, args.block_path, model_args)
         build_device = evaluation_device(device)
-        if as_bool(kwargs.get("parallelize", False), "parallelize") and not torch.cuda.is_available():
+        if as_bool(model_args.get("parallelize", False), "parallelize") and not torch.cuda.is_available():
             # HFLM would offload every weight to disk and put inputs on "cuda"; with no GPU there is
             # nothing to shard across
             logger.warning("parallelize=True: no GPU on this machine, so the model is loaded whole on the CPU")
-            kwargs["parallelize"] = False
-
-        foreign = None
-        if vector is not None:
-            transplants = _given_transplants(vector, target_layer)
-            if isinstance(transplants, ForeignVector):  # made for the target itself by another tool
-                foreign, transplants = transplants, []
-                if alpha_unit not in (None, "raw"):
-                    raise ConTransError("alpha_unit", "a vector made for the target by another tool steers in its own "
-                                                      "units (alpha_unit=raw); port it with source= and source_vector= "
-                                                      "for residual units")
-            if source is not None:
-                logger.warning("vector= given: the source model %s is not loaded", source)
-            if alpha_unit is not None:
-                transplants = [dataclasses.replace(t, alpha_unit=check_alpha_unit(alpha_unit)) for t in transplants]
-            plan = None
-            count = len(foreign.directions) if foreign is not None else len(transplants)
-            alphas = [check_alpha(value) for value in per_concept(alpha, count, "alpha")]
-        elif source_vector is not None:  # another tool's vector for the source, ported through the map
-            plan = plan_port(source, target_spec, source_vector, source_layer=source_layer, target_layer=target_layer,
-                             recipe=recipe, anchors=anchors, anchor_tokens=anchor_tokens, map_method=map, ridge=ridge,
-                             center=center, alpha_unit=alpha_unit, dtype=kwargs.get("dtype", "float32"),
-                             source_dtype=source_dtype, device=build_device, batch_size=build_batch_size)
-            sources = record_sources(plan)
-            alphas = [check_alpha(value) for value in per_concept(alpha, len(plan.concepts), "alpha")]
-        else:
-            count = len(concept) if isinstance(concept, (list, tuple)) else len(str(concept).split("+"))
-            alphas = [check_alpha(value) for value in per_concept(alpha, count, "alpha")]  # before any model loads
-            plan = plan_build(source, target_spec, concept, recipe=recipe, source_layer=source_layer,
-                              target_layer=target_layer, anchors=anchors, anchor_tokens=anchor_tokens, map_method=map,
-                              ridge=ridge, center=center, alpha_unit=alpha_unit, dtype=kwargs.get("dtype", "float32"),
-                              source_dtype=source_dtype, device=build_device, batch_size=build_batch_size,
-                              source_block_path=source_block_path)
-            sources = record_sources(plan)  # the source model is freed before HFLM loads the target
+            model_args["parallelize"] = False
+        prepared = prepare_transplants(target_spec, args, dtype=model_args.get("dtype", "float32"), device=build_device)
         release_read_only_tokenizers()  # HFLM loads the target's own; a second copy would sit beside it
 
         # the device resolved as HFLM would (its own fallback needs a string: simple_evaluate may pass None)
         super().__init__(pretrained=pretrained_path(target_spec), device=build_device, share_context=share_context,
-                         **target_spec.load_kwargs, **kwargs)
-        if block_path:
-            use_block_path(self.model, block_path, "block_path")
+                         **target_spec.load_kwargs, **model_args)
+        if args.block_path:
+            use_block_path(self.model, args.block_path, "block_path")
         self._target_name = target_spec.name
-        self._check_target_name = as_bool(check_target_name, "check_target_name")
-        if plan is not None:
-            transplants = finish_build(plan, sources, self.model, self.tokenizer)
-        elif foreign is not None:
-            transplants = steering_transplants(foreign, target=target_spec.name,
-                                               hidden_size=residual_width(self.model),
-                                               num_layers=model_layer_count(self.model), model_type=model_type_of(self.model))
-        self.use_transplants(transplants, alphas)
-        if save_vector:
-            save_transplants(self.transplants, save_vector)
-            logger.info("saved transplant to %s", save_vector)
+        self._check_target_name = as_bool(args.check_target_name, "check_target_name")
+        self.use_transplants(prepared.finish(self.model, self.tokenizer), prepared.alphas)
+        if args.save_vector:
+            save_transplants(self.transplants, args.save_vector)
+            logger.info("saved transplant to %s", args.save_vector)
 
     @classmethod
     def from_transplants(cls, target: str, transplants: Transplant | list[Transplant], alpha: float | str | list = 1.0,
@@ -168,17 +88,11 @@ class ConTransLM(FastScoringHFLM):
         """Steer with these transplants from now on (one alpha for all, or one each), after checking
         each against the loaded target: one load of the target serves a whole grid of vectors."""
         transplants = [transplants] if isinstance(transplants, Transplant) else list(transplants)
-        if not isinstance(alphas, (list, tuple)):
-            alphas = per_concept(alphas, len(transplants), "alpha")
-        if len(alphas) != len(transplants):
-            raise ConTransError("alpha", f"{len(alphas)} values for {len(transplants)} transplants")
+        alphas = alphas_for(alphas, len(transplants))
+        facts = target_facts(None, self.model)
         for transplant in transplants:
-            check_against_target(
-                transplant, target=self._target_name, hidden_size=residual_width(self.model),
-                num_layers=model_layer_count(self.model), model_type=model_type_of(self.model),
-                strict_name=self._check_target_name,
-            )
-        self.transplants, self.alphas = transplants, [check_alpha(value) for value in alphas]
+            check_against_target(transplant, target=self._target_name, strict_name=self._check_target_name, **facts)
+        self.transplants, self.alphas = transplants, alphas
 
     # One concept is the common case: `transplant` / `alpha` read it (use_transplants changes it).
     @property
@@ -213,44 +127,4 @@ class ConTransLM(FastScoringHFLM):
             return super()._model_generate(*args, **kwargs)
 
     def get_model_info(self) -> dict:
-        info = super().get_model_info()
-        if len(self.transplants) == 1:
-            info["contrans"] = {"alpha": self.alphas[0], "positions": self.positions, **as_dict(self.transplants[0])}
-        else:
-            info["contrans"] = {"alpha": self.alphas, "positions": self.positions,
-                                "transplants": [as_dict(t) for t in self.transplants]}
-        return info
-
-
-def _target_spec(target: str, block_path: str | None, hf_args: dict) -> ModelSpec:
-    """The target, with the HFLM args that say which weights, tokenizer and code to load taken into it
-    (`revision`, `gguf_file`, `trust_remote_code`; `peft`, `delta` and `tokenizer` stay HFLM's to apply
-    too): the build reads the same weights and tokenizer, its cache keys name them, and HFLM loads the
-    spec's folder (a GGUF de-quantized once, as for `target=file.gguf`)."""
-    spec = parse_model_spec(target, "target", block_path=block_path)
-    gguf_file = hf_args.pop("gguf_file", None)
-    if gguf_file:
-        if spec.gguf_file is not None:
-            raise ConTransError("gguf_file", f"target={target} already names a GGUF file")
-        revision = f"@{spec.revision}" if spec.revision else ""
-        spec = parse_model_spec(f"{spec.pretrained.rstrip('/')}/{gguf_file}{revision}", "target", block_path=block_path)
-    trust = as_bool(hf_args.pop("trust_remote_code", False), "trust_remote_code")
-    # HFLM applies these to the weights it loads (the build records from that model): they name its states
-    adapter = next(((kind, str(hf_args[kind])) for kind in ("peft", "delta") if hf_args.get(kind)), None)
-    tokenizer = hf_args.get("tokenizer") if isinstance(hf_args.get("tokenizer"), str) else None
-    return dataclasses.replace(spec.at_revision(hf_args.pop("revision", None), "target"), trust_remote_code=trust,
-                               adapter=adapter, tokenizer=tokenizer)
-
-
-def _given_transplants(vector, block) -> list[Transplant] | ForeignVector:
-    """vector=: an artifact file, another tool's vector file for the target (`block` places a bare
-    tensor), or (from Python) a Transplant or a list of them."""
-    if isinstance(vector, Transplant):
-        return [vector]
-    if isinstance(vector, (list, tuple)) and all(isinstance(item, Transplant) for item in vector):
-        return list(vector)  # an empty list: the target unsteered, until use_transplants
-    if str(vector).lower().endswith(".safetensors") and is_transplant_file(vector):
-        return load_transplants(vector, "vector")
-    if str(vector).lower().endswith(".safetensors") and not Path(vector).is_file():
-        return load_transplants(vector, "vector")  # its "not found" error
-    return read_vector(vector, block, "vector")
+        return {**super().get_model_info(), "contrans": transplant_info(self.transplants, self.alphas, self.positions)}

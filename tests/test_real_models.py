@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,43 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import publish_to_hub_cache
-from lm_eval_contrans.errors import ConTransError
+from conftest import ANCHOR_TEXTS, PACKAGED_PAIR, publish_to_hub_cache, skip_without_the_packaged_pair
 from lm_eval_contrans.loading import packaged_gguf
 
 pytestmark = pytest.mark.real
 
-SOURCE, TARGET = "packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"
-try:
-    for _name in (SOURCE, TARGET):
-        packaged_gguf(_name.removeprefix("packaged:"), "model")
-except ConTransError as missing:
-    # CI installs both; there a missing model is a broken install step, not a reason to skip.
-    if os.environ.get("CI"):
-        raise
-    pytest.skip(str(missing), allow_module_level=True)
+SOURCE, TARGET = PACKAGED_PAIR
+skip_without_the_packaged_pair()
 PROMPTS = Path(__file__).resolve().parents[1] / "tasks" / "contrans_sentiment" / "sentiment_prompts.jsonl"
 
 
-ANCHOR_TEXTS = 600  # of the shipped 2,397: a quarter of the anchor passes (bench/experiments/corpus_size.py: R^2 0.52 vs 0.58)
-
-
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    import random
-
-    from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.pipeline import build_transplant
-
-    folder = tmp_path_factory.mktemp("real")
-    texts, _ = load_anchor_texts(None)
-    anchors = folder / "anchors.txt"
-    anchors.write_text("\n".join(random.Random(0).sample(texts, ANCHOR_TEXTS)))  # corpus_size.py's seeded subset
-    transplant = build_transplant(SOURCE, TARGET, "sentiment", anchors=str(anchors), device="cpu")
-    path = folder / "sentiment.safetensors"
-    save_transplant(transplant, path)
-    return transplant, path
+def artifact(packaged_sentiment):
+    return packaged_sentiment
 
 
 def test_build_diagnostics(artifact):
@@ -76,8 +53,8 @@ def test_gguf_is_dequantized_once(artifact, monkeypatch):
 
 
 def test_a_gguf_file_in_a_hub_repository_is_downloaded_and_dequantized(tmp_path, monkeypatch):
-    """`owner/repo/file.gguf`, read offline from a hub cache that holds the packaged SmolLM2 file: the same
-    weights as the packaged name gives."""
+    """`owner/repo/file.gguf`, read offline from a hub cache that holds a copy of the packaged SmolLM2 file:
+    a GGUF file is named by its content, so the copy is the packaged file's de-quantized folder (made once)."""
     import huggingface_hub.constants as constants
     from safetensors.torch import load_file
 
@@ -85,15 +62,14 @@ def test_a_gguf_file_in_a_hub_repository_is_downloaded_and_dequantized(tmp_path,
 
     packaged = packaged_gguf("smollm2-135m-instruct", "source")
     (tmp_path / "repo").mkdir()
-    (tmp_path / "repo" / packaged.name).symlink_to(packaged)  # as the hub's cache links its blobs
+    shutil.copy(packaged, tmp_path / "repo" / packaged.name)  # another path, the same bytes
     publish_to_hub_cache(tmp_path / "hub", "contrans-test/SmolLM2-GGUF", tmp_path / "repo", "f" * 40, ["main"])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     from_hub = Path(pretrained_path(parse_model_spec(f"contrans-test/SmolLM2-GGUF/{packaged.name}", "source")))
     from_package = Path(pretrained_path(parse_model_spec(SOURCE, "source")))
-    assert from_hub != from_package and (from_hub / "SOURCE_GGUF").read_text().strip().endswith(packaged.name)
-    name = "model.layers.3.mlp.down_proj.weight"
-    assert torch.equal(load_file(from_hub / "model.safetensors")[name], load_file(from_package / "model.safetensors")[name])
+    assert from_hub == from_package and (from_hub / "SOURCE_GGUF").read_text().strip().endswith(packaged.name)
+    assert "model.layers.3.mlp.down_proj.weight" in load_file(from_hub / "model.safetensors")
 
 
 def _margins(model, tokenizer, rows, layer=None, vector=None, alpha=0.0):

