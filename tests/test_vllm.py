@@ -309,7 +309,7 @@ def test_lm_eval_cli_data_parallel_2_scores_as_one_process(artifacts, task_dir, 
     target, artifact = artifacts["llama"]
     # the replicas' engines run inside their ray workers (which take the environment of `ray start`), where the
     # plugin must reach them; not in processes of their own, which would double the start-up
-    ray = subprocess.run(["ray", "start", "--head", "--num-gpus", "2", "--num-cpus", "2", "--disable-usage-stats"],
+    ray = subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-gpus", "2", "--num-cpus", "2", "--disable-usage-stats"],
                          capture_output=True, text=True, env=users_environment(VLLM_ENABLE_V1_MULTIPROCESSING="0"))
     assert ray.returncode == 0, ray.stderr[-2000:]
     try:
@@ -328,7 +328,7 @@ def test_lm_eval_cli_data_parallel_2_scores_as_one_process(artifacts, task_dir, 
             runs[name] = torch.tensor([float(resp[0][0]) for sample in sorted(samples, key=lambda s: s["doc_id"])
                                        for resp in sample["resps"]], dtype=torch.float64)
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=users_environment())
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=users_environment())
     assert len(runs["hf"]) >= 8
     torch.testing.assert_close(runs["vllm-dp2"], runs["hf"], atol=2e-3, rtol=0)
 
