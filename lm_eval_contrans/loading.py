@@ -187,7 +187,7 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
     assert spec.gguf_file is not None
     path = gguf_path(spec)
     stat = path.stat()
-    key = content_key({**gguf_identity(path), "format": 2})
+    key = content_key({**gguf_identity(path), "format": DEQUANTIZED_FORMAT})
 
     def dequantize(folder: Path) -> None:
         logger.info("de-quantizing %s (%.0f MB) once; later loads "
@@ -196,16 +196,42 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
         with gguf_parsed_once():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            wants_bos = gguf_adds_bos(path)
+        if wants_bos is not None and _adds_bos(tokenizer) != wants_bos:
+            # transformers < 5.20 converts some GGUF tokenizers (Gemma's) without the BOS their file asks for,
+            # and the model then reads every text from a state it was never trained on
+            tokenizer.add_bos_token = wants_bos
         # The weights are already plain float tensors; only the GGUF marker blocks saving them.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        if wants_bos is not None and _adds_bos(AutoTokenizer.from_pretrained(folder)) != wants_bos:
+            raise ConTransError(spec.argument, f"{path.name} asks for add_bos_token={wants_bos}, and this version of "
+                                               "transformers converts its tokenizer otherwise: upgrade transformers")
         (folder / "SOURCE_GGUF").write_text(f"{path}\n")
         logger.info("de-quantized %s in %.0f s", path.name, time.perf_counter() - started)
 
     return cached_dir("gguf", f"{path.stem}-{key}", dequantize)
+
+
+# The de-quantized folder's layout and what it guarantees; part of every cache key of a GGUF model.
+# 3: the tokenizer adds BOS as the file says (`tokenizer.ggml.add_bos_token`).
+DEQUANTIZED_FORMAT = 3
+
+
+def gguf_adds_bos(path: Path) -> bool | None:
+    """The file's `tokenizer.ggml.add_bos_token`, or None where it does not say."""
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
+    return None if field is None else bool(field.parts[field.data[0]][0])
+
+
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a").input_ids
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def gguf_identity(path: Path) -> dict:
@@ -424,7 +450,8 @@ def _tokenizer(folder: str, files_state: tuple, load_kwargs: tuple, commit: str 
 def model_identity(spec: ModelSpec) -> dict:
     """Fields that identify a model's weights for cache keys (no weight hashing, but for a GGUF file, which
     is named by its content)."""
-    identity: dict = ({"gguf": gguf_identity(gguf_path(spec))} if spec.gguf_file is not None
+    identity: dict = ({"gguf": gguf_identity(gguf_path(spec)), "dequantized": DEQUANTIZED_FORMAT}
+                      if spec.gguf_file is not None
                       else {"name": spec.pretrained, "gguf_file": None})
     if spec.block_path:  # other blocks, other states
         identity["block_path"] = spec.block_path

@@ -52,6 +52,21 @@ def test_gguf_is_dequantized_once(artifact, monkeypatch):
     assert (folder / "config.json").is_file() and (folder / "SOURCE_GGUF").is_file()
 
 
+@pytest.mark.parametrize("model", PACKAGED_PAIR)
+def test_each_packaged_tokenizer_adds_bos_as_its_gguf_file_says(model):
+    """transformers < 5.20 (vLLM's CPU build pins it) converts the Gemma file's tokenizer without the BOS the file
+    asks for; every text then reads from another state (the transplant's anchor states, the task's scores)."""
+    from transformers import AutoTokenizer
+
+    from lm_eval_contrans.loading import gguf_adds_bos, parse_model_spec, pretrained_path
+
+    spec = parse_model_spec(model, "model")
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_path(spec))
+    ids = tokenizer("The hotel room was spotless.").input_ids
+    assert (ids[0] == tokenizer.bos_token_id) == gguf_adds_bos(packaged_gguf(model.removeprefix("packaged:"), "model"))
+    assert gguf_adds_bos(packaged_gguf("gemma-3-270m", "model")) is True  # the case the fix is for
+
+
 def test_a_gguf_file_in_a_hub_repository_is_downloaded_and_dequantized(tmp_path, monkeypatch):
     """`owner/repo/file.gguf`, read offline from a hub cache that holds a copy of the packaged SmolLM2 file:
     a GGUF file is named by its content, so the copy is the packaged file's de-quantized folder (made once)."""
