@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.textfiles import read_user_text, table_rows
+
+logger = logging.getLogger(__name__)
 
 ARGUMENT = "anchors"
 DEFAULT_ANCHORS = Path(__file__).resolve().parent / "data" / "neutral_anchors.txt"
@@ -49,6 +52,13 @@ def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str
     texts = [text.strip() for text in texts if text.strip()]
     if not texts:
         raise ConTransError(ARGUMENT, f"{path} holds no texts")
+    distinct = len(set(texts))
+    if distinct < 2:
+        raise ConTransError(ARGUMENT, f"{path}: every text is the same; a map needs anchor texts that differ")
+    if distinct < len(texts):
+        logger.warning("anchors: %d of the %d texts in %s repeat an earlier one: the held-out R^2 is then partly "
+                       "measured on texts the map was fitted on, and overstates it", len(texts) - distinct,
+                       len(texts), path)
     name = "default" if path == DEFAULT_ANCHORS else str(anchors)
     return texts, name
 

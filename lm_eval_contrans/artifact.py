@@ -9,6 +9,7 @@ package version. The same inputs give a byte-identical file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -116,7 +117,39 @@ class Transplant:
         return "\n".join(lines)
 
 
-def save_transplants(transplants: list[Transplant], path: str | os.PathLike) -> Path:
+def check_vector(vector: torch.Tensor, what: str, argument: str) -> torch.Tensor:
+    """A steering direction that can steer: finite, and not all zeros (which would steer nothing while
+    reporting a steered score)."""
+    if not bool(torch.isfinite(vector).all()):
+        raise ConTransError(argument, f"{what} holds non-finite values (NaN or inf)")
+    if not bool(vector.any()):
+        raise ConTransError(argument, f"{what} is all zeros: it would steer nothing")
+    return vector
+
+
+def check_transplant(transplant: Transplant, argument: str, where: str) -> Transplant:
+    """Refuse a transplant that cannot steer as its metadata says (read from a file, or about to be written)."""
+    check_vector(transplant.vector, f"{where}: the vector of {transplant.concept!r}", argument)
+    for name in ("source_vector", "map_weight"):
+        if not bool(torch.isfinite(getattr(transplant, name)).all()):
+            raise ConTransError(argument, f"{where}: the {name} of {transplant.concept!r} holds non-finite values")
+    for side in ("source", "target"):
+        layer, count = getattr(transplant, f"{side}_layer"), getattr(transplant, f"{side}_num_layers")
+        if not (isinstance(layer, int) and isinstance(count, int) and 0 <= layer < count):
+            raise ConTransError(argument, f"{where}: {side} block {layer!r} is not one of the {count!r} blocks it "
+                                          f"names for {transplant.concept!r}")
+    from lm_eval_contrans.steering import check_alpha_unit
+
+    check_alpha_unit(transplant.alpha_unit)
+    for name in ("residual_norm", "alpha_share"):
+        value = getattr(transplant, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConTransError(argument, f"{where}: {name} {value!r} of {transplant.concept!r} is not a finite, "
+                                          "non-negative number")
+    return transplant
+
+
+def save_transplants(transplants: list[Transplant], path: str | os.PathLike, argument: str = "out") -> Path:
     """Write one or several transplants (several concepts) to one file.
 
     Written atomically (temporary file, then rename): a killed write leaves no artifact. Tensors are
@@ -125,6 +158,8 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike) -> 
     identical builds differ byte-wise.
     """
     path = Path(path)
+    for transplant in transplants:  # nothing that cannot steer is written
+        check_transplant(transplant, argument, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # cloned: one transplant listed twice (or two sharing a map) would otherwise hand safetensors shared memory
     tensors = {f"{index}.{name}": getattr(transplant, name).detach().float().cpu().clone().contiguous()
@@ -177,7 +212,7 @@ def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[
             transplant = Transplant(**{name: tensors[f"{index}.{name}"] for name in Transplant._TENSORS}, **values)
             if transplant.vector.shape != (transplant.target_hidden_size,):
                 raise ConTransError(argument, f"{path}: vector shape {tuple(transplant.vector.shape)} does not match its metadata")
-            transplants.append(transplant)
+            transplants.append(check_transplant(transplant, argument, str(path)))
     except (KeyError, TypeError) as error:
         raise ConTransError(argument, f"{path} has incomplete or unreadable metadata: {error}") from None
     if not transplants:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,8 +24,13 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
+from lm_eval_contrans.errors import ConTransError
+
 if TYPE_CHECKING:
     import torch
+
+
+logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -50,16 +56,44 @@ def publish(temporary: str | os.PathLike, final: str | os.PathLike) -> None:
     os.replace(temporary, final)
 
 
-def cached_dir(kind: str, key: str, produce: Callable[[Path], None]) -> Path:
-    """Return the folder for (kind, key), calling `produce(tmp_folder)` to fill it if missing."""
+def cached_dir(kind: str, key: str, produce: Callable[[Path], None],
+               sound: Callable[[Path], bool] = lambda folder: True) -> Path:
+    """Return the folder for (kind, key), calling `produce(tmp_folder)` to fill it if missing. A folder that
+    is not `sound` (a file in it truncated or damaged since) is made again, once, with a warning naming it."""
     final = cache_root() / kind / key
-    if final.is_dir():
+    if final.is_dir() and sound(final):
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(final.parent)
     with FileLock(str(final) + ".lock"):
+        _remove_leftovers(final.parent, key)
+        if final.is_dir() and not sound(final):
+            logger.warning("the cache entry %s is damaged; making it again", final)
+            shutil.rmtree(final)
         if not final.is_dir():
             _produce_into(final, key, produce)
     return final
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConTransError("CONTRANS_CACHE", f"cannot make the cache folder {folder}: {error.strerror or error} "
+                                              "(set CONTRANS_CACHE to a writable folder)") from None
+    if not os.access(folder, os.W_OK):
+        raise ConTransError("CONTRANS_CACHE", f"the cache folder {folder} is not writable (set CONTRANS_CACHE to a "
+                                              "writable folder)")
+
+
+def _remove_leftovers(folder: Path, stem: str) -> None:
+    """Temporary files and folders of an entry whose writer died (`kill -9`, power loss) before it renamed
+    them into place. Called under the entry's lock, so no live writer owns them."""
+    for leftover in folder.glob(f".{stem}.*"):
+        logger.info("removing %s, left by an interrupted write", leftover)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _produce_into(final: Path, key: str, produce: Callable[[Path], None]) -> None:
@@ -104,8 +138,9 @@ def fill_entries(entries: Mapping[Hashable, tuple[str, dict]],
     paths = {name: _entry_path(*entries[name]) for name in missing}
     with ExitStack() as locks:
         for path in sorted(set(paths.values())):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(path.parent)
             locks.enter_context(FileLock(str(path) + ".lock"))
+            _remove_leftovers(path.parent, path.stem)
         missing = [name for name in missing if not has_tensor(*entries[name])]  # filled while we waited
         if missing:
             recorded = record(missing)
@@ -128,6 +163,7 @@ def has_tensor(kind: str, fields: dict) -> bool:
                 return True
     except (SafetensorError, OSError):
         pass
+    logger.warning("the cache entry %s is damaged; it will be recorded again", path)
     path.unlink(missing_ok=True)
     return False
 
@@ -145,6 +181,7 @@ def _read_entry(path: Path):
     try:
         return load_file(str(path))["tensor"]
     except (SafetensorError, OSError, KeyError):
+        logger.warning("the cache entry %s is damaged; it will be recorded again", path)
         path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
         return None
 

@@ -147,6 +147,20 @@ def _recipe_options(args) -> dict:
                 center=args.center, alpha_unit=args.alpha_unit)
 
 
+def _check_before_work(args) -> None:
+    """What a command writes and the numbers it is given, checked before any model loads."""
+    from lm_eval_contrans.paths import writable_output
+    from lm_eval_contrans.steering import check_alpha
+
+    if args.command in ("build", "port", "export"):
+        writable_output(args.out, "out")
+    elif args.command in ("compare", "table") and args.out:
+        writable_output(args.out, "out", folder=True)
+    for alpha in [getattr(args, "alpha", None)] + list(getattr(args, "alphas", None) or []):
+        if alpha is not None and args.command != "serve":  # serve's alpha: one per concept, read with the others
+            check_alpha(alpha)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -154,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        _check_before_work(args)
         if args.command == "build":
             from lm_eval_contrans.artifact import save_transplants
             from lm_eval_contrans.pipeline import build_transplants

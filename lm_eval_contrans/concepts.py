@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,10 @@ import yaml
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.tasks_path import shipped_dir
 from lm_eval_contrans.textfiles import read_user_text, table_rows
+
+logger = logging.getLogger(__name__)
+# fewer pairs than this: the mean difference carries much of what the few pairs differ in besides the concept
+FEW_PAIRS = 5
 
 ARGUMENT = "concept"
 
@@ -98,6 +103,16 @@ def _read_pairs(path: Path) -> tuple[dict, list]:
     return document, document["pairs"]
 
 
+def _warn_if_degenerate(path: Path, pairs: list[tuple[str, str]]) -> None:
+    repeated = len(pairs) - len(set(pairs))
+    if repeated:
+        logger.warning("concept: %s: %d of its %d pairs repeat an earlier pair (they weigh more in the mean "
+                       "difference)", path, repeated, len(pairs))
+    if len(set(pairs)) < FEW_PAIRS:
+        logger.warning("concept: %s has %d distinct pair(s): the concept vector will also carry whatever else "
+                       "they differ in; %d or more are better", path, len(set(pairs)), FEW_PAIRS)
+
+
 def load_concept_set(concept: str | Path) -> ConceptSet:
     """Load a shipped concept by name, or a concept-set file by path; validate it."""
     shipped = shipped_concepts()
@@ -127,8 +142,12 @@ def load_concept_set(concept: str | Path) -> ConceptSet:
                 raise ConTransError(
                     ARGUMENT, f"{path}, pair {number}: missing or empty '{side}' text (sets must be paired)"
                 )
+        if pair["positive"].strip() == pair["negative"].strip():
+            raise ConTransError(ARGUMENT, f"{path}, pair {number}: the positive and negative texts are the same, "
+                                          "so the pair says nothing about the concept")
         positives.append(pair["positive"])
         negatives.append(pair["negative"])
+    _warn_if_degenerate(path, list(zip(positives, negatives)))
     return ConceptSet(
         name=str(header.get("name") or path.stem),
         positives=tuple(positives),

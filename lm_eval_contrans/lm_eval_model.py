@@ -9,11 +9,13 @@ positions go through the output layer, and on a CPU a shared context runs once (
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import ExitStack, contextmanager
 
 import torch
 from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
 
 from lm_eval_contrans.artifact import Transplant, check_against_target, save_transplants
 from lm_eval_contrans.blocks import use_block_path
@@ -22,9 +24,10 @@ from lm_eval_contrans.loading import (
 )
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
-from lm_eval_contrans.steering import check_positions
+from lm_eval_contrans.steering import check_positions, stop_if_not_finite
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, alphas_for, engine_target_spec, prepare_transplants, target_facts, target_name, transplant_info,
+    TransplantArgs, alphas_for, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
+    transplant_info,
 )
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
@@ -51,7 +54,7 @@ class ConTransLM(FastScoringHFLM):
 
     def __init__(self, target: str | None = None, pretrained: str | None = None, device: str | None = None,
                  share_context: bool | str = "auto", **model_args) -> None:
-        args = TransplantArgs.take(model_args)  # the rest is HFLM's
+        args = TransplantArgs.take(model_args, tuple(inspect.signature(HFLM.__init__).parameters))  # the rest is HFLM's
         target = target_name(target, pretrained)
         _show_package_logs_with_lm_evals()
         self.positions = check_positions(args.positions)
@@ -75,7 +78,7 @@ class ConTransLM(FastScoringHFLM):
         self._check_target_name = as_bool(args.check_target_name, "check_target_name")
         self.use_transplants(prepared.finish(self.model, self.tokenizer), prepared.alphas)
         if args.save_vector:
-            save_transplants(self.transplants, args.save_vector)
+            save_transplants(self.transplants, args.save_vector, "save_vector")
             logger.info("saved transplant to %s", args.save_vector)
 
     @classmethod
@@ -113,6 +116,7 @@ class ConTransLM(FastScoringHFLM):
         with ExitStack() as stack:
             for transplant, alpha in zip(self.transplants, self.alphas):
                 stack.enter_context(transplant.apply(self.model, alpha, self.positions))
+            stack.enter_context(stop_if_not_finite(self.model, describe_steering(self.transplants, self.alphas)))
             yield
 
     def _can_share_context(self) -> bool:

@@ -213,7 +213,25 @@ def dequantized_gguf_folder(spec: ModelSpec) -> Path:
         (folder / "SOURCE_GGUF").write_text(f"{path}\n")
         logger.info("de-quantized %s in %.0f s", path.name, time.perf_counter() - started)
 
-    return cached_dir("gguf", f"{path.stem}-{key}", dequantize)
+    return cached_dir("gguf", f"{path.stem}-{key}", dequantize, sound=_loadable_folder)
+
+
+def _loadable_folder(folder: Path) -> bool:
+    """Whether a saved model folder still reads: its config parses and each weights file's header and size agree
+    (a truncated file fails here, not deep inside a load on every later run)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        weights = list(folder.glob("*.safetensors"))
+        for file in weights:
+            with safe_open(str(file), framework="pt"):
+                pass
+    except (OSError, ValueError, SafetensorError):
+        return False
+    return bool(weights)
 
 
 # The de-quantized folder's layout and what it guarantees; part of every cache key of a GGUF model.

@@ -148,3 +148,21 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
             steer_this_pass = (lambda: decoding[0]) if positions == "generated" else (lambda: not decoding[0])
         hooks.callback(blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach(), steer_this_pass)).remove)
         yield
+
+
+@contextmanager
+def stop_if_not_finite(model: nn.Module, steered: str) -> Iterator[None]:
+    """Within the block, a forward pass of `model` whose logits hold NaN or inf stops with an error naming
+    `steered` (what steers, at which block and alpha), instead of scores computed from them."""
+
+    def check(module: nn.Module, inputs, output) -> None:
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+            raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf) with {steered}: "
+                                         "lower alpha")
+
+    handle = model.register_forward_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -10,12 +10,14 @@ model, or, for an engine that loads the target itself, the cache or a load of it
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 from dataclasses import dataclass
 
 from lm_eval_contrans.artifact import Transplant, as_dict, is_transplant_file, load_transplants
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
+from lm_eval_contrans.paths import writable_output
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.pipeline.build import BuildPlan, finish_build, per_concept, plan_build, plan_port, record_sources
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit
@@ -142,10 +144,22 @@ class TransplantArgs:
     source_block_path: str | None = None
 
     @classmethod
-    def take(cls, model_args: dict) -> TransplantArgs:
-        """The transplant's args, removed from `model_args` (what is left belongs to the engine)."""
+    def take(cls, model_args: dict, engine_names: tuple[str, ...] = ()) -> TransplantArgs:
+        """The transplant's args, removed from `model_args` (what is left belongs to the engine). A left-over
+        arg that is a near miss of one of ours (`alpah`) is refused before anything loads: the engine would
+        take it, and fail only after the build or not at all. `engine_names`: the engine's own args."""
         names = [field.name for field in dataclasses.fields(cls)]
-        return cls(**{name: model_args.pop(name) for name in names if name in model_args})
+        for given in model_args:
+            if given in names or given in engine_names:
+                continue
+            near = difflib.get_close_matches(given, names, n=1, cutoff=0.8)
+            if near:
+                raise ConTransError(given, f"unknown model arg; did you mean {near[0]}? The transplant's args: "
+                                           f"{', '.join(names)} (every other arg is the engine's)")
+        taken = cls(**{name: model_args.pop(name) for name in names if name in model_args})
+        if taken.save_vector:  # before the build, not after it
+            writable_output(taken.save_vector, "save_vector")
+        return taken
 
 
 def target_name(target: str | None, pretrained: str | None) -> str:
@@ -206,3 +220,9 @@ def transplant_info(transplants: list[Transplant], alphas: list[float], position
     if len(transplants) == 1:
         return {"alpha": alphas[0], "positions": positions, **as_dict(transplants[0])}
     return {"alpha": alphas, "positions": positions, "transplants": [as_dict(t) for t in transplants]}
+
+
+def describe_steering(transplants: list[Transplant], alphas: list[float]) -> str:
+    """What steers, in words, for messages: each concept at its block and alpha."""
+    return ", ".join(f"{t.concept} at block {t.target_layer}, alpha {alpha:g} ({t.alpha_unit} units)"
+                     for t, alpha in zip(transplants, alphas))

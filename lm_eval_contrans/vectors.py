@@ -20,12 +20,14 @@ against the model as every layer argument is (`ForeignVector.checked`): a negati
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from lm_eval_contrans.artifact import check_vector
 from lm_eval_contrans.errors import ConTransError
 
 FORMATS = ("gguf", "steered", "safetensors", "pt", "npy")
@@ -87,6 +89,9 @@ class ForeignVector:
             if direction.ndim != 1 or direction.shape[0] != hidden_size:
                 raise ConTransError(argument, f"{self.file}: the vector for block {given} has shape "
                                               f"{tuple(direction.shape)}; the model's hidden size is {hidden_size}")
+            check_vector(direction, f"{self.file}: the vector for block {given}", argument)
+            if not math.isfinite(self.coefficients.get(given, 1.0)):
+                raise ConTransError(argument, f"{self.file}: the coefficient for block {given} is not finite")
             try:
                 block = resolve_layer(given, num_layers, argument)
             except ConTransError as error:

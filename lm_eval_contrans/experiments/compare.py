@@ -26,6 +26,7 @@ from lm_eval_contrans.experiments.report import Row, write_report
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_pair, parse_model_spec, read_only_tokenizer
 from lm_eval_contrans.pipeline.recipe import as_bool
+from lm_eval_contrans.paths import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _built(plan: ComparePlan, device: str) -> Transplant:
     key = content_key({"source": plan.source, "target": plan.target, "concept": concept.pairs_hash,
                        "build": {name: value for name, value in sorted(plan.build_options.items()) if value is not None},
                        "dtype": plan.model_args.get("dtype")})
-    path = Path(plan.out) / "artifacts" / f"{concept.name}-{key[:12]}.safetensors"
+    path = Path(plan.out) / "artifacts" / f"{safe_name(concept.name, 'concept')}-{key[:12]}.safetensors"
     if not path.exists():
         save_transplant(build_transplant(*_models(plan), concept, device=device, **plan.build_options), path)
     return load_transplant(path)

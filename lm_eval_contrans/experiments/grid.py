@@ -19,7 +19,6 @@ import gc
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,13 +32,14 @@ from lm_eval_contrans.artifact import Transplant, save_transplants
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.report import Row, main_metrics_of
+from lm_eval_contrans.paths import safe_name
 
 logger = logging.getLogger(__name__)
 STEERED_KINDS = ("base", "contrans", "random", "own", "shuffled")  # rows on the (steered) target
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "row"
+    return safe_name(name, "row")
 
 
 @dataclass(frozen=True)

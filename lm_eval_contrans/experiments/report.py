@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lm_eval_contrans.paths import safe_name
+
 # For results without their task's config (a group's aggregate, an old file): the first of these present.
 FALLBACK_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2", "word_perplexity")
 
@@ -196,5 +198,5 @@ def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: 
         for task, metric in columns_of(rows, extra_metrics):
             main = next((score(row, task)[2] for row in rows if score(row, task)[2]), None)
             suffix = "" if metric == main else f"_{metric}"
-            plot_task(rows, task, out / "plots" / f"{task}{suffix}.png", metric)
+            plot_task(rows, task, out / "plots" / f"{safe_name(task + suffix, 'task')}.png", metric)
     return out / "table.md"

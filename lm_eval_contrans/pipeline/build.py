@@ -30,6 +30,7 @@ from lm_eval_contrans.pipeline.depth import (
     config_facts, config_layer_count, is_auto, load_config, model_layer_count, model_type_of, relative_depth, target_block,
 )
 from lm_eval_contrans.pipeline.fit import make_transplant
+from lm_eval_contrans.pipeline.inputs import check_batch_size, check_build_texts
 from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
 from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states
 from lm_eval_contrans.pipeline.target_layer import choose_target_layers
@@ -106,6 +107,8 @@ def plan_build(
                      for value in per_concept(given, len(sets), name)]
               for name, given in (("source_layer", source_layer), ("target_layer", target_layer))}
     anchor_texts, anchors_name = load_anchor_texts(anchors)
+    batch_size = check_batch_size(batch_size)
+    check_build_texts(source, target, sets, anchor_texts, anchors_name)
     recipe, anchor_note = settle_anchor_tokens(recipe, source, target)
     plan = BuildPlan(source=source, target=target, concepts=sets, recipe=recipe,
                      source_layers=layers["source_layer"], target_layers=layers["target_layer"],

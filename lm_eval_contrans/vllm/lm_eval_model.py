@@ -10,6 +10,7 @@ in every process vLLM runs the model in, compiled or eager.
 from __future__ import annotations
 
 import logging
+import math
 
 from lm_eval.api.registry import register_model
 
@@ -28,7 +29,7 @@ from lm_eval_contrans.artifact import check_against_target, save_transplants
 from lm_eval_contrans.loading import evaluation_device, pretrained_path
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, engine_target_spec, prepare_transplants, target_facts, target_name, transplant_info,
+    TransplantArgs, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name, transplant_info,
 )
 from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do
 from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
@@ -44,7 +45,7 @@ class ConTransVLLM(VLLM):
 
     def __init__(self, target: str | None = None, pretrained: str | None = None, dtype: str = "auto",
                  **model_args) -> None:
-        args = TransplantArgs.take(model_args)  # the rest is lm-eval's VLLM's (and vLLM's)
+        args = TransplantArgs.take(model_args, engine_arg_names())  # the rest is lm-eval's VLLM's (and vLLM's)
         refuse_what_vllm_cannot_do(args, model_args)
         target_spec = engine_target_spec(target_name(target, pretrained), args.block_path, model_args)
         # the build runs where HFLM would (vLLM ignores `device`; CUDA when present)
@@ -56,7 +57,7 @@ class ConTransVLLM(VLLM):
             check_against_target(transplant, target=target_spec.name,
                                  strict_name=as_bool(args.check_target_name, "check_target_name"), **facts)
         if args.save_vector:
-            save_transplants(self.transplants, args.save_vector)
+            save_transplants(self.transplants, args.save_vector, "save_vector")
         self.steering = steering_by_block(self.transplants, self.alphas)
         if self.steering:
             entry = engine_entry(self.steering, describe=describe(self.transplants, self.alphas), **facts)
@@ -66,8 +67,33 @@ class ConTransVLLM(VLLM):
         if self.data_parallel_size <= 1:  # with data parallel, lm-eval starts each replica's engine per request batch
             check_steered(self.model, self.steering)
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return self._finite(results, [score for score, _ in results])
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        results = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return self._finite(results, results)
+
+    def _finite(self, results: list, scores: list[float]) -> list:
+        """Scores computed from a steered pass gone non-finite stop the evaluation instead of being reported."""
+        if not all(math.isfinite(score) for score in scores):
+            raise ConTransError("alpha", "the steered model's log-likelihoods are not finite (NaN or inf) with "
+                                         f"{describe_steering(self.transplants, self.alphas)}: lower alpha")
+        return results
+
     def get_model_info(self) -> dict:
         return {"contrans": transplant_info(self.transplants, self.alphas, "all")}
+
+
+def engine_arg_names() -> tuple[str, ...]:
+    """The args lm-eval's VLLM and vLLM's engine take (a vLLM arg may look like a misspelt one of ours)."""
+    import dataclasses
+    import inspect
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return tuple(inspect.signature(VLLM.__init__).parameters) + tuple(f.name for f in dataclasses.fields(EngineArgs))
 
 
 def check_steered(llm, steering: dict) -> None:
