@@ -179,6 +179,19 @@ def test_compiled_mode_steers_as_eager_mode(artifacts, hf):
     assert words(compiled["generations"]) == words(hf["llama", ALPHA]["generations"])
 
 
+def test_a_steered_engine_whose_scores_turn_non_finite_stops_instead_of_reporting_them(artifacts):
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    target, artifact = artifacts["llama"]
+    lm = ConTransVLLM(target=target, vector=artifact, alpha=1e30, enforce_eager=True, **ENGINE)
+    try:
+        with pytest.raises(ConTransError, match="^alpha: the steered model's log-likelihoods are not finite .*alpha 1e"):
+            loglikelihoods(lm)
+    finally:
+        lm.model.llm_engine.engine_core.shutdown()
+
+
 def test_positions_that_vllm_cannot_tell_apart_are_refused_before_any_load(artifacts):
     from lm_eval_contrans.errors import ConTransError
     from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM

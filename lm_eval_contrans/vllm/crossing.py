@@ -22,6 +22,7 @@ import torch
 PLUGIN_NAME = "contrans"  # its `vllm.general_plugins` entry point (pyproject.toml)
 CONFIG_KEY = "contrans"  # vllm_config.additional_config[CONFIG_KEY] = {"steering": path, "sha256": digest, ...}
 FORMAT = "lm_eval_contrans.vllm_steering/1"
+METADATA_KEY = "lm_eval_contrans"
 
 
 def steering_by_block(transplants: list, alphas: list[float]) -> dict[int, torch.Tensor]:
@@ -48,8 +49,10 @@ def engine_entry(steering: dict[int, torch.Tensor], *, model_type: str, hidden_s
         if vector.shape != (hidden_size,) or not bool(torch.isfinite(vector).all()):
             raise ValueError(f"steering for block {block}: shape {tuple(vector.shape)} or non-finite values")
     tensors = {f"block.{block}": vector.detach().float().cpu().contiguous() for block, vector in steering.items()}
-    metadata = {"format": FORMAT, "model_type": model_type, "hidden_size": str(hidden_size),
-                "num_layers": str(num_layers), "describe": describe}
+    # one metadata key: safetensors writes several in its hash map's (random) order, and the file is named by its bytes
+    facts = {"format": FORMAT, "model_type": model_type, "hidden_size": hidden_size, "num_layers": num_layers,
+             "describe": describe}
+    metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True)}
     folder = cache_root() / "vllm-steering"
     folder.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".steering.", dir=folder)
@@ -77,7 +80,7 @@ def read_entry(entry: dict) -> tuple[dict[int, torch.Tensor], dict]:
         raise RuntimeError(f"contrans: the steering file {path} is not the one this engine was configured with "
                            "(its sha256 differs)")
     with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+        metadata = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}"))
     if metadata.get("format") != FORMAT:
         raise RuntimeError(f"contrans: {path} is not a steering file of format {FORMAT}")
     return {int(name.split(".", 1)[1]): tensor for name, tensor in load(data).items()}, metadata
