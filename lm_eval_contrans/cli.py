@@ -22,25 +22,47 @@ EVALUATE_OPTIONS = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contrans", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_build, _add_inspect, _add_listings, _add_compare, _add_port, _add_export, _add_serve, _add_table):
+        add(commands)
+    return parser
 
+
+MODEL_HELP = "hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub"
+
+
+def _add_build(commands) -> None:
     build = commands.add_parser("build", help="build a transplant artifact and print its diagnostics")
-    build.add_argument("--source", required=True, help="source (aligned) model: hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub")
-    build.add_argument("--target", required=True, help="target model: hub id[@revision], folder, .gguf, or owner/repo/file.gguf on the hub")
+    build.add_argument("--source", required=True, help=f"source (aligned) model: {MODEL_HELP}")
+    build.add_argument("--target", required=True, help=f"target model: {MODEL_HELP}")
     build.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file; several as a+b (one artifact, one load of each model)")
     build.add_argument("--out", required=True, help="where to write the .safetensors artifact")
-    _recipe_arguments(build)
-    build.add_argument("--dtype", default="float32")
-    build.add_argument("--device", default=None)
-    build.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
-    _trust_argument(build)
+    _build_arguments(build)
 
+
+def _add_port(commands) -> None:
+    port = commands.add_parser("port", help="transplant another tool's steering vector for the source into the target")
+    port.add_argument("--vector", required=True,
+                      help="llama.cpp/repeng control vector .gguf, lm-eval steered .pt, or a tensor in .safetensors/.pt/.npy")
+    port.add_argument("--source", required=True, help=f"the model the vector was made for: {MODEL_HELP}")
+    port.add_argument("--target", required=True, help=f"target model: {MODEL_HELP}")
+    port.add_argument("--out", required=True, help="where to write the artifact (.safetensors)")
+    _build_arguments(port, source_layer_help="the block a file that names no block was made at (index, negative "
+                                             "from the end, or depth fraction)",
+                     target_layer_help="one target block for every block of the file (default: the same relative depth)")
+
+
+def _add_inspect(commands) -> None:
     inspect = commands.add_parser("inspect", help="print an artifact's metadata, or what another tool's steering-vector file holds")
     inspect.add_argument("artifact")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
+
+def _add_listings(commands) -> None:
     commands.add_parser("concepts", help="list the shipped concept sets")
     commands.add_parser("tasks-path", help="print the folder of the shipped task YAMLs (for --include_path)")
 
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser("compare", help="run the comparison grid and write tables and plots")
     compare.add_argument("--source", required=True)
     compare.add_argument("--target", required=True)
@@ -71,21 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--also-metrics", nargs="*", default=["margin"],
                          help="metrics shown next to each task's main metric where the task reports them")
 
-    port = commands.add_parser("port", help="transplant another tool's steering vector for the source into the target")
-    port.add_argument("--vector", required=True,
-                      help="llama.cpp/repeng control vector .gguf, lm-eval steered .pt, or a tensor in .safetensors/.pt/.npy")
-    port.add_argument("--source", required=True, help="the model the vector was made for")
-    port.add_argument("--target", required=True)
-    port.add_argument("--out", required=True, help="where to write the artifact (.safetensors)")
-    port.add_argument("--source-layer", default=None, help="the block a file that names no block was made at (index, negative from the end, or depth fraction)")
-    port.add_argument("--target-layer", default=None,
-                      help="one target block for every block of the file (default: the same relative depth)")
-    port.add_argument("--recipe", default="default", choices=["default", "reference"])
-    port.add_argument("--anchors", default=None, help="anchor corpus: .jsonl/.json/.csv/.tsv, or one text per line (default: shipped corpus)")
-    port.add_argument("--dtype", default="float32")
-    port.add_argument("--device", default=None)
-    _trust_argument(port)
 
+def _add_export(commands) -> None:
     export = commands.add_parser("export", help="write an artifact in another tool's format")
     export.add_argument("artifact")
     export.add_argument("--format", required=True, choices=["steered", "gguf"],
@@ -94,12 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--target", default=None, help="target model (steered format: names the hookpoint); default: the artifact's")
     export.add_argument("--alpha", type=float, default=1.0, help="steering_coefficient of the steered format")
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser(
         "serve", allow_abbrev=False, help="vLLM's OpenAI-compatible server with a transplant (any other flag is vllm serve's)",
         description="Serve the target with vLLM's OpenAI-compatible server, steered by a transplant built, ported or "
                     "loaded as for --model contrans. Every flag not listed here is passed to `vllm serve` "
                     "(--dtype, --port, --max-model-len, --enforce-eager, --tensor-parallel-size, ...).")
-    serve.add_argument("--target", required=True, help="the model to serve: hub id[@revision], folder, .gguf, packaged:...")
+    serve.add_argument("--target", required=True, help=f"the model to serve: {MODEL_HELP}, packaged:...")
     serve.add_argument("--source", default=None, help="aligned model to build the concept in (or the model --source-vector was made for)")
     serve.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file; several as a+b")
     serve.add_argument("--vector", default=None, help="an artifact (.safetensors), or another tool's vector made for the target")
@@ -109,19 +120,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--build-batch-size", default="auto", help="texts per batch of the build passes, or auto")
     _trust_argument(serve)
 
+
+def _add_table(commands) -> None:
     table = commands.add_parser("table", help="tabulate lm-eval output folders (or compare folders)")
     table.add_argument("folders", nargs="+")
     table.add_argument("--out", default=None, help="also write table.md, table.csv and plots here")
     table.add_argument("--also-metrics", nargs="*", default=["margin"])
-    return parser
 
 
-def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def _build_arguments(parser: argparse.ArgumentParser, **layer_help: str) -> None:
+    """What `build` and `port` share: the recipe, the precision and place of the passes, and trust."""
+    _recipe_arguments(parser, **layer_help)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
+    _trust_argument(parser)
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser,
+                      source_layer_help: str = "block index, depth fraction, or auto (the recipe's default); one per concept as x+y",
+                      target_layer_help: str = "block index, depth fraction, or auto (default 0.75); one per concept as x+y",
+                      ) -> None:
     parser.add_argument("--recipe", default="default", choices=["default", "reference"],
                         help="default: dense anchors, centred fit, source block by R^2, alpha in residual units; "
                              "reference: the paper's recipe")
-    parser.add_argument("--source-layer", default=None, help="block index, depth fraction, or auto (the recipe's default); one per concept as x+y")
-    parser.add_argument("--target-layer", default=None, help="block index, depth fraction, or auto (default 0.75); one per concept as x+y")
+    parser.add_argument("--source-layer", default=None, help=source_layer_help)
+    parser.add_argument("--target-layer", default=None, help=target_layer_help)
     parser.add_argument("--anchors", default=None, help="anchor corpus: .jsonl/.json/.csv/.tsv, or one text per line (default: shipped corpus)")
     parser.add_argument("--anchor-tokens", default=None, choices=["dense", "last"])
     parser.add_argument("--map", default=None, choices=["lstsq", "ridge", "procrustes"])
@@ -161,6 +185,126 @@ def _check_before_work(args) -> None:
             check_alpha(alpha)
 
 
+def _run_build(args, rest) -> None:
+    from lm_eval_contrans.artifact import save_transplants
+    from lm_eval_contrans.pipeline import build_transplants
+
+    # several concepts (a+b) share one load of each model and one artifact
+    transplants = build_transplants(*_models(args), args.concept, **_recipe_options(args), dtype=args.dtype,
+                                    device=args.device, batch_size=args.batch_size)
+    save_transplants(transplants, args.out)
+    print("\n\n".join(transplant.summary() for transplant in transplants))
+    print(f"wrote {args.out}")
+
+
+def _run_port(args, rest) -> None:
+    from lm_eval_contrans.artifact import save_transplants
+    from lm_eval_contrans.pipeline import port_vector
+
+    transplants = port_vector(*_models(args), args.vector, **_recipe_options(args), dtype=args.dtype,
+                              device=args.device, batch_size=args.batch_size)
+    save_transplants(transplants, args.out)
+    print("\n\n".join(transplant.summary() for transplant in transplants))
+    print(f"wrote {args.out} ({len(transplants)} block(s))")
+
+
+def _run_inspect(args, rest) -> None:
+    from lm_eval_contrans.artifact import as_dict, load_transplants
+    from lm_eval_contrans.transplant_args import is_artifact_path
+    from lm_eval_contrans.vectors import UNPLACED, read_vector
+
+    if not is_artifact_path(args.artifact):  # what `contrans port` or vector= would read from it
+        vector = read_vector(args.artifact, source_layer=UNPLACED, argument="artifact")
+        print(json.dumps(vector.describe(), indent=2, sort_keys=True) if args.json else vector.summary())
+        return
+    transplants = load_transplants(args.artifact, "artifact")
+    if args.json:
+        described = [as_dict(transplant) for transplant in transplants]
+        print(json.dumps(described[0] if len(described) == 1 else described, indent=2, sort_keys=True))
+    else:
+        print("\n\n".join(transplant.summary() for transplant in transplants))
+
+
+def _run_concepts(args, rest) -> None:
+    from lm_eval_contrans.concepts import load_concept_set, shipped_concepts
+
+    for name in shipped_concepts():
+        concept = load_concept_set(name)
+        print(f"{name:<12} {len(concept):>4} pairs  {concept.description}")
+
+
+def _run_tasks_path(args, rest) -> None:
+    from lm_eval_contrans.tasks_path import shipped_dir
+
+    print(shipped_dir("tasks"))
+
+
+def _run_compare(args, rest) -> None:
+    from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
+    from lm_eval_contrans.experiments.report import markdown_table
+
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    plan = ComparePlan(
+        source=args.source, target=args.target, concept=args.concept,
+        tasks=[task for task in args.tasks.split(",") if task], alphas=args.alphas,
+        instruct=args.instruct, out=Path(args.out), limit=limit, batch_size=batch_size,
+        device=args.device, seed=args.seed,
+        model_args={**({"dtype": args.dtype} if args.dtype else {}),
+                    **({"trust_remote_code": True} if args.trust_remote_code else {})},
+        task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
+        include_path=args.include_path,
+        extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
+        evaluate={option: getattr(args, option) for option in EVALUATE_OPTIONS if getattr(args, option) is not None},
+    )
+    print(markdown_table(run_compare(plan), plan.extra_metrics))
+    print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")
+
+
+def _run_export(args, rest) -> None:
+    from lm_eval_contrans.artifact import load_transplants
+    from lm_eval_contrans.export import export_gguf, export_steered
+
+    transplants = load_transplants(args.artifact, "artifact")
+    if args.format == "steered":
+        export_steered(transplants, args.out, args.target or transplants[0].target, args.alpha)
+    else:
+        export_gguf(transplants, args.out)
+    blocks = sorted({transplant.target_layer for transplant in transplants})
+    print(f"wrote {args.out} ({args.format}, block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))})")
+
+
+def _run_serve(args, rest) -> None:
+    from lm_eval_contrans.transplant_args import TransplantArgs
+    from lm_eval_contrans.vllm.serve import serve_command
+
+    transplant = TransplantArgs(
+        source=args.source, concept=args.concept, alpha=args.alpha, recipe=args.recipe,
+        source_layer=args.source_layer, target_layer=args.target_layer, anchors=args.anchors,
+        anchor_tokens=args.anchor_tokens, map=args.map, ridge=args.ridge, center=args.center,
+        alpha_unit=args.alpha_unit, vector=args.vector, source_vector=args.source_vector,
+        build_batch_size=args.build_batch_size)
+    command = serve_command(args.target, transplant, rest, trust_remote_code=args.trust_remote_code)
+    print("contrans serve: " + " ".join(command[2:]), file=sys.stderr, flush=True)
+    os.execv(command[0], command)
+
+
+def _run_table(args, rest) -> None:
+    from lm_eval_contrans.experiments.report import markdown_table, rows_from_folder, write_report
+
+    rows = [row for folder in args.folders for row in rows_from_folder(Path(folder))]
+    if not rows:
+        raise ConTransError("folders", "no lm-eval results (results_*.json or row.json) found")
+    print(markdown_table(rows, tuple(args.also_metrics)))
+    if args.out:
+        write_report(rows, Path(args.out), extra_metrics=tuple(args.also_metrics))
+
+
+COMMANDS = {"build": _run_build, "port": _run_port, "inspect": _run_inspect, "concepts": _run_concepts,
+            "tasks-path": _run_tasks_path, "compare": _run_compare, "export": _run_export, "serve": _run_serve,
+            "table": _run_table}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -169,104 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         _check_before_work(args)
-        if args.command == "build":
-            from lm_eval_contrans.artifact import save_transplants
-            from lm_eval_contrans.pipeline import build_transplants
-
-            # several concepts (a+b) share one load of each model and one artifact
-            transplants = build_transplants(*_models(args), args.concept, **_recipe_options(args),
-                                            dtype=args.dtype, device=args.device, batch_size=args.batch_size)
-            save_transplants(transplants, args.out)
-            print("\n\n".join(transplant.summary() for transplant in transplants))
-            print(f"wrote {args.out}")
-        elif args.command == "inspect":
-            from lm_eval_contrans.artifact import as_dict, load_transplants
-            from lm_eval_contrans.transplant_args import is_artifact_path
-            from lm_eval_contrans.vectors import UNPLACED, read_vector
-
-            if not is_artifact_path(args.artifact):  # what `contrans port` or vector= would read from it
-                vector = read_vector(args.artifact, source_layer=UNPLACED, argument="artifact")
-                print(json.dumps(vector.describe(), indent=2, sort_keys=True) if args.json else vector.summary())
-                return 0
-            transplants = load_transplants(args.artifact, "artifact")
-            if args.json:
-                described = [as_dict(transplant) for transplant in transplants]
-                print(json.dumps(described[0] if len(described) == 1 else described, indent=2, sort_keys=True))
-            else:
-                print("\n\n".join(transplant.summary() for transplant in transplants))
-        elif args.command == "concepts":
-            from lm_eval_contrans.concepts import load_concept_set, shipped_concepts
-
-            for name in shipped_concepts():
-                concept = load_concept_set(name)
-                print(f"{name:<12} {len(concept):>4} pairs  {concept.description}")
-        elif args.command == "tasks-path":
-            from lm_eval_contrans.tasks_path import shipped_dir
-
-            print(shipped_dir("tasks"))
-        elif args.command == "compare":
-            from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
-            from lm_eval_contrans.experiments.report import markdown_table
-
-            limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-            batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-            plan = ComparePlan(
-                source=args.source, target=args.target, concept=args.concept,
-                tasks=[task for task in args.tasks.split(",") if task], alphas=args.alphas,
-                instruct=args.instruct, out=Path(args.out), limit=limit, batch_size=batch_size,
-                device=args.device, seed=args.seed,
-                model_args={**({"dtype": args.dtype} if args.dtype else {}),
-                            **({"trust_remote_code": True} if args.trust_remote_code else {})},
-                task_metadata=json.loads(args.metadata) if args.metadata else {}, controls=not args.no_controls,
-                include_path=args.include_path,
-                extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
-                evaluate={option: getattr(args, option) for option in EVALUATE_OPTIONS if getattr(args, option) is not None},
-            )
-            print(markdown_table(run_compare(plan), plan.extra_metrics))
-            print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")
-        elif args.command == "port":
-            from lm_eval_contrans.artifact import save_transplants
-            from lm_eval_contrans.pipeline import port_vector
-
-            transplants = port_vector(*_models(args), args.vector, source_layer=args.source_layer,
-                                      target_layer=args.target_layer, recipe=args.recipe, anchors=args.anchors,
-                                      dtype=args.dtype, device=args.device)
-            save_transplants(transplants, args.out)
-            print("\n\n".join(transplant.summary() for transplant in transplants))
-            print(f"wrote {args.out} ({len(transplants)} block(s))")
-        elif args.command == "export":
-            from lm_eval_contrans.artifact import load_transplants
-            from lm_eval_contrans.export import export_gguf, export_steered
-
-            transplants = load_transplants(args.artifact, "artifact")
-            if args.format == "steered":
-                export_steered(transplants, args.out, args.target or transplants[0].target, args.alpha)
-            else:
-                export_gguf(transplants, args.out)
-            blocks = sorted({transplant.target_layer for transplant in transplants})
-            print(f"wrote {args.out} ({args.format}, block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))})")
-        elif args.command == "serve":
-            from lm_eval_contrans.transplant_args import TransplantArgs
-            from lm_eval_contrans.vllm.serve import serve_command
-
-            transplant = TransplantArgs(
-                source=args.source, concept=args.concept, alpha=args.alpha, recipe=args.recipe,
-                source_layer=args.source_layer, target_layer=args.target_layer, anchors=args.anchors,
-                anchor_tokens=args.anchor_tokens, map=args.map, ridge=args.ridge, center=args.center,
-                alpha_unit=args.alpha_unit, vector=args.vector, source_vector=args.source_vector,
-                build_batch_size=args.build_batch_size)
-            command = serve_command(args.target, transplant, rest, trust_remote_code=args.trust_remote_code)
-            print("contrans serve: " + " ".join(command[2:]), file=sys.stderr, flush=True)
-            os.execv(command[0], command)
-        elif args.command == "table":
-            from lm_eval_contrans.experiments.report import markdown_table, rows_from_folder, write_report
-
-            rows = [row for folder in args.folders for row in rows_from_folder(Path(folder))]
-            if not rows:
-                raise ConTransError("folders", "no lm-eval results (results_*.json or row.json) found")
-            print(markdown_table(rows, tuple(args.also_metrics)))
-            if args.out:
-                write_report(rows, Path(args.out), extra_metrics=tuple(args.also_metrics))
+        COMMANDS[args.command](args, rest)
     except ConTransError as error:
         print(f"contrans: error: {error}", file=sys.stderr)
         return 2

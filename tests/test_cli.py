@@ -289,11 +289,12 @@ def test_contrans_port_writes_an_artifact_that_lm_eval_steers_with(tiny_llama_di
     artifact = tmp_path / "ported.safetensors"
     ported = run([str(BIN / "contrans"), "port", "--vector", str(vector), "--source-layer", "2", "--source",
                   str(tiny_llama_dir), "--target", str(tiny_gpt2_dir), "--anchors", anchors, "--out", str(artifact),
-                  "--device", "cpu"], tmp_path)
+                  "--device", "cpu", "--map", "ridge", "--ridge", "0.5", "--alpha-unit", "raw"], tmp_path)
     assert ported.returncode == 0, ported.stderr[-4000:]
     inspect = run([str(BIN / "contrans"), "inspect", str(artifact), "--json"], tmp_path)
     metadata = json.loads(inspect.stdout)
     assert (metadata["source_layer"], metadata["target_layer"]) == (2, 1)  # depth 2/3 of 4 blocks -> 1 of 3
+    assert (metadata["map_method"], metadata["ridge"], metadata["alpha_unit"]) == ("ridge", 0.5, "raw")  # build's flags
     assert metadata["extra"]["imported"]["format"] == "npy" and metadata["extra"]["imported"]["file"] == vector.name
     result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", f"target={tiny_gpt2_dir},vector={artifact}",
                   "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit", "2",
@@ -310,3 +311,16 @@ def test_contrans_output_piped_into_a_reader_that_leaves_early(tmp_path):
     result = subprocess.run(f"'{BIN / 'contrans'}' concepts | head -n 1", shell=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=120)
     assert result.stdout.startswith("anger") and "Traceback" not in result.stderr, result.stderr
+
+
+def test_port_takes_every_recipe_and_pass_flag_build_takes():
+    """A port uses the same recipe as a build (README), so it is given the same way."""
+    from lm_eval_contrans.cli import _parser
+
+    commands = next(action for action in _parser()._actions if action.dest == "command").choices
+
+    def flags(command: str) -> set[str]:
+        return {flag for action in commands[command]._actions for flag in action.option_strings}
+
+    assert flags("build") - flags("port") == {"--concept"}
+    assert {"--map", "--ridge", "--center", "--alpha-unit", "--anchor-tokens", "--batch-size"} <= flags("port")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ANCHOR_TEXTS, PACKAGED_PAIR, publish_to_hub_cache, skip_without_the_packaged_pair
+from conftest import ANCHOR_TEXTS, PACKAGED_PAIR, evaluate, publish_to_hub_cache, skip_without_the_packaged_pair
 from lm_eval_contrans.loading import packaged_gguf
 
 pytestmark = pytest.mark.real
@@ -142,4 +142,9 @@ def test_lm_eval_cli_on_the_packaged_pair(artifact, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads(sorted(output.rglob("results_*.json"))[-1].read_text())
     assert results["config"]["contrans"]["target_layer"] == 14
-    assert results["results"]["contrans_sentiment"]["margin,none"] > 0
+    # the same six prompts, unsteered (in process): the base Gemma already prefers the positive endings
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+    base = evaluate(f"pretrained={pretrained_path(parse_model_spec(TARGET, 'target'))}", ["contrans_sentiment"], limit=6)
+    base_margin = base["results"]["contrans_sentiment"]["margin,none"]
+    assert results["results"]["contrans_sentiment"]["margin,none"] > base_margin + 2.5 > 2.5
