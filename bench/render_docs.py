@@ -20,10 +20,20 @@ import shlex
 import sys
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import rendered_sections
-
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["docs/RESULTS.md", "bench/README.md", "README.md"]
+
+
+def loaded(path: Path, name: str):
+    """The module in file `path`, run under `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# where a rendered part lies: bench/experiments/experiment_data.py, from its file (the experiments import it by name)
+rendered_sections = loaded(REPO / "bench" / "experiments" / "experiment_data.py", "_rendered_experiment_data").rendered_sections
 
 
 def script_of(saved: Path, document: dict) -> Path:
@@ -41,10 +51,7 @@ def rendered_by(script: Path, document: dict) -> str:
     import their helpers from their own folder, some inside `render`)."""
     sys.path.insert(0, str(script.parent))
     try:
-        spec = importlib.util.spec_from_file_location(f"_rendered_{script.stem}", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.render(document)
+        return loaded(script, f"_rendered_{script.stem}").render(document)
     finally:
         sys.path.remove(str(script.parent))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from experiment_data import rendered_sections, replace_rendered, write_json
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.experiments.data import rendered_sections, replace_rendered, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

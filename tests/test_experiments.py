@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from experiment_data import DATA_ENV, data_folder, task_metadata
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.experiments.data import DATA_ENV, data_folder, task_metadata
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
 
 
@@ -112,7 +112,7 @@ def test_the_data_folder_comes_from_the_argument_or_the_environment(tmp_path, mo
 def test_render_prints_a_saved_run_and_names_what_is_missing(tmp_path, capsys):
     import argparse
 
-    from lm_eval_contrans.experiments.data import add_json_argument, printed_from_saved, write_json
+    from experiment_data import add_json_argument, printed_from_saved, write_json
 
     parser = argparse.ArgumentParser()
     add_json_argument(parser, render=True)
@@ -145,7 +145,7 @@ def test_paired_token_states_are_the_rows_the_map_was_fitted_on(transplant, smal
 
     from lm_eval_contrans.alignment import fit_linear_map
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.experiments.states import paired_token_states
+    from states import paired_token_states
 
     texts, _ = load_anchor_texts(small_inputs[1])
     source, target, text_of_row = paired_token_states(transplant, texts)
@@ -159,7 +159,7 @@ def test_paired_token_states_are_the_rows_the_map_was_fitted_on(transplant, smal
 def test_emotion_steering_cells_and_counts_read_a_grid_runs_accuracies():
     from types import SimpleNamespace
 
-    from lm_eval_contrans.experiments import emotion_steering as emotions
+    import emotion_steering as emotions
 
     rows = [SimpleNamespace(name="a", results={"contrans_emotion_fear": {"acc,none": 0.85, "acc_stderr,none": 0.05, "alias": "x"}}),
             SimpleNamespace(name="b", results={"contrans_emotion_fear": {"acc,none": 0.5, "acc_stderr,none": "N/A"},
@@ -180,7 +180,7 @@ def test_default_alpha_pairs_only_documents_scored_on_both_sides(tmp_path):
     import subprocess
     import sys
 
-    from lm_eval_contrans.experiments.data import REPOSITORY
+    from experiment_data import REPOSITORY
 
     nan = float("nan")
     document = {"concepts": ["honesty"], "alphas": [5.0], "randoms": ["random, equal norm"],
@@ -202,8 +202,8 @@ def test_map_levers_choose_on_the_selection_concepts_and_carry_both_the_concept_
     import torch
 
     from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.experiments import map_levers
-    from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
+    import map_levers
+    from emotion_steering import EMOTIONS
 
     good_on_emotions = {**{c: 0.1 for c in map_levers.SELECTION}, **{e: 0.9 for e in EMOTIONS}}
     good_on_selection = {**{c: 0.3 for c in map_levers.SELECTION}, **{e: 0.0 for e in EMOTIONS}}
@@ -238,7 +238,7 @@ def test_map_levers_choose_on_the_selection_concepts_and_carry_both_the_concept_
 
 
 def test_a_row_is_above_its_controls_only_by_more_than_two_standard_errors():
-    from lm_eval_contrans.experiments.emotion_steering import above_controls
+    from emotion_steering import above_controls
 
     scores = {name: {"task": {"acc,none": value}} for name, value in
               {"lever": 0.93, "random": 0.0, "shuffled": 0.82, "same": 0.93, "all": 1.0}.items()}
@@ -255,7 +255,7 @@ def lever_states_of_random_texts(transplant, seed: int = 0):
     import torch
 
     from lm_eval_contrans.concepts import load_concept_set
-    from lm_eval_contrans.experiments import map_levers
+    import map_levers
 
     generator = torch.Generator().manual_seed(seed)
     sizes = {"source": transplant.source_hidden_size, "target": transplant.target_hidden_size}
@@ -279,9 +279,9 @@ def test_contrast_rows_teach_the_map_and_an_emotion_s_map_is_chosen_without_it(t
 
     import torch
 
-    from lm_eval_contrans.experiments import contrast_rows
-    from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
-    from lm_eval_contrans.experiments.map_levers import SELECTION
+    import contrast_rows
+    from emotion_steering import EMOTIONS
+    from map_levers import SELECTION
 
     states = lever_states_of_random_texts(transplant)
     fit = contrast_rows.ContrastFit(states.anchor_source, states.anchor_target)
@@ -318,7 +318,7 @@ def test_the_anchor_space_rules_rebuild_a_vector_from_anchor_states():
 
     import torch
 
-    from lm_eval_contrans.experiments.data import REPOSITORY
+    from experiment_data import REPOSITORY
 
     spec = importlib.util.spec_from_file_location("anchor_space", REPOSITORY / "bench" / "experiments" / "anchor_space.py")
     module = importlib.util.module_from_spec(spec)
@@ -336,8 +336,8 @@ def test_the_anchor_space_rules_rebuild_a_vector_from_anchor_states():
 
 
 def test_an_experiments_arguments_run_it_or_print_its_saved_run(tmp_path, monkeypatch, capsys):
-    from lm_eval_contrans.experiments import emotion_steering as emotions
-    from lm_eval_contrans.experiments.data import write_json
+    import emotion_steering as emotions
+    from experiment_data import write_json
 
     render = lambda document: f"{document['rows']} rows"  # noqa: E731
     more = lambda parser: parser.add_argument("--alphas", type=float, nargs="+", default=[1.0])  # noqa: E731
@@ -356,7 +356,7 @@ def test_an_experiments_arguments_run_it_or_print_its_saved_run(tmp_path, monkey
 def test_a_saved_run_names_its_commit_and_whether_the_code_differed_from_it(tmp_path, monkeypatch):
     import subprocess
 
-    from lm_eval_contrans.experiments import data
+    import experiment_data as data
 
     def git(*arguments: str) -> None:
         subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *arguments], cwd=tmp_path, check=True,
@@ -377,12 +377,42 @@ def test_a_saved_run_names_its_commit_and_whether_the_code_differed_from_it(tmp_
     assert data.code_commit() == clean + "-dirty"
 
 
+def test_a_saved_run_records_the_commit_its_run_started_with_and_an_import_starts_no_process(tmp_path, monkeypatch):
+    """Importing the experiments' modules (or the benchmarks' helpers) runs no git; a script's parser
+    (`add_json_argument`) takes the commit, and a file written later records that one."""
+    import argparse
+    import subprocess
+    import sys
+
+    import experiment_data as data
+
+    probe = ("import sys\n"
+             "def refuse(event, args):\n"
+             "    if event in {'subprocess.Popen', 'os.system', 'os.posix_spawn', 'os.exec', 'os.spawn', 'os.fork'}:\n"
+             "        raise RuntimeError(f'a process at import: {event} {args}')\n"
+             "sys.addaudithook(refuse)\n"
+             "import {}\n")
+    bench = data.REPOSITORY / "bench"
+    for folder, modules in (("experiments", "experiment_data, emotion_steering, states, map_levers, contrast_rows"),
+                            ("perf", "_timing")):
+        subprocess.run([sys.executable, "-c", probe.replace("{}", modules)], cwd=bench / folder, check=True)
+    data.commit_at_start.cache_clear()
+    monkeypatch.setattr(data, "code_commit", lambda: "started")
+    try:
+        data.add_json_argument(argparse.ArgumentParser())
+        monkeypatch.setattr(data, "code_commit", lambda: "edited since")
+        data.write_json(tmp_path / "run.json", {})
+    finally:
+        data.commit_at_start.cache_clear()
+    assert json.loads((tmp_path / "run.json").read_text())["run"]["commit"] == "started"
+
+
 def test_the_alpha_that_reaches_a_kl_budget_is_read_off_the_measured_curve():
     """kl_alpha.py's unit: log-log interpolation between the measured alphas (exact for a power law),
     clamped to the measured range rather than extrapolated."""
     import importlib.util
 
-    from lm_eval_contrans.experiments.data import REPOSITORY
+    from experiment_data import REPOSITORY
 
     spec = importlib.util.spec_from_file_location("kl_alpha", REPOSITORY / "bench" / "experiments" / "kl_alpha.py")
     module = importlib.util.module_from_spec(spec)

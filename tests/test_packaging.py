@@ -41,3 +41,28 @@ def test_the_wheel_carries_every_task_concept_set_and_data_file_where_the_packag
     entry_points = wheel.read(next(name for name in files if name.endswith(".dist-info/entry_points.txt"))).decode()
     assert "contrans = lm_eval_contrans.lm_eval_model:ConTransLM" in entry_points  # lm-eval > 0.4.13 finds it here
     assert "contrans = lm_eval_contrans.cli:main" in entry_points
+
+
+# the experiments package as it ships: what `contrans compare` runs on; the modules only the experiments in
+# bench/experiments use live there (bench/README.md)
+PRODUCT_EXPERIMENTS = {"__init__.py", "compare.py", "controls.py", "grid.py", "prompt_baseline.py", "report.py"}
+LAB_MODULES = ("experiment_data", "emotion_steering", "states", "map_levers", "contrast_rows", "_timing")
+
+
+def test_the_wheel_holds_the_product_and_none_of_the_lab(wheel):
+    """The wheel's file list: the package, its tasks and concept sets, the .pth and the metadata; no
+    experiment-only module, nothing of bench/, tests/, scripts/ or docs/, and no shipped module that
+    imports one of them."""
+    import re
+
+    files = set(wheel.namelist())
+    assert {name.split("/")[0] for name in files if ".dist-info/" not in name} == {"lm_eval_contrans", "lm_eval_contrans_plugin.pth"}
+    experiments = {name.removeprefix("lm_eval_contrans/experiments/") for name in files if name.startswith("lm_eval_contrans/experiments/")}
+    assert experiments == PRODUCT_EXPERIMENTS, f"not the product's: {sorted(experiments - PRODUCT_EXPERIMENTS)}"
+    checkout = {f"lm_eval_contrans/{name}" for name in shipped("tasks") + shipped("concept_sets")} | set(shipped("lm_eval_contrans"))
+    python, checkout_python = ({name for name in names if name.endswith(".py")} for names in (files, checkout))
+    assert python == checkout_python, sorted(python ^ checkout_python)  # the package's modules and the tasks' utils, no others
+    lab_import = re.compile(r"^\s*(?:from|import)\s+(?:" + "|".join(LAB_MODULES) + r")\b"
+                            r"|lm_eval_contrans\.experiments\.(?:data|emotion_steering|states|map_levers|contrast_rows)\b", re.MULTILINE)
+    importing = [name for name in sorted(python) if lab_import.search(wheel.read(name).decode())]
+    assert not importing, f"shipped modules that import experiment-only code: {importing}"

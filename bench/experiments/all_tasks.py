@@ -23,8 +23,8 @@ import os
 import time
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import (
-    add_data_argument, add_pair_arguments, data_folder, machine, task_metadata, write_json,
+from experiment_data import (
+    add_data_argument, add_pair_arguments, commit_at_start, data_folder, machine, task_metadata, write_json,
 )
 
 FACTS = ("contrans_facts", "acc")
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write all scores to this JSON file after every row; resume from it")
     add_pair_arguments(parser)
     args = parser.parse_args()
+    commit_at_start()  # the commit the saved file records: the code this run started with
 
     from lm_eval_contrans.cache import cache_root
     from lm_eval_contrans.experiments.controls import random_control

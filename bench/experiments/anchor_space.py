@@ -19,11 +19,11 @@ Run:  python bench/experiments/anchor_space.py --data ../shared/data --json benc
 
 from __future__ import annotations
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments import map_levers
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
-from lm_eval_contrans.experiments.map_levers import CONCEPTS, SELECTION
+import emotion_steering as emotions
+import map_levers
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import EMOTIONS
+from map_levers import CONCEPTS, SELECTION
 
 SIZES = (8, 32, 128, 512)
 RULES = ["sparse", "nearest"]

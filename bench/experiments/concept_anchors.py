@@ -30,9 +30,9 @@ import json
 import random
 from pathlib import Path
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, data_folder, machine, write_json
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, data_folder, machine, write_json
+from emotion_steering import EMOTIONS, FACTS, emotion_task
 
 SHIPPED = ["sentiment", "honesty", "toxicity", *EMOTIONS]
 CORPORA = ["shipped", "+ every set", "+ other sets"]
@@ -73,7 +73,7 @@ def evaluation_texts(shared: Path, count: int = 300, seed: int = 7) -> dict[str,
 def map_r2(transplant, texts: list[str]) -> float:
     """R^2 of the transplant's map on `texts` (dense token pairs), each side centred on these texts' means."""
     from lm_eval_contrans.alignment import r_squared
-    from lm_eval_contrans.experiments.states import paired_token_states
+    from states import paired_token_states
 
     source, target, _ = paired_token_states(transplant, texts)
     predicted = (source.double() - source.double().mean(0)) @ transplant.map_weight.double()

@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     TARGET, add_data_argument, add_json_argument, data_folder, printed_from_saved, task_metadata, write_json,
 )
 

@@ -4,7 +4,7 @@
 The default map is fitted on neutral anchor tokens, whose variance is mostly position and token
 identity; a concept vector is a difference between two kinds of text, in directions that fit weighs
 little. The fit, the teachings and the rule that chooses an emotion's teaching without it live in
-`lm_eval_contrans.experiments.contrast_rows`; here they run at the default recipe's blocks (source
+`contrast_rows.py` (beside this script); here they run at the default recipe's blocks (source
 26, target 14). Choosing without the concept it is used for:
 - `other sets`: lambda on the mean cosine to the target's own vector over sentiment, honesty and
   toxicity (each taught by the other sets);
@@ -19,14 +19,14 @@ Run:  python bench/experiments/contrast_map.py --data ../shared/data --json benc
 
 from __future__ import annotations
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments import map_levers
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
-from lm_eval_contrans.experiments.contrast_rows import (
+import emotion_steering as emotions
+import map_levers
+from contrast_rows import (
     ACROSS, LAMBDAS, TEACHINGS, ContrastFit, carried_cosine, choose_for_emotions, chosen_map, emotion_carry,
 )
-from lm_eval_contrans.experiments.map_levers import CONCEPTS, SELECTION
+from emotion_steering import EMOTIONS
+from experiment_data import SOURCE, TARGET, write_json
+from map_levers import CONCEPTS, SELECTION
 
 WITHIN_LEVER = "contrasts of the other emotions"
 

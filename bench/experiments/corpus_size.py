@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
 )
 

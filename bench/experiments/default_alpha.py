@@ -28,7 +28,7 @@ import math
 import statistics
 import time
 
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     add_data_argument, add_json_argument, add_pair_arguments, data_folder, machine, printed_from_saved, task_metadata,
     write_json,
 )

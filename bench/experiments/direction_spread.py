@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_json_argument, machine, printed_from_saved, write_json
+from experiment_data import SOURCE, TARGET, add_json_argument, machine, printed_from_saved, write_json
 
 CONCEPTS = ["honesty", "toxicity", "sentiment", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
 

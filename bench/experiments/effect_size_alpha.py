@@ -18,9 +18,9 @@ Run:  python bench/experiments/effect_size_alpha.py --data ../shared/data --json
 
 from __future__ import annotations
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import FACTS, emotion_task
 
 SPREADS = ("std", "robust")
 SETTINGS = ("α 1", "effect size (std)", "effect size (robust)")
@@ -36,7 +36,7 @@ def effect_size(transplant) -> dict:
     """d in each spread, and the effect-size norm of the transplanted direction, as a residual alpha
     (on the anchor tokens the map is fitted on: those that end at the same character in both models)."""
     from lm_eval_contrans.anchors import load_anchor_texts
-    from lm_eval_contrans.experiments.states import paired_token_states
+    from states import paired_token_states
     from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
 
     source, target, _ = paired_token_states(transplant, load_anchor_texts(None)[0])

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
 )
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import EMOTIONS, FACTS, emotion_task
 
 SELECTION = ["sentiment", "honesty", "toxicity"]
 BUDGETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # nats per token

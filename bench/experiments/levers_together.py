@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import EMOTIONS, FACTS, emotion_task
 
 DEPTHS = [0.6, 0.75, 0.9]
 SETTINGS = {"one block (0.75), α 1": ([0.75], 1.0), "three blocks, α 1/3 each": (DEPTHS, 1 / 3),
@@ -37,12 +37,12 @@ def main() -> None:
     if args is None:
         return
 
-    from lm_eval_contrans.experiments.contrast_rows import (
+    from contrast_rows import (
         ContrastFit, carried_cosine, choose_for_emotions, chosen_map, emotion_carry,
     )
     from lm_eval_contrans.experiments.controls import random_control
     from lm_eval_contrans.experiments.grid import GridRow
-    from lm_eval_contrans.experiments.map_levers import LeverStates
+    from map_levers import LeverStates
 
     watch = emotions.Stopwatch()
     grid = emotions.grid("multi_block", args)  # shared with multi_block.py (see the docstring)

@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, replace_rendered,
     task_metadata, write_json,
 )

@@ -18,9 +18,9 @@ Run:  python bench/experiments/mlp_map.py --data ../shared/data --json bench/res
 
 from __future__ import annotations
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import EMOTIONS, FACTS, emotion_task
 WIDTHS = (512, 2048)
 EPOCHS = 40
 
@@ -103,7 +103,7 @@ def main() -> None:
     from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.experiments.controls import cosine, random_control, target_own_vector
     from lm_eval_contrans.experiments.grid import GridRow
-    from lm_eval_contrans.experiments.states import paired_token_states
+    from states import paired_token_states
     from lm_eval_contrans.loading import free_model, load_model
     from lm_eval_contrans.pipeline import build_transplant
 

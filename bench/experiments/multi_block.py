@@ -15,9 +15,9 @@ Run:  python bench/experiments/multi_block.py --data ../shared/data --json bench
 
 from __future__ import annotations
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import FACTS, emotion_task
 
 DEPTHS = [0.6, 0.75, 0.9]
 SETTINGS = {"one block (0.75), α 1": ([0.75], 1.0), "three blocks, α 1/3 each": (DEPTHS, 1 / 3),

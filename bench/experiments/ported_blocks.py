@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, add_json_argument, machine, printed_from_saved, write_json
+from experiment_data import SOURCE, TARGET, add_json_argument, machine, printed_from_saved, write_json
 
 BLOCKS = (20, 22, 24, 26, 28)  # source blocks: the default build's window for the target's 0.75 block
 TASKS = ("contrans_sentiment", "contrans_facts")

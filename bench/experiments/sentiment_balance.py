@@ -14,13 +14,27 @@ Run: python bench/experiments/sentiment_balance.py [--target packaged:gemma-3-27
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
+import json
+import re
 
-from lm_eval_contrans.experiments.data import TARGET, add_json_argument, machine, printed_from_saved, write_json
+from experiment_data import TARGET, add_json_argument, machine, printed_from_saved, write_json
+from lm_eval_contrans.tasks_path import shipped_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from make_sentiment_prompts import SUBJECTS, VERDICTS  # noqa: E402
+
+def shipped_prompts() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(subject, details) and (positive, negative) verdict of each contrans_sentiment prompt, read back from
+    the shipped task's data (scripts/make_sentiment_prompts.py writes it from its SUBJECTS and VERDICTS)."""
+    subjects, verdicts = [], []
+    path = shipped_dir("tasks") / "contrans_sentiment" / "sentiment_prompts.jsonl"
+    for row in map(json.loads, path.read_text(encoding="utf-8").splitlines()):
+        subject, details = re.fullmatch(r"Review of (.+?): (.+) Overall, my experience was", row["prompt"]).groups()
+        subjects.append((subject, details))
+        verdicts.append((row["positive"], row["negative"]))
+    return subjects, verdicts
+
+
+# the shipped frame's verdicts, one pair per prompt (the script cycles through five)
+SUBJECTS, VERDICTS = shipped_prompts()
 
 # one point for and one against, in SUBJECTS order (written for this benchmark)
 FOR_AND_AGAINST = [

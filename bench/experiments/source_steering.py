@@ -20,9 +20,9 @@ Run:  python bench/experiments/source_steering.py --data ../shared/data --json b
 
 from __future__ import annotations
 
-from lm_eval_contrans.experiments import emotion_steering as emotions
-from lm_eval_contrans.experiments.data import SOURCE, TARGET, write_json
-from lm_eval_contrans.experiments.emotion_steering import FACTS, emotion_task
+import emotion_steering as emotions
+from experiment_data import SOURCE, TARGET, write_json
+from emotion_steering import FACTS, emotion_task
 
 SOURCE_ALPHAS = (1.0, 2.0, 5.0)
 SOURCE_BLOCKS = (15, 19, 22, 28)  # depth 0.5; 0.63, 0.73, 0.93 within the window the default chooses from (19-28)

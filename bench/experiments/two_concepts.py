@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata, write_json,
 )
 

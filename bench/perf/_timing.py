@@ -1,9 +1,12 @@
-"""Helpers of the performance benchmarks: timers and a fresh cache holding only the de-quantized GGUF
-folders. Each benchmark prints its ratio against a baseline measured in the same process or session."""
+"""Helpers of the performance benchmarks: timers, a fresh cache holding only the de-quantized GGUF
+folders, and what they share with the experiments (the model pair, the data folder, --json and the
+saved runs), from bench/experiments/experiment_data.py. Each benchmark prints its ratio against a
+baseline measured in the same process or session."""
 
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import shutil
 import statistics
@@ -12,9 +15,22 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from lm_eval_contrans.experiments.data import (  # noqa: F401 (the benchmarks import these from here)
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, machine, task_metadata, write_json,
-)
+
+def _experiment_data():
+    """bench/experiments/experiment_data.py, loaded from its file: a benchmark runs with only its own
+    folder on its path (the experiments import the module by name)."""
+    spec = importlib.util.spec_from_file_location("experiment_data", Path(__file__).resolve().parents[1] / "experiments"
+                                                  / "experiment_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_shared = _experiment_data()
+# the benchmarks import these from here
+SOURCE, TARGET = _shared.SOURCE, _shared.TARGET
+add_data_argument, add_json_argument, data_folder = _shared.add_data_argument, _shared.add_json_argument, _shared.data_folder
+machine, task_metadata, write_json = _shared.machine, _shared.task_metadata, _shared.write_json
 
 
 @contextmanager

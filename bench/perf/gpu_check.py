@@ -13,21 +13,42 @@ It checks, on the GPU:
 Run: python bench/perf/gpu_check.py                                  (random weights, the pair's shapes)
      python bench/perf/gpu_check.py --source S.gguf --target T.gguf    (the packaged pair itself, when its
      files have been carried to the machine; any model ids or folders work too)
+     (where the package is not installed, as on a lent machine: PYTHONPATH=. python bench/perf/gpu_check.py ...)
 """
 
 from __future__ import annotations
 
 import os
-import sys
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from _timing import add_json_argument, write_json
+
+REPO = Path(__file__).resolve().parents[2]
 os.environ.setdefault("CONTRANS_CACHE", tempfile.mkdtemp(prefix="contrans-gpu-"))
+
+
+def word_level_tokenizer():
+    """A word-level tokenizer with BOS over the anchors, the sentiment set and the tests' tiny task: a copy
+    of tests/conftest.py's `_word_level_tokenizer` (same texts, same vocabulary), as a benchmark does not
+    import the tests."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [line for relative in ("lm_eval_contrans/data/neutral_anchors.txt", "concept_sets/sentiment.yaml",
+                                   "tests/data/tiny_task.jsonl") for line in (REPO / relative).read_text().splitlines()]
+    words = sorted({word for text in texts for word in re.findall(r"\w+|[^\w\s]", text)})
+    vocab = {token: index for index, token in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                             special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side="left", model_max_length=512)
 
 
 def main() -> None:
@@ -35,21 +56,18 @@ def main() -> None:
 
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-    from conftest import _word_level_tokenizer
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", default=None)
     parser.add_argument("--target", default=None)
-    parser.add_argument("--json", default=None, help="also write the throughput figures to this JSON file")
+    add_json_argument(parser)
     args = parser.parse_args()
-    from lm_eval_contrans.experiments.data import write_json
 
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
     if args.source and args.target:
         figures = real_check(args.source, args.target)
         write_json(args.json, figures)
         return
-    tokenizer = _word_level_tokenizer()
+    tokenizer = word_level_tokenizer()
     root = Path(tempfile.mkdtemp())
     torch.manual_seed(0)
     source = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536,

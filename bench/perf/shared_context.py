@@ -14,6 +14,7 @@ several choices) both ways: HFLM's batching of full passes vs one context pass p
 
 Run:  python bench/perf/shared_context.py --data ../shared/data   (about 8 min on 2 cores)
       python bench/perf/shared_context.py --synthetic [--device cuda --dtype bfloat16]
+      (on a machine where the package is not installed: PYTHONPATH=. python bench/perf/shared_context.py ...)
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import argparse
 import random
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from _timing import add_json_argument, write_json
 
 
 def synthetic_documents(count: int, context_tokens: int, choices: int, vocab: int, seed: int = 0):
@@ -60,7 +62,6 @@ def full_passes(model, documents, batch_size: int) -> list[float]:
 def synthetic(args) -> None:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from lm_eval_contrans.shared_context import score_continuations
 
     torch.manual_seed(0)
@@ -97,8 +98,6 @@ def synthetic(args) -> None:
     print(f"{args.documents} documents x {args.choices} choices, context {args.context_tokens} tokens, batch "
           f"{args.batch_size}, {args.device} {args.dtype}: each choice in full {full:.2f} s, shared contexts {fast:.2f} s "
           f"-> {full / fast:.2f} x; max |difference| of sorted per-choice scores {difference:.1e}", flush=True)
-    from lm_eval_contrans.experiments.data import write_json
-
     write_json(args.json, {"full_s": full, "shared_s": fast, "ratio": full / fast, "max_difference": difference,
                            "documents": args.documents, "choices": args.choices, "device": args.device, "dtype": args.dtype})
 
@@ -120,7 +119,7 @@ def main() -> None:
     parser.add_argument("--context-tokens", type=int, default=400)
     parser.add_argument("--choices", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_json_argument(parser)
     synthetic(parser.parse_args())
 
 

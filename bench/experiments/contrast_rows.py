@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from emotion_steering import EMOTIONS
 from lm_eval_contrans.experiments.controls import cosine
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS
-from lm_eval_contrans.experiments.map_levers import SELECTION, Carry, LeverStates, Pairs
+from map_levers import SELECTION, Carry, LeverStates, Pairs
 
 LAMBDAS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 ACROSS, WITHIN, BOTH = "other sets", "other emotions", "other sets + other emotions"

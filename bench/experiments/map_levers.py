@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from emotion_steering import EMOTIONS, FACTS, base_row, cell, emotion_task, steered
 from lm_eval_contrans.artifact import Transplant
-from lm_eval_contrans.experiments.emotion_steering import EMOTIONS, FACTS, base_row, cell, emotion_task, steered
 from lm_eval_contrans.experiments.grid import GridRow
 
 SELECTION = ["sentiment", "honesty", "toxicity"]
@@ -47,7 +47,7 @@ class LeverStates:
         from lm_eval_contrans.anchors import load_anchor_texts
         from lm_eval_contrans.concepts import load_concept_set
         from lm_eval_contrans.experiments.controls import cosine, target_own_vector
-        from lm_eval_contrans.experiments.states import paired_token_states
+        from states import paired_token_states
         from lm_eval_contrans.loading import free_model, load_model
         from lm_eval_contrans.pipeline import build_transplant
 

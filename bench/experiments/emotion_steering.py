@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lm_eval_contrans.cache import cache_root
-from lm_eval_contrans.experiments.data import (
+from experiment_data import (
     add_data_argument, add_json_argument, data_folder, machine, printed_from_saved, task_metadata,
 )
+from lm_eval_contrans.cache import cache_root
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
 
 EMOTIONS = ["happiness", "sadness", "anger", "fear", "disgust", "surprise"]

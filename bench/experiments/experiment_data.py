@@ -2,6 +2,10 @@
 numbers go: a JSON file per run (`write_json`), and the parts of the docs rendered from those files
 (`rendered_sections`, `replace_rendered`; bench/render_docs.py writes and checks them).
 
+The experiments in this folder import it by name (a script's folder is on its path); the benchmarks
+in bench/perf through their `_timing.py`, and bench/render_docs.py, load it from this file. It is not
+part of the package: nothing here ships in the wheel.
+
 The public evaluation data (TruthfulQA, ToxiGen, emotion scenarios, WikiSplit anchors) is not shipped:
 an experiment takes its folder from `--data`, else `$CONTRANS_DATA`, and says so when neither names
 one that exists.
@@ -9,6 +13,7 @@ one that exists.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -63,7 +68,10 @@ def add_pair_arguments(parser) -> None:
 
 
 def add_json_argument(parser, default: str | None = None, render: bool = False) -> None:
-    """--json FILE (the numbers, written after a run); with `render`, also --render (print from FILE)."""
+    """--json FILE (the numbers, written after a run); with `render`, also --render (print from FILE).
+
+    A script makes its parser when its run starts: the commit its saved file records is taken here."""
+    commit_at_start()
     parser.add_argument("--json", default=default, help="also write the numbers to this JSON file")
     if render:
         parser.add_argument("--render", action="store_true", help="print the tables from --json without running a model")
@@ -113,8 +121,12 @@ def code_commit() -> str | None:
     return commit + ("-dirty" if git("status", "--porcelain", "--", *CODE_PATHS) else "")
 
 
-# A long run records the code it started with, not what is checked out when it writes its file.
-_COMMIT_AT_START = code_commit()
+@functools.cache
+def commit_at_start() -> str | None:
+    """`code_commit()` when first asked, the same answer after: a long run records the code it started
+    with, not what is checked out when it writes its file. A script asks when its run starts
+    (`add_json_argument`, or by calling this first); importing this module runs no git."""
+    return code_commit()
 
 
 def run_record() -> dict:
@@ -129,7 +141,7 @@ def run_record() -> dict:
     except ValueError:
         script_name = script.name
     return {"command": shlex.join(["python", script_name, *sys.argv[1:]]), "date": datetime.date.today().isoformat(),
-            "commit": _COMMIT_AT_START, "machine": machine()}
+            "commit": commit_at_start(), "machine": machine()}
 
 
 # A rendered part of a Markdown document lies between these two lines; the first names the saved run
