@@ -82,6 +82,14 @@ class Transplant:
 
             with transplant.apply(model, alpha=2.0):
                 model.generate(...)
+
+        Args:
+            model: the target as loaded (a Hugging Face causal LM; its decoder blocks are found as for a build).
+            alpha: the strength, in `alpha_unit`; 0 leaves the forward pass bit for bit as it was.
+            positions: "all", "prompt" (passes that read input) or "generated" (decoding steps).
+
+        Raises:
+            ConTransError: alpha is not finite, or positions is not one of the three.
         """
         from lm_eval_contrans.blocks import decoder_blocks
         from lm_eval_contrans.steering import steer
@@ -191,6 +199,16 @@ def is_transplant_file(path: str | os.PathLike) -> bool:
 
 
 def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[Transplant]:
+    """The transplants of an artifact (one per concept it holds), checked as they are read.
+
+    Args:
+        path: a .safetensors artifact written by `save_transplants` (by this or an earlier version).
+        argument: the argument that named it, for errors.
+
+    Raises:
+        ConTransError: the file is missing, damaged or not ours, or holds a transplant that cannot steer
+            (non-finite or zero vector, a block its model does not have).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConTransError(argument, f"artifact not found: {path}")

@@ -88,25 +88,26 @@ def test_family_as_source(family_dir, tiny_gpt2_dir, small_inputs):
     from lm_eval_contrans.pipeline import build_transplant
 
     concept, anchors = small_inputs
-    # block 0 of 2: its output is transformers' hidden_states[1] (the last block's is taken after the final norm)
-    transplant = build_transplant(str(family_dir), str(tiny_gpt2_dir), concept, anchors=anchors, device="cpu",
-                                  source_layer=0)
+    transplant = build_transplant(str(family_dir), str(tiny_gpt2_dir), concept, anchors=anchors, device="cpu")
     assert (transplant.source_num_layers, transplant.source_hidden_size) == (2, 32)
-    # the concept vector is the family's own states, read text by text: mean over pairs of positive - negative
-    # at the last token of the source block (the blocks found in this family's own module layout)
+    # the concept vector is the mean over pairs of positive - negative at the last token of the source block,
+    # here read one text at a time (no batching, no padding) from the block's own output
+    from lm_eval_contrans.activations import block_output_tensor
+    from lm_eval_contrans.blocks import decoder_blocks
     from lm_eval_contrans.concepts import load_concept_set
     from lm_eval_contrans.loading import load_model
 
     model, tokenizer = load_model(str(family_dir), device="cpu")
     pairs = load_concept_set(concept)
+    seen = []
+    decoder_blocks(model)[transplant.source_layer].register_forward_hook(
+        lambda module, args, output: seen.append(block_output_tensor(output)))
 
     def last_state(text: str) -> torch.Tensor:
-        ids = tokenizer(text, return_tensors="pt").input_ids
+        seen.clear()
         with torch.no_grad():
-            states = model(ids, output_hidden_states=True).hidden_states
-            # most families list the embeddings first; Mamba's list starts with block 0's output
-            first_is_embedding = torch.equal(states[0], model.get_input_embeddings()(ids).to(states[0].dtype))
-        return states[transplant.source_layer + int(first_is_embedding)][0, -1].double()
+            model(tokenizer(text, return_tensors="pt").input_ids)
+        return seen[0][0, -1].double()
 
     expected = torch.stack([last_state(p) - last_state(n) for p, n in zip(pairs.positives, pairs.negatives)]).mean(0)
     torch.testing.assert_close(transplant.source_vector.double(), expected, rtol=1e-3, atol=1e-4)

@@ -227,3 +227,28 @@ def test_states_that_overflow_stop_the_recording_with_the_precision_named(tiny_m
             token_states(model, tokenizer, tokenize_with_ends(tokenizer, texts)[0], [0])
     finally:
         handle.remove()
+
+
+def test_a_port_of_several_blocks_records_the_target_in_one_pass(tiny_llama_dir, tiny_gpt2_dir, small_inputs,
+                                                                  tmp_path, monkeypatch):
+    """The states of every block a build needs come from one pass over the anchors per model."""
+    import lm_eval_contrans.pipeline.states as states
+    from lm_eval_contrans.pipeline import port_vector
+
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path / "cache"))
+    _, anchors = small_inputs
+    vector = tmp_path / "three-blocks.pt"
+    torch.save({block: torch.randn(32, generator=torch.Generator().manual_seed(block)) for block in (0, 1, 3)}, vector)
+    passes = []
+    record = states.record_anchor_states
+
+    def counted(model, tokenizer, texts, layers, **kwargs):
+        passes.append((kwargs["progress"], sorted(layers)))
+        return record(model, tokenizer, texts, layers, **kwargs)
+
+    monkeypatch.setattr(states, "record_anchor_states", counted)
+    transplants = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(vector), anchors=anchors, device="cpu")
+    target_blocks = sorted({transplant.target_layer for transplant in transplants})
+    assert len(transplants) == 3 and len(target_blocks) >= 2
+    assert [progress for progress, _ in passes] == ["anchors in source", "anchors in target"]
+    assert passes[1][1] == target_blocks

@@ -32,7 +32,7 @@ from lm_eval_contrans.pipeline.depth import (
 from lm_eval_contrans.pipeline.fit import make_transplant
 from lm_eval_contrans.pipeline.inputs import check_batch_size, check_build_texts
 from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
-from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states
+from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states_at
 from lm_eval_contrans.pipeline.target_layer import choose_target_layers
 from lm_eval_contrans.vectors import ForeignVector, ImportedDirection, read_vector
 
@@ -168,8 +168,22 @@ def plan_port(
 
 def port_vector(source: str | ModelSpec, target: str | ModelSpec, vector: str | Path | ForeignVector,
                 **options) -> list[Transplant]:
-    """`contrans port`: a foreign steering vector for `source`, transplanted into `target` (one
-    transplant per block the file carries). `options`: `plan_port`'s and `plan_build`'s."""
+    """`contrans port`: another tool's steering vector for `source`, transplanted into `target`.
+
+    Args:
+        source: the model the vector was made for.
+        target: the model to steer.
+        vector: a llama.cpp/repeng control-vector .gguf, an lm-eval steered .pt, a tensor in
+            .safetensors/.pt/.npy, or a ForeignVector already read.
+        **options: `plan_port`'s (source_layer for a file that names no block, target_layer) and
+            `plan_build`'s (the recipe, anchors, dtype, device, batch_size).
+
+    Returns:
+        One Transplant per block the file carries; their blocks share alpha (`alpha_share`).
+
+    Raises:
+        ConTransError: the file cannot be read, holds a non-finite or zero vector, or does not fit the source.
+    """
     plan = plan_port(source, target, vector, **options)
     return finish_build(plan, record_sources(plan))
 
@@ -213,12 +227,13 @@ def finish_build(plan: BuildPlan, sources: list[ConceptStates], target_model: nn
 
 
 def _target_states(plan: BuildPlan, model, tokenizer, num_layers: int, dtype: str, device: str) -> list:
+    """Each concept's target-side anchor states, every block of the build recorded in one pass at most."""
     model_type = model_type_of(model) if model is not None else _configured_model_type(plan.target)
-    return [target_anchor_states(plan.target, plan.anchor_texts, target_block(layer, num_layers), num_layers=num_layers,
-                                 model_type=model_type, dtype=dtype, device=device,
-                                 anchor_tokens=plan.recipe.anchor_tokens, model=model, tokenizer=tokenizer,
-                                 batch_size=plan.batch_size)
-            for layer in plan.target_layers]
+    blocks = [target_block(layer, num_layers) for layer in plan.target_layers]
+    found = target_anchor_states_at(plan.target, plan.anchor_texts, blocks, num_layers=num_layers, model_type=model_type,
+                                    dtype=dtype, device=device, anchor_tokens=plan.recipe.anchor_tokens, model=model,
+                                    tokenizer=tokenizer, batch_size=plan.batch_size)
+    return [None if found is None else found[block] for block in blocks]
 
 
 def _configured_model_type(spec: ModelSpec) -> str:
@@ -238,9 +253,22 @@ def _transplants(plan: BuildPlan, sources: list[ConceptStates], targets: list) -
 
 def build_transplants(source: str | ModelSpec, target: str | ModelSpec,
                       concepts: str | Path | ConceptSet | list = "sentiment", **options) -> list[Transplant]:
-    """One transplant per concept (`a+b` or a list), from model names or paths alone. `options` are
-    `plan_build`'s: recipe and its overrides, layers (one value, or one per concept), anchors, dtype,
-    source_dtype, device, batch_size, block paths."""
+    """One transplant per concept, from model names or paths alone.
+
+    Args:
+        source: the aligned model the concepts are refined in (hub id[@revision], folder, .gguf, packaged:...).
+        target: the model to steer, named the same ways.
+        concepts: a shipped concept name or a concept-set file, several as `a+b` or a list, or ConceptSets.
+        **options: `plan_build`'s: recipe and its overrides, layers (one value, or one per concept), anchors,
+            dtype, source_dtype, device, batch_size, block paths.
+
+    Returns:
+        One Transplant per concept, in the order given.
+
+    Raises:
+        ConTransError: an argument or file is wrong (named in the message), before any model loads where
+            that can be told.
+    """
     plan = plan_build(source, target, concepts, **options)
     return finish_build(plan, record_sources(plan))
 

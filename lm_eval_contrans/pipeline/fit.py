@@ -38,6 +38,29 @@ _FITS: dict = {}  # fitted maps by the cache keys of the states they fit, shared
 FITS_KEPT = 256  # one auto target sweep fits ~70 maps; each holds a source x target matrix
 
 
+def fit_maps(source: ConceptStates, target: TargetAnchorStates, recipe: Recipe) -> tuple[dict, torch.Tensor]:
+    """({source block: map fitted there}, the target rows they were fitted to)."""
+    source_index, target_index, groups = paired_indices(source, target)
+    target_rows = target.anchor_states[target_index]
+    fits = {}
+    for layer in source.layers:
+        # the map does not depend on the concept: several concepts on the same states share one fit.
+        # States are named by their cache keys (which pin model, block, dtype, corpus and token pairing);
+        # states held only in memory are not remembered.
+        named = source.anchor_key(layer), target.key
+        key = None if None in named else (recipe.map_method, recipe.ridge, recipe.center, *named)
+        if key in _FITS:
+            fits[layer] = _FITS[key]
+            continue
+        fits[layer] = fit_linear_map(source.anchor_states[layer][source_index], target_rows, method=recipe.map_method,
+                                     ridge=recipe.ridge, center=recipe.center, groups=groups)
+        if key is not None:
+            if len(_FITS) >= FITS_KEPT:
+                _FITS.pop(next(iter(_FITS)))
+            _FITS[key] = fits[layer]
+    return fits, target_rows
+
+
 def make_transplant(
     source: ConceptStates, target: TargetAnchorStates, *, target_name: str, concept: ConceptSet | ImportedDirection,
     anchor_texts: list[str],
@@ -45,25 +68,7 @@ def make_transplant(
 ) -> Transplant:
     """Fit the map on paired anchor states (choosing the source block if several are candidates)
     and transplant the source concept vector."""
-    source_index, target_index, groups = paired_indices(source, target)
-    target_rows = target.anchor_states[target_index]
-    fits = {}
-    for layer in source.layers:
-        source_rows = source.anchor_states[layer][source_index]
-        # the map does not depend on the concept: several concepts on the same states share one fit.
-        # States are named by their cache keys (which pin model, block, dtype, corpus and token pairing);
-        # states held only in memory are not remembered.
-        named = source.anchor_key(layer), target.key
-        key = None if None in named else (recipe.map_method, recipe.ridge, recipe.center, *named)
-        if key not in _FITS:
-            fits[layer] = fit_linear_map(source_rows, target_rows, method=recipe.map_method, ridge=recipe.ridge,
-                                         center=recipe.center, groups=groups)
-            if key is not None:
-                if len(_FITS) >= FITS_KEPT:
-                    _FITS.pop(next(iter(_FITS)))
-                _FITS[key] = fits[layer]
-        else:
-            fits[layer] = _FITS[key]
+    fits, target_rows = fit_maps(source, target, recipe)
     layer = max(fits, key=lambda index: fits[index].heldout_r2)
     linear_map = fits[layer]
     extra = {"imported": concept.vector.origin()} if isinstance(concept, ImportedDirection) else {}

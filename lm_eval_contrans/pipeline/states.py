@@ -187,20 +187,8 @@ def record_concept_states(
                    **{("concept", *name): ("concept_vectors", key) for name, key in concept_keys.items()}}
 
         def record(missing: list) -> dict:
-            model_, tokenizer = with_model()
-            recorded = {}
-            anchor_layers = [layer for kind, *rest in missing if kind == "anchors" for layer in rest]
-            if anchor_layers:
-                states = record_anchor_states(model_, tokenizer, anchor_texts, anchor_layers, anchor_tokens=anchor_tokens,
-                                              batch_size=batch_size, progress=f"anchors in {role}")
-                recorded.update({("anchors", layer): states.pop(layer) for layer in anchor_layers})
-            for position, request in enumerate(requests):
-                layers = [name[2] for name in missing if name[0] == "concept" and name[1] == position]
-                if layers:
-                    vectors = concept_vector(model_, tokenizer, request.concept, layers, batch_size=batch_size,
-                                             progress=f"concept '{request.concept.name}' in {role}")
-                    recorded.update({("concept", position, layer): vectors[layer] for layer in layers})
-            return recorded
+            return _record_missing(*with_model(), missing, requests, anchor_texts=anchor_texts,
+                                   anchor_tokens=anchor_tokens, batch_size=batch_size, role=role)
 
         fill_entries(entries, record)
         if not loaded:
@@ -219,6 +207,25 @@ def record_concept_states(
         loaded.clear()
 
 
+def _record_missing(model: nn.Module, tokenizer, missing: list, requests: list[StateRequest], *, anchor_texts: list[str],
+                    anchor_tokens: str, batch_size: int | str, role: str) -> dict:
+    """The missing entries (("anchors", block) and ("concept", request position, block)): every anchor block in one
+    pass over the anchors, each concept's blocks in one pass over its pairs."""
+    recorded = {}
+    anchor_layers = [layer for kind, *rest in missing if kind == "anchors" for layer in rest]
+    if anchor_layers:
+        states = record_anchor_states(model, tokenizer, anchor_texts, anchor_layers, anchor_tokens=anchor_tokens,
+                                      batch_size=batch_size, progress=f"anchors in {role}")
+        recorded.update({("anchors", layer): states.pop(layer) for layer in anchor_layers})
+    for position, request in enumerate(requests):
+        layers = [name[2] for name in missing if name[0] == "concept" and name[1] == position]
+        if layers:
+            vectors = concept_vector(model, tokenizer, request.concept, layers, batch_size=batch_size,
+                                     progress=f"concept '{request.concept.name}' in {role}")
+            recorded.update({("concept", position, layer): vectors[layer] for layer in layers})
+    return recorded
+
+
 class _NotCached(Exception):
     pass
 
@@ -229,19 +236,34 @@ def target_anchor_states(
     batch_size: int | str = "auto",
 ) -> TargetAnchorStates | None:
     """Anchor states at a target block: cached, or recorded with `model` (None if neither)."""
-    key = anchor_key(model_identity(spec), layer, dtype, device, anchor_texts, anchor_tokens)
+    found = target_anchor_states_at(spec, anchor_texts, [layer], num_layers=num_layers, model_type=model_type,
+                                    dtype=dtype, device=device, anchor_tokens=anchor_tokens, model=model,
+                                    tokenizer=tokenizer, batch_size=batch_size)
+    return None if found is None else found[layer]
+
+
+def target_anchor_states_at(
+    spec: ModelSpec, anchor_texts: list[str], layers: list[int], *, num_layers: int, model_type: str, dtype: str,
+    device: str, anchor_tokens: str, model: nn.Module | None = None, tokenizer=None,
+    batch_size: int | str = "auto",
+) -> dict[int, TargetAnchorStates] | None:
+    """Anchor states at several target blocks: cached, or the missing ones recorded with `model` in one pass
+    over the anchors (None where some are missing and there is no model)."""
+    keys = {layer: anchor_key(model_identity(spec), layer, dtype, device, anchor_texts, anchor_tokens)
+            for layer in sorted(set(layers))}
 
     def record(missing: list) -> dict:
         if model is None:
             raise _NotCached
-        states = record_anchor_states(model, tokenizer, anchor_texts, [layer], anchor_tokens=anchor_tokens,
-                                      batch_size=batch_size, progress="anchors in target")
-        return {layer: states[layer]}
+        return record_anchor_states(model, tokenizer, anchor_texts, list(missing), anchor_tokens=anchor_tokens,
+                                    batch_size=batch_size, progress="anchors in target")
 
     try:
-        fill_entries({layer: ("anchor_states", key)}, record)
+        fill_entries({layer: ("anchor_states", key) for layer, key in keys.items()}, record)
     except _NotCached:
         return None
     ends = anchor_ends(spec, tokenizer, anchor_texts) if anchor_tokens == "dense" else None
-    return TargetAnchorStates(layer=layer, num_layers=num_layers, model_type=model_type,
-                              anchor_states=StatesOnDisk({layer: key})[layer], anchor_ends=ends, key=content_key(key))
+    on_disk = StatesOnDisk(keys)
+    return {layer: TargetAnchorStates(layer=layer, num_layers=num_layers, model_type=model_type,
+                                      anchor_states=on_disk[layer], anchor_ends=ends, key=content_key(key))
+            for layer, key in keys.items()}
