@@ -186,26 +186,28 @@ def _check_before_work(args) -> None:
 
 
 def _run_build(args, rest) -> None:
-    from lm_eval_contrans.artifact import save_transplants
     from lm_eval_contrans.pipeline import build_transplants
 
     # several concepts (a+b) share one load of each model and one artifact
     transplants = build_transplants(*_models(args), args.concept, **_recipe_options(args), dtype=args.dtype,
                                     device=args.device, batch_size=args.batch_size)
-    save_transplants(transplants, args.out)
-    print("\n\n".join(transplant.summary() for transplant in transplants))
-    print(f"wrote {args.out}")
+    _save_and_describe(transplants, args.out, "")
 
 
 def _run_port(args, rest) -> None:
-    from lm_eval_contrans.artifact import save_transplants
     from lm_eval_contrans.pipeline import port_vector
 
     transplants = port_vector(*_models(args), args.vector, **_recipe_options(args), dtype=args.dtype,
                               device=args.device, batch_size=args.batch_size)
-    save_transplants(transplants, args.out)
+    _save_and_describe(transplants, args.out, f" ({len(transplants)} block(s))")
+
+
+def _save_and_describe(transplants: list, out: str, note: str) -> None:
+    from lm_eval_contrans.artifact import save_transplants
+
+    save_transplants(transplants, out)
     print("\n\n".join(transplant.summary() for transplant in transplants))
-    print(f"wrote {args.out} ({len(transplants)} block(s))")
+    print(f"wrote {out}{note}")
 
 
 def _run_inspect(args, rest) -> None:

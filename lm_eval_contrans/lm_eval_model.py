@@ -26,8 +26,8 @@ from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_positions, stop_if_not_finite
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, alphas_for, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
-    transplant_info,
+    TransplantArgs, alphas_for, check_push, describe_steering, engine_target_spec, prepare_transplants, target_facts,
+    target_name, transplant_info,
 )
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
@@ -95,6 +95,7 @@ class ConTransLM(FastScoringHFLM):
         facts = target_facts(None, self.model)
         for transplant in transplants:
             check_against_target(transplant, target=self._target_name, strict_name=self._check_target_name, **facts)
+        check_push(transplants, alphas)
         self.transplants, self.alphas = transplants, alphas
 
     # One concept is the common case: `transplant` / `alpha` read it (use_transplants changes it).

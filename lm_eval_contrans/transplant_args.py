@@ -226,3 +226,22 @@ def describe_steering(transplants: list[Transplant], alphas: list[float]) -> str
     """What steers, in words, for messages: each concept at its block and alpha."""
     return ", ".join(f"{t.concept} at block {t.target_layer}, alpha {alpha:g} ({t.alpha_unit} units)"
                      for t, alpha in zip(transplants, alphas))
+
+
+# beyond this many times the steered block's median residual norm, the block's output is the added vector's alone
+MOST_PUSH = 1000.0
+
+
+def check_push(transplants: list[Transplant], alphas: list[float]) -> None:
+    """Refuse an alpha whose added vector dwarfs the residual stream it is added to (alpha=1e30 is finite, and so
+    are the states after it in some models, where the outputs become a uniform distribution reported as scores)."""
+    for transplant, alpha in zip(transplants, alphas):
+        if transplant.residual_norm <= 0:  # no recorded norm (another tool's vector for the target): finiteness only
+            continue
+        added = abs(alpha) * float(transplant.steering_vector().double().norm())
+        if added > MOST_PUSH * transplant.residual_norm:
+            raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block {transplant.target_layer}, "
+                                         f"{added / transplant.residual_norm:.3g} times its median residual norm "
+                                         f"({transplant.residual_norm:.3g}); the block's output would be the vector's "
+                                         f"alone. At most {MOST_PUSH:g} times ({transplant.concept}, "
+                                         f"{transplant.alpha_unit} units)")

@@ -19,6 +19,12 @@ from lm_eval_contrans.lm_eval_model import ConTransLM
 PAIRS = [("The hotel room", " was spotless."), ("The concert", " was awful.")]
 
 
+@pytest.fixture(autouse=True)
+def _warnings_reach_caplog(monkeypatch):
+    """Under lm-eval the package's log goes to lm-eval's handlers only (lm_eval_model); here to pytest's too."""
+    monkeypatch.setattr(logging.getLogger("lm_eval_contrans"), "propagate", True)
+
+
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fails a test whose refusal came only after a model load (the slow part a mistake should never wait for)."""
@@ -169,10 +175,21 @@ def test_another_tools_vector_that_cannot_steer_is_refused(value, message, tiny_
         ConTransLM(target=str(tiny_gpt2_dir), vector=str(path), alpha_unit="raw", device="cpu")
 
 
-def test_a_steered_pass_that_turns_non_finite_stops_the_evaluation(artifact, tiny_gpt2_dir):
-    """alpha 1e30 is finite, and so is the vector it scales; the states after it are not."""
+def test_an_alpha_that_dwarfs_the_residual_stream_is_refused_before_anything_runs(artifact, tiny_gpt2_dir):
+    with pytest.raises(ConTransError, match="^alpha: 1e\\+30 adds a vector of norm .* times its median residual norm "
+                                            ".* At most 1000 times"):
+        ConTransLM(target=str(tiny_gpt2_dir), vector=str(artifact), alpha=1e30, device="cpu")
+    ConTransLM(target=str(tiny_gpt2_dir), vector=str(artifact), alpha=-500, device="cpu")  # 50 times: allowed
+
+
+def test_a_steered_pass_that_turns_non_finite_stops_the_evaluation(artifact, tiny_gpt2_dir, monkeypatch):
+    """The net under the range check (half precision overflows far earlier): alpha 1e30 is finite, and so is the
+    vector it scales; GPT-2's states after it are not."""
     from lm_eval.api.instance import Instance
 
+    import lm_eval_contrans.transplant_args as transplant_args
+
+    monkeypatch.setattr(transplant_args, "MOST_PUSH", float("inf"))
     lm = ConTransLM(target=str(tiny_gpt2_dir), vector=str(artifact), alpha=1e30, device="cpu", batch_size=2)
     requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(PAIRS)]
     with pytest.raises(ConTransError, match="^alpha: the steered model's outputs are not finite .*sentiment12 at "

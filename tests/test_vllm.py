@@ -179,17 +179,30 @@ def test_compiled_mode_steers_as_eager_mode(artifacts, hf):
     assert words(compiled["generations"]) == words(hf["llama", ALPHA]["generations"])
 
 
-def test_a_steered_engine_whose_scores_turn_non_finite_stops_instead_of_reporting_them(artifacts):
+def test_an_alpha_that_dwarfs_the_residual_stream_is_refused_before_the_engine_starts(artifacts):
+    """vLLM turns the outputs of such a push into a uniform distribution, finite and reported as scores."""
     from lm_eval_contrans.errors import ConTransError
     from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
 
     target, artifact = artifacts["llama"]
-    lm = ConTransVLLM(target=target, vector=artifact, alpha=1e30, enforce_eager=True, **ENGINE)
-    try:
-        with pytest.raises(ConTransError, match="^alpha: the steered model's log-likelihoods are not finite .*alpha 1e"):
-            loglikelihoods(lm)
-    finally:
-        lm.model.llm_engine.engine_core.shutdown()
+    with pytest.raises(ConTransError, match="^alpha: 1e\\+30 adds a vector of norm .* times its median residual norm"):
+        ConTransVLLM(target=target, vector=artifact, alpha=1e30, enforce_eager=True, **ENGINE)
+
+
+def test_a_cpu_memory_share_that_is_not_free_is_refused_before_the_build(tiny_llama_dir, vllm_llama_dir, small_inputs):
+    """vLLM's CPU backend refuses to start where gpu_memory_utilization of the machine's memory is not free:
+    said before the source pass, not after it."""
+    from vllm.platforms import current_platform
+
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM's CPU backend only")
+    concept, anchors = small_inputs
+    with pytest.raises(ConTransError, match="^gpu_memory_utilization: 0.999: on a CPU, vLLM reserves"):
+        ConTransVLLM(source=str(tiny_llama_dir), target=str(vllm_llama_dir), concept=concept, anchors=anchors,
+                     gpu_memory_utilization=0.999, dtype="float32")
 
 
 def test_positions_that_vllm_cannot_tell_apart_are_refused_before_any_load(artifacts):

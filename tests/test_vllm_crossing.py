@@ -122,3 +122,21 @@ def test_a_steering_file_for_another_shape_is_refused_in_the_worker(wrong, tiny_
     entry = engine_entry({0: vector}, describe="x", **facts)
     with pytest.raises(RuntimeError, match=f"made for {'hidden size' if wrong == 'hidden_size' else '5 blocks'}"):
         steer_loaded_model(model, entry, _model_config(model))
+
+
+def test_non_finite_logits_are_flagged_for_the_driver():
+    """vLLM scores NaN logits as a uniform distribution; the worker flags them, the driver asks (collective_rpc)."""
+    from lm_eval_contrans.vllm.plugin import _watch_logits, non_finite_report
+
+    class Model(torch.nn.Module):
+        def compute_logits(self, hidden):
+            return hidden * 2
+
+    model = Model()
+    _watch_logits(model)
+    worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: model))
+    assert torch.equal(model.compute_logits(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    assert non_finite_report(worker) is False
+    model.compute_logits(torch.tensor([[1.0, float("nan")]]))
+    model.compute_logits(torch.ones(1, 2))  # a later finite batch does not clear it
+    assert non_finite_report(worker) is True

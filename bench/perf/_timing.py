@@ -40,6 +40,17 @@ def timed(results: list):
     results.append(time.perf_counter() - start)
 
 
+def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
+    """{name: median seconds of `runs[name]()`} over `repeats`, the order turned each repeat so that no run
+    always follows the same one on this noisy machine."""
+    names, times = list(runs), {name: [] for name in runs}
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            with timed(times[name]):
+                runs[name]()
+    return {name: median(values) for name, values in times.items()}
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

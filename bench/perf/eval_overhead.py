@@ -18,8 +18,8 @@ import os
 import tempfile
 
 from _timing import (
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, fresh_cache_with_gguf, machine, median, task_metadata,
-    timed, write_json,
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, fresh_cache_with_gguf, interleaved_medians, machine,
+    task_metadata, write_json,
 )
 
 
@@ -69,13 +69,7 @@ def main() -> None:
         }
         for kind, run in [("loglikelihood", lambda lm: lm.loglikelihood(loglikelihood_requests, disable_tqdm=True)),
                           ("generation", lambda lm: lm.generate_until(generate_requests, disable_tqdm=True))]:
-            times = {name: [] for name in models}
-            for repeat in range(args.repeats):
-                order = list(models)[repeat % len(models):] + list(models)[:repeat % len(models)]
-                for name in order:
-                    with timed(times[name]):
-                        run(models[name])
-            seconds = {name: median(values) for name, values in times.items()}
+            seconds = interleaved_medians({name: (lambda lm=lm: run(lm)) for name, lm in models.items()}, args.repeats)
             print(f"[{dtype}] {kind}: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items())
                   + f" (medians of {args.repeats}); RATIO throughput contrans / hf = {seconds['hf'] / seconds['contrans']:.3f} "
                   f"(target >= 0.97), contrans / hf + shortcuts = {seconds['hf + shortcuts'] / seconds['contrans']:.3f}", flush=True)

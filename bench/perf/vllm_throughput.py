@@ -18,8 +18,8 @@ import os
 import tempfile
 
 from _timing import (
-    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, fresh_cache_with_gguf, machine, median,
-    task_metadata, timed, write_json,
+    SOURCE, TARGET, add_data_argument, add_json_argument, data_folder, fresh_cache_with_gguf, interleaved_medians,
+    machine, task_metadata, write_json,
 )
 
 
@@ -73,13 +73,7 @@ def main() -> None:
     work = {"loglikelihood": lambda name: models[name].loglikelihood(loglikelihood_requests, disable_tqdm=True),
             "generation": lambda name: models[name].generate_until(generate_requests(at_least[name]), disable_tqdm=True)}
     for kind, run in work.items():
-        times = {name: [] for name in models}
-        for repeat in range(args.repeats):
-            order = list(models)[repeat % len(models):] + list(models)[:repeat % len(models)]
-            for name in order:
-                with timed(times[name]):
-                    run(name)
-        seconds = {name: median(values) for name, values in times.items()}
+        seconds = interleaved_medians({name: (lambda name=name: run(name)) for name in models}, args.repeats)
         print(f"{kind}: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items())
               + f" (medians of {args.repeats}); RATIO throughput contrans-vllm / vllm = "
               f"{seconds['vllm'] / seconds['contrans-vllm']:.3f} (target >= 0.95)", flush=True)

@@ -28,6 +28,7 @@ def refuse_what_vllm_cannot_do(args, engine_args: dict) -> None:
     if args.positions != "all":
         raise ConTransError("positions", POSITIONS_REFUSED)
     _check_data_parallel(engine_args)
+    _check_cpu_memory(engine_args)
     check_torchvision()
 
 
@@ -59,3 +60,25 @@ def _check_data_parallel(engine_args: dict) -> None:
                                                   "would wait forever. On a CPU machine, start a ray cluster that "
                                                   f"declares them (ray start --head --num-gpus {gpus}) and set "
                                                   "RAY_ADDRESS=auto")
+
+
+def _check_cpu_memory(engine_args: dict) -> None:
+    """vLLM's CPU backend reserves gpu_memory_utilization (vLLM's default 0.92) of the machine's memory and
+    refuses to start where that much is not free; told now, before the build, rather than after it."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or engine_args.get("kv_cache_memory_bytes") is not None:
+        return
+    import psutil
+
+    default = next(field.default for field in dataclasses.fields(EngineArgs) if field.name == "gpu_memory_utilization")
+    fraction = float(engine_args.get("gpu_memory_utilization", default))
+    memory = psutil.virtual_memory()
+    if memory.total * fraction > memory.available:
+        raise ConTransError("gpu_memory_utilization", f"{fraction}: on a CPU, vLLM reserves this share of the "
+                                                      f"machine's memory ({memory.total * fraction / 2**30:.1f} GiB), and "
+                                                      f"{memory.available / 2**30:.1f} GiB is free; give a smaller share "
+                                                      "(e.g. gpu_memory_utilization=0.5) or kv_cache_memory_bytes")

@@ -10,7 +10,6 @@ in every process vLLM runs the model in, compiled or eager.
 from __future__ import annotations
 
 import logging
-import math
 
 from lm_eval.api.registry import register_model
 
@@ -29,11 +28,12 @@ from lm_eval_contrans.artifact import check_against_target, save_transplants
 from lm_eval_contrans.loading import evaluation_device, pretrained_path
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name, transplant_info,
+    TransplantArgs, check_push, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
+    transplant_info,
 )
 from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do
 from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
-from lm_eval_contrans.vllm.plugin import REPORT_METHOD
+from lm_eval_contrans.vllm.plugin import NON_FINITE_METHOD, REPORT_METHOD
 
 logger = logging.getLogger("lm_eval.contrans")
 
@@ -56,6 +56,7 @@ class ConTransVLLM(VLLM):
         for transplant in self.transplants:
             check_against_target(transplant, target=target_spec.name,
                                  strict_name=as_bool(args.check_target_name, "check_target_name"), **facts)
+        check_push(self.transplants, self.alphas)
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
         self.steering = steering_by_block(self.transplants, self.alphas)
@@ -68,17 +69,19 @@ class ConTransVLLM(VLLM):
             check_steered(self.model, self.steering)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        return self._finite(results, [score for score, _ in results])
+        return self._finite(super().loglikelihood(requests, disable_tqdm=disable_tqdm))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        results = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
-        return self._finite(results, results)
+        return self._finite(super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm))
 
-    def _finite(self, results: list, scores: list[float]) -> list:
-        """Scores computed from a steered pass gone non-finite stop the evaluation instead of being reported."""
-        if not all(math.isfinite(score) for score in scores):
-            raise ConTransError("alpha", "the steered model's log-likelihoods are not finite (NaN or inf) with "
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        return self._finite(super().generate_until(requests, disable_tqdm=disable_tqdm))
+
+    def _finite(self, results: list) -> list:
+        """Results of a steered pass gone non-finite stop the evaluation instead of being reported: vLLM scores
+        and samples NaN logits as a uniform distribution, so the workers are asked (each flags what it saw)."""
+        if self.steering and self.data_parallel_size <= 1 and any(self.model.collective_rpc(NON_FINITE_METHOD)):
+            raise ConTransError("alpha", "the steered model's outputs are not finite (NaN or inf) with "
                                          f"{describe_steering(self.transplants, self.alphas)}: lower alpha")
         return results
 

@@ -20,6 +20,8 @@ from torch import nn
 
 BUFFER = "contrans_steering"
 REPORT_METHOD = "contrans_steering_report"
+NON_FINITE_METHOD = "contrans_non_finite_report"
+NON_FINITE_FLAG = "contrans_non_finite_logits"
 
 
 def register() -> None:
@@ -41,6 +43,7 @@ def register() -> None:
     load_model_then_steer._steers = True
     Worker.load_model = load_model_then_steer
     setattr(Worker, REPORT_METHOD, steering_report)  # what the driver asks each worker (collective_rpc)
+    setattr(Worker, NON_FINITE_METHOD, non_finite_report)
 
 
 def steering_report(worker) -> dict[int, float]:
@@ -50,6 +53,26 @@ def steering_report(worker) -> dict[int, float]:
     blocks = decoder_blocks_of(worker.model_runner.get_model(), worker.vllm_config.model_config.hf_config)
     return {index: float(getattr(layer, BUFFER).float().norm()) for index, layer in enumerate(blocks)
             if hasattr(layer, BUFFER)}
+
+
+def non_finite_report(worker) -> bool:
+    """Whether a steered model's logits were ever NaN or inf in this worker (vLLM samples and scores such logits
+    as a uniform distribution: finite numbers that mean nothing)."""
+    return bool(getattr(worker.model_runner.get_model(), NON_FINITE_FLAG, False))
+
+
+def _watch_logits(model: nn.Module) -> None:
+    """Flag non-finite logits. `compute_logits` runs outside the compiled graph, so a check there is possible
+    in every mode; the driver reads the flag after each batch of requests."""
+    compute_logits = model.compute_logits
+
+    def checked(*args, **kwargs):
+        logits = compute_logits(*args, **kwargs)
+        if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+            setattr(model, NON_FINITE_FLAG, True)
+        return logits
+
+    model.compute_logits = checked
 
 
 def _add_steering(module: nn.Module, args, output):
@@ -86,6 +109,8 @@ def steer_loaded_model(model: nn.Module, entry: dict, model_config) -> list[int]
         layer.register_buffer(BUFFER, vector.to(device=device, dtype=model_config.dtype), persistent=False)
         layer.register_forward_hook(_add_steering)
         steered.append(block)
+    if hasattr(model, "compute_logits"):
+        _watch_logits(model)
     logging.getLogger("vllm.contrans").info("contrans: steering %s at block(s) %s: %s", type(model).__name__, steered,
                                metadata.get("describe", ""))
     return steered

@@ -38,14 +38,16 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     from lm_eval_contrans.artifact import check_against_target
     from lm_eval_contrans.loading import default_device, pretrained_path
     from lm_eval_contrans.pipeline.recipe import as_bool
-    from lm_eval_contrans.transplant_args import engine_target_spec, prepare_transplants, target_facts
+    from lm_eval_contrans.transplant_args import check_push, engine_target_spec, prepare_transplants, target_facts
     from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
 
     target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
     from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do, require_vllm
 
     require_vllm("contrans serve")
-    refuse_what_vllm_cannot_do(transplant, {})
+    memory = {name.removeprefix("--").replace("-", "_"): _option(vllm_arguments, name)
+              for name in ("--gpu-memory-utilization", "--kv-cache-memory-bytes")}
+    refuse_what_vllm_cannot_do(transplant, {name: value for name, value in memory.items() if value is not None})
     prepared = prepare_transplants(target, transplant, dtype=_option(vllm_arguments, "--dtype") or "auto",
                                    device=default_device())
     transplants = prepared.finish()
@@ -53,6 +55,7 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     strict_name = as_bool(transplant.check_target_name, "check_target_name")
     for made in transplants:
         check_against_target(made, target=target.name, strict_name=strict_name, **facts)
+    check_push(transplants, prepared.alphas)
     steering = steering_by_block(transplants, prepared.alphas)
     described = describe(transplants, prepared.alphas)
     additional = json.loads(_option(vllm_arguments, "--additional-config") or "{}")
