@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOCUMENTS = ["docs/RESULTS.md", "bench/README.md", "README.md"]
+DOCUMENTS = ["docs/RESULTS.md", "bench/README.md", "README.md", "docs/VLLM.md"]
 
 
 def loaded(path: Path, name: str):

@@ -22,7 +22,7 @@ def render_docs():
     return module
 
 
-@pytest.mark.parametrize("document", ["docs/RESULTS.md", "bench/README.md", "README.md"])
+@pytest.mark.parametrize("document", ["docs/RESULTS.md", "bench/README.md", "README.md", "docs/VLLM.md"])
 def test_every_rendered_table_equals_its_saved_run(render_docs, document):
     text = (REPO / document).read_text(encoding="utf-8")
     for name, start, end in rendered_sections(text):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -286,3 +287,34 @@ def test_a_damaged_entry_is_made_again_once_with_a_warning_naming_it(tmp_path, m
     with caplog.at_level(logging.WARNING):
         assert torch.equal(cached_tensor("states", {"x": 2}, lambda: torch.full((3,), 2.0)), torch.full((3,), 2.0))
     assert f"the cache entry {entry} is damaged" in caplog.text
+
+
+def test_a_write_killed_with_sigkill_leaves_nothing_the_next_run_keeps(tmp_path, monkeypatch):
+    """A real `kill -9` half-way through filling a cache folder (as a de-quantization is filled)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import time; from pathlib import Path; from lm_eval_contrans.cache import cached_dir\n"
+              "def produce(folder):\n"
+              "    (folder / 'model.safetensors').write_bytes(b'0' * 1_000_000)\n"
+              "    Path(folder.parent / 'started').write_text('')\n"
+              "    time.sleep(60)\n"
+              "cached_dir('gguf', 'model-key', produce)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "CONTRANS_CACHE": str(tmp_path)})
+    started = tmp_path / "gguf" / "started"
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert started.exists(), "the writer never started"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert [path.name for path in (tmp_path / "gguf").glob(".model-key.*")], "the kill left no staging folder?"
+
+    from lm_eval_contrans.cache import cached_dir
+
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path))
+    folder = cached_dir("gguf", "model-key", lambda folder: (folder / "config.json").write_text("{}"))
+    assert (folder / "config.json").is_file() and not (folder / "model.safetensors").exists()
+    assert list((tmp_path / "gguf").glob(".model-key.*")) == []

@@ -137,6 +137,6 @@ def test_non_finite_logits_are_flagged_for_the_driver():
     worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: model))
     assert torch.equal(model.compute_logits(torch.ones(2, 3)), torch.full((2, 3), 2.0))
     assert non_finite_report(worker) is False
-    model.compute_logits(torch.tensor([[1.0, float("nan")]]))
+    model.compute_logits(torch.tensor([[1.0, float("inf")]]))  # the hidden states it is given
     model.compute_logits(torch.ones(1, 2))  # a later finite batch does not clear it
     assert non_finite_report(worker) is True

@@ -78,8 +78,9 @@ class ConTransVLLM(VLLM):
         return self._finite(super().generate_until(requests, disable_tqdm=disable_tqdm))
 
     def _finite(self, results: list) -> list:
-        """Results of a steered pass gone non-finite stop the evaluation instead of being reported: vLLM scores
-        and samples NaN logits as a uniform distribution, so the workers are asked (each flags what it saw)."""
+        """Results of a steered pass gone non-finite stop the evaluation instead of being reported. The numbers
+        lm-eval gets back need not show it (vLLM computes log-probabilities and samples from whatever logits it
+        has), so the workers are asked: each flags the non-finite logits it saw."""
         if self.steering and self.data_parallel_size <= 1 and any(self.model.collective_rpc(NON_FINITE_METHOD)):
             raise ConTransError("alpha", "the steered model's outputs are not finite (NaN or inf) with "
                                          f"{describe_steering(self.transplants, self.alphas)}: lower alpha")
