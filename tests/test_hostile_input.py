@@ -21,9 +21,16 @@ PAIRS = [("The hotel room", " was spotless."), ("The concert", " was awful.")]
 
 
 @pytest.fixture(autouse=True)
-def _warnings_reach_caplog(monkeypatch):
-    """Under lm-eval the package's log goes to lm-eval's handlers only (lm_eval_model); here to pytest's too."""
-    monkeypatch.setattr(logging.getLogger("lm_eval_contrans"), "propagate", True)
+def _warnings_reach_caplog():
+    """Under lm-eval the package's log goes to lm-eval's handlers only, at lm-eval's level (lm_eval_model), which
+    an earlier in-process evaluation may have left at ERROR; here it goes to pytest's too, at every level."""
+    package = logging.getLogger("lm_eval_contrans")
+    level, propagate = package.level, package.propagate
+    package.setLevel(logging.NOTSET)
+    package.propagate = True
+    yield
+    package.setLevel(level)
+    package.propagate = propagate
 
 
 @pytest.fixture
