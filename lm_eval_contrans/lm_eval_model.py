@@ -17,7 +17,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_contrans.artifact import Transplant, check_against_target, save_transplants
+from lm_eval_contrans.artifact import Transplant, save_transplants
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.loading import (
     evaluation_device, pretrained_path, release_read_only_tokenizers,
@@ -26,8 +26,8 @@ from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_positions, stop_if_not_finite
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, alphas_for, check_push, describe_steering, engine_target_spec, prepare_transplants, target_facts,
-    target_name, transplant_info,
+    TransplantArgs, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare_transplants,
+    target_facts, target_name, transplant_info,
 )
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
@@ -92,10 +92,8 @@ class ConTransLM(FastScoringHFLM):
         each against the loaded target: one load of the target serves a whole grid of vectors."""
         transplants = [transplants] if isinstance(transplants, Transplant) else list(transplants)
         alphas = alphas_for(alphas, len(transplants))
-        facts = target_facts(None, self.model)
-        for transplant in transplants:
-            check_against_target(transplant, target=self._target_name, strict_name=self._check_target_name, **facts)
-        check_push(transplants, alphas)
+        check_for_target(transplants, alphas, target=self._target_name, facts=target_facts(None, self.model),
+                         strict_name=self._check_target_name)
         self.transplants, self.alphas = transplants, alphas
 
     # One concept is the common case: `transplant` / `alpha` read it (use_transplants changes it).
@@ -117,7 +115,8 @@ class ConTransLM(FastScoringHFLM):
         with ExitStack() as stack:
             for transplant, alpha in zip(self.transplants, self.alphas):
                 stack.enter_context(transplant.apply(self.model, alpha, self.positions))
-            stack.enter_context(stop_if_not_finite(self.model, describe_steering(self.transplants, self.alphas)))
+            steered = lambda: describe_steering(self.transplants, self.alphas)  # noqa: E731 (said on an error only)
+            stack.enter_context(stop_if_not_finite(self.model, steered))
             yield
 
     def _can_share_context(self) -> bool:

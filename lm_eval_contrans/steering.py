@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -151,14 +151,14 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
 
 
 @contextmanager
-def stop_if_not_finite(model: nn.Module, steered: str) -> Iterator[None]:
+def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator[None]:
     """Within the block, a forward pass of `model` whose logits hold NaN or inf stops with an error naming
-    `steered` (what steers, at which block and alpha), instead of scores computed from them."""
+    `steered()` (what steers, at which block and alpha; said only then), instead of scores computed from them."""
 
     def check(module: nn.Module, inputs, output) -> None:
         logits = getattr(output, "logits", None)
         if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
-            raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf) with {steered}: "
+            raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf) with {steered()}: "
                                          "lower alpha")
 
     handle = model.register_forward_hook(check)

@@ -14,7 +14,7 @@ import difflib
 import logging
 from dataclasses import dataclass
 
-from lm_eval_contrans.artifact import Transplant, as_dict, is_transplant_file, load_transplants
+from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, is_transplant_file, load_transplants
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 from lm_eval_contrans.paths import writable_output
@@ -232,6 +232,15 @@ def describe_steering(transplants: list[Transplant], alphas: list[float]) -> str
 MOST_PUSH = 1000.0
 
 
+def check_for_target(transplants: list[Transplant], alphas: list[float], *, target: str, facts: dict,
+                     strict_name: bool) -> None:
+    """What every engine checks before it steers: each transplant was made for this target (`facts`:
+    `target_facts`), and no alpha dwarfs the residual stream."""
+    for transplant in transplants:
+        check_against_target(transplant, target=target, strict_name=strict_name, **facts)
+    check_push(transplants, alphas)
+
+
 def check_push(transplants: list[Transplant], alphas: list[float]) -> None:
     """Refuse an alpha whose added vector dwarfs the residual stream it is added to (alpha=1e30 is finite, and so
     are the states after it in some models, where the outputs become a uniform distribution reported as scores)."""
@@ -240,7 +249,8 @@ def check_push(transplants: list[Transplant], alphas: list[float]) -> None:
             continue
         added = abs(alpha) * float(transplant.steering_vector().double().norm())
         if added > MOST_PUSH * transplant.residual_norm:
-            raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block {transplant.target_layer}, "
+            raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block "
+                                         f"{transplant.target_layer}, "
                                          f"{added / transplant.residual_norm:.3g} times its median residual norm "
                                          f"({transplant.residual_norm:.3g}); the block's output would be the vector's "
                                          f"alone. At most {MOST_PUSH:g} times ({transplant.concept}, "

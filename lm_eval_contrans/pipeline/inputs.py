@@ -36,10 +36,11 @@ def context_length(spec: ModelSpec) -> int | None:
     return next((getattr(text, name) for name in CONTEXT_FIELDS if isinstance(getattr(text, name, None), int)), None)
 
 
-def check_text_lengths(spec: ModelSpec, texts: list[str], where: str, argument: str, unit: str = "text") -> None:
-    """Refuse a text longer than the model's context. Not truncated: the concept vector and the map read a
-    text's last tokens, and a cut text would be read at another place than the one it was written to end at."""
-    limit = context_length(spec)
+def check_text_lengths(spec: ModelSpec, limit: int | None, texts: list[str], where: str, argument: str,
+                       unit: str = "text") -> None:
+    """Refuse a text longer than `limit`, the model's context (None: not stated). Not truncated: the concept
+    vector and the map read a text's last tokens, and a cut text would be read at another place than the one
+    it was written to end at."""
     if limit is None:
         return
     long = [index for index, text in enumerate(texts) if len(text.encode("utf-8")) > limit - SPECIAL_TOKEN_MARGIN]
@@ -57,10 +58,11 @@ def check_text_lengths(spec: ModelSpec, texts: list[str], where: str, argument: 
 def check_build_texts(source: ModelSpec, target: ModelSpec, sets: list, anchor_texts: list[str],
                       anchors_name: str) -> None:
     """Concept pairs are read in the source; anchor texts in both models."""
+    limits = {"source": context_length(source), "target": context_length(target)}
     for concept in sets:
         if isinstance(concept, ConceptSet):
             for side in ("positives", "negatives"):
-                check_text_lengths(source, list(getattr(concept, side)), concept.source or concept.name, "concept",
-                                   f"{side.removesuffix('s')} of pair")
-    for spec in (source, target):
-        check_text_lengths(spec, anchor_texts, f"anchor corpus {anchors_name}", "anchors")
+                check_text_lengths(source, limits["source"], list(getattr(concept, side)),
+                                   concept.source or concept.name, "concept", f"{side.removesuffix('s')} of pair")
+    for role, spec in (("source", source), ("target", target)):
+        check_text_lengths(spec, limits[role], anchor_texts, f"anchor corpus {anchors_name}", "anchors")

@@ -24,11 +24,11 @@ except ModuleNotFoundError as missing:
 
     raise ConTransError("model", f"--model contrans-vllm {NOT_INSTALLED}") from None
 
-from lm_eval_contrans.artifact import check_against_target, save_transplants
+from lm_eval_contrans.artifact import save_transplants
 from lm_eval_contrans.loading import evaluation_device, pretrained_path
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, check_push, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
+    TransplantArgs, check_for_target, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
     transplant_info,
 )
 from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do
@@ -53,10 +53,8 @@ class ConTransVLLM(VLLM):
         prepared = prepare_transplants(target_spec, args, dtype=dtype, device=build_device)
         self.transplants, self.alphas = prepared.finish(), prepared.alphas  # the cache, or a load of the target
         facts = target_facts(target_spec)
-        for transplant in self.transplants:
-            check_against_target(transplant, target=target_spec.name,
-                                 strict_name=as_bool(args.check_target_name, "check_target_name"), **facts)
-        check_push(self.transplants, self.alphas)
+        check_for_target(self.transplants, self.alphas, target=target_spec.name, facts=facts,
+                         strict_name=as_bool(args.check_target_name, "check_target_name"))
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
         self.steering = steering_by_block(self.transplants, self.alphas)

@@ -35,10 +35,9 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
                   trust_remote_code: bool = False) -> list[str]:
     """Obtain the transplant `transplant` asks for (built, ported or read; its steering written to the cache)
     and return the `vllm serve` command that serves `target` steered by it, `vllm_arguments` passed on."""
-    from lm_eval_contrans.artifact import check_against_target
     from lm_eval_contrans.loading import default_device, pretrained_path
     from lm_eval_contrans.pipeline.recipe import as_bool
-    from lm_eval_contrans.transplant_args import check_push, engine_target_spec, prepare_transplants, target_facts
+    from lm_eval_contrans.transplant_args import check_for_target, engine_target_spec, prepare_transplants, target_facts
     from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
 
     target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
@@ -52,10 +51,8 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
                                    device=default_device())
     transplants = prepared.finish()
     facts = target_facts(target)
-    strict_name = as_bool(transplant.check_target_name, "check_target_name")
-    for made in transplants:
-        check_against_target(made, target=target.name, strict_name=strict_name, **facts)
-    check_push(transplants, prepared.alphas)
+    check_for_target(transplants, prepared.alphas, target=target.name, facts=facts,
+                     strict_name=as_bool(transplant.check_target_name, "check_target_name"))
     steering = steering_by_block(transplants, prepared.alphas)
     described = describe(transplants, prepared.alphas)
     additional = json.loads(_option(vllm_arguments, "--additional-config") or "{}")
