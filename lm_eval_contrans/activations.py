@@ -170,10 +170,24 @@ def last_token_states(
     progress: str | None = None,
     token_budget: int | None = None,
 ) -> dict[int, torch.Tensor]:
-    """Last-real-token output of each block in `layers`: {layer: float32 CPU tensor [len(texts), hidden]}.
+    """The output of each block in `layers` at each text's last real token (the pass stops after the
+    deepest block asked for).
 
-    `batch_size` is a number of texts, or "auto" (batches of at most `token_budget` padded tokens).
-    `padding_side` defaults to the tokenizer's own. `progress` is a tqdm description (None: no bar).
+    Args:
+        model, tokenizer: the model as loaded.
+        texts: the texts, one state each.
+        layers: 0-based block indices.
+        batch_size: a number of texts, or "auto" (batches of at most `token_budget` padded tokens).
+        max_length: truncate longer texts to this many tokens (None: not truncated).
+        padding_side: "left" or "right" (None: the tokenizer's own).
+        progress: a tqdm description (None: no bar).
+        token_budget: the padded tokens of one "auto" batch (None: by device).
+
+    Returns:
+        {layer: float32 CPU tensor [len(texts), hidden]}.
+
+    Raises:
+        ValueError: no texts.
     """
     if not texts:
         raise ValueError("no texts to record")

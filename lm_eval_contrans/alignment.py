@@ -182,6 +182,16 @@ def heldout_split(groups: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, to
     return torch.nonzero(~test_mask).flatten(), torch.nonzero(test_mask).flatten()
 
 
+def settled_method(method: str, ridge: float | str) -> tuple[str, float | str]:
+    """(method, ridge), checked: a ridge value given with the default method means a ridge fit."""
+    method, ridge = check_map_method(method), check_ridge(ridge)
+    if ridge not in (0, 0.0):
+        if method == "procrustes":
+            raise ConTransError("ridge", "applies to map=lstsq or map=ridge, not to map=procrustes")
+        method = "ridge"
+    return method, ridge
+
+
 def fit_linear_map(
     source_states: torch.Tensor,
     target_states: torch.Tensor,
@@ -192,19 +202,27 @@ def fit_linear_map(
     groups: torch.Tensor | None = None,
     seed: int = 0,
 ) -> LinearMap:
-    """Fit W with (source - mean) @ W ~= target - mean; report held-out R^2.
+    """Reformulate: fit W with (source - mean) @ W ~= target - mean, and score it on held-out rows.
 
-    `groups` names the anchor text of each row (None: one text per row); the held-out split never
-    separates rows of one text, so tokens of a text seen in training do not inflate the score."""
+    Args:
+        source_states, target_states: paired rows, [anchors, source width] and [anchors, target width].
+        method: "lstsq", "ridge" or "procrustes".
+        ridge: > 0 adds `ridge × mean(diag XᵀX)` to the normal equations; "auto" picks it on held-out R².
+        center: fit on mean-centred states (the means are kept in the map).
+        groups: each row's anchor text (None: a text a row); held-out rows are whole texts, so tokens
+            of a text seen in training do not inflate the score. seed: the held-out split's seed.
+
+    Returns:
+        A LinearMap: `weight`, the means, `heldout_r2`, and `transplant(vectors)`.
+
+    Raises:
+        ConTransError: a method or ridge not as above, or too few rows. ValueError: unpaired rows.
+    """
     if source_states.shape[0] != target_states.shape[0]:
         raise ValueError("source and target states must pair the same anchors")
-    method, ridge = check_map_method(method), check_ridge(ridge)
+    method, ridge = settled_method(method, ridge)
     count, source_dim = source_states.shape
     groups = torch.arange(count) if groups is None else groups
-    if ridge not in (0, 0.0):
-        if method == "procrustes":
-            raise ConTransError("ridge", "applies to map=lstsq or map=ridge, not to map=procrustes")
-        method = "ridge"  # a ridge value given with the default method means a ridge fit
     check_anchor_count(count, source_dim, ridge, method)
     train, test = heldout_split(groups, seed)
     near_square = method == "lstsq" and ridge in (0, 0.0) and count < 4 * source_dim

@@ -25,7 +25,17 @@ DEFAULT_ANCHORS = Path(__file__).resolve().parent / "data" / "neutral_anchors.tx
 
 
 def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str]:
-    """Return (texts, name) for the default corpus or a file (see the module docstring)."""
+    """The anchor texts: the shipped corpus, or a file (formats: the module docstring).
+
+    Args:
+        anchors: a file, or None / "" / "default" for the shipped corpus.
+
+    Returns:
+        (texts, name): the texts in file order, and the name an artifact records.
+
+    Raises:
+        ConTransError: the file is missing, unreadable, malformed, or holds one repeated text.
+    """
     path = DEFAULT_ANCHORS if anchors in (None, "", "default") else Path(anchors).expanduser()
     if not path.is_file():
         raise ConTransError(ARGUMENT, f"anchor corpus not found: {anchors}")

@@ -97,7 +97,7 @@ class Transplant:
         block = decoder_blocks(model)[self.target_layer]
         device = next(block.parameters(), self.vector).device
         # placed once per device: a host-to-device copy in every forward pass would stall a GPU
-        key = (device, self.alpha_unit, self.residual_norm)
+        key = (device, self.alpha_unit, self.residual_norm, self.alpha_share)  # every field steering_vector reads
         placed = self.__dict__.setdefault("_placed", {})
         if key not in placed or placed[key][0] is not self.vector:
             placed[key] = (self.vector, self.steering_vector().to(device))
@@ -160,6 +160,17 @@ def check_transplant(transplant: Transplant, argument: str, where: str) -> Trans
 def save_transplants(transplants: list[Transplant], path: str | os.PathLike, argument: str = "out") -> Path:
     """Write one or several transplants (several concepts) to one file.
 
+    Args:
+        transplants: what to write, in the order `load_transplants` returns them.
+        path: the .safetensors file to write (its folder is made).
+        argument: the argument that named `path`, for errors.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConTransError: a transplant cannot steer (non-finite or zero vector, a block out of range).
+
     Written atomically (temporary file, then rename): a killed write leaves no artifact. Tensors are
     named `<index>.vector`, `<index>.source_vector`, `<index>.map_weight`; the metadata is one key
     holding sorted JSON, because safetensors writes several keys in hash order, which would make
@@ -186,6 +197,18 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike, arg
 
 
 def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
+    """Write one transplant as an artifact (see `save_transplants`).
+
+    Args:
+        transplant: what to write.
+        path: the .safetensors file to write (its folder is made).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConTransError: the transplant cannot steer (non-finite or zero vector, a block out of range).
+    """
     return save_transplants([transplant], path)
 
 
@@ -204,6 +227,9 @@ def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[
     Args:
         path: a .safetensors artifact written by `save_transplants` (by this or an earlier version).
         argument: the argument that named it, for errors.
+
+    Returns:
+        The transplants, in the order they were saved.
 
     Raises:
         ConTransError: the file is missing, damaged or not ours, or holds a transplant that cannot steer
@@ -239,6 +265,18 @@ def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[
 
 
 def load_transplant(path: str | os.PathLike, argument: str = "vector") -> Transplant:
+    """The one transplant of an artifact (see `load_transplants`).
+
+    Args:
+        path: a .safetensors artifact holding one concept.
+        argument: the argument that named it, for errors.
+
+    Returns:
+        The Transplant.
+
+    Raises:
+        ConTransError: as `load_transplants`, or the file holds several concepts.
+    """
     transplants = load_transplants(path, argument)
     if len(transplants) != 1:
         names = "+".join(t.concept for t in transplants)

@@ -114,7 +114,18 @@ def _warn_if_degenerate(path: Path, pairs: list[tuple[str, str]]) -> None:
 
 
 def load_concept_set(concept: str | Path) -> ConceptSet:
-    """Load a shipped concept by name, or a concept-set file by path; validate it."""
+    """A shipped concept set by name, or a concept-set file by path, validated.
+
+    Args:
+        concept: a shipped name (`contrans concepts` lists them) or a .yaml/.json/.jsonl/.csv/.tsv file.
+
+    Returns:
+        The ConceptSet: its name, positive and negative texts, and the sha256 of its pairs.
+
+    Raises:
+        ConTransError: an unknown name, an unreadable file, a malformed pair, a pair whose two sides are
+            the same.
+    """
     shipped = shipped_concepts()
     if isinstance(concept, str) and concept in shipped:
         path = shipped[concept]

@@ -22,8 +22,18 @@ def concept_vector(
     batch_size: int | str = "auto",
     progress: str | None = None,
 ) -> torch.Tensor | dict[int, torch.Tensor]:
-    """The mean difference vector (float32, CPU) of `concept` at block `layer`; given a list of
-    blocks, {block: vector} from one pass."""
+    """Refine: the mean over pairs of (positive − negative) last-token residual state.
+
+    Args:
+        model, tokenizer: the source as loaded.
+        concept: the pairs.
+        layer: a block index, or a list of them (recorded in one pass).
+        batch_size: texts per pass, or "auto" (batches bounded in padded tokens).
+        progress: a progress-bar description (None: no bar).
+
+    Returns:
+        The vector (float32, CPU) at `layer`; for a list, {block: vector}.
+    """
     layers = layer if isinstance(layer, list) else [layer]
     texts = [*concept.positives, *concept.negatives]
     recorded = last_token_states(model, tokenizer, texts, layers, batch_size=batch_size, progress=progress)

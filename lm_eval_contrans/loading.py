@@ -392,7 +392,22 @@ def load_model(
     device: str | None = None,
     **from_pretrained_kwargs,
 ):
-    """Load (model, tokenizer) for inference; the model is in eval mode on `device`."""
+    """Load a model and its tokenizer for inference.
+
+    Args:
+        spec: a hub id (`org/name@revision`), a folder, a .gguf file, a GGUF file in a hub repository
+            (`org/name/file.gguf`), or `packaged:<name>`; or a ModelSpec.
+        argument: the argument that named it, for errors.
+        dtype: "float32", "bfloat16", "auto", a torch dtype, ...
+        device: where to put it (None: CUDA if there is one, else the CPU).
+        **from_pretrained_kwargs: passed to `AutoModelForCausalLM.from_pretrained`.
+
+    Returns:
+        (model, tokenizer), the model in eval mode on `device`.
+
+    Raises:
+        ConTransError: the model cannot be found or read, named with the reason.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(spec, str):

@@ -120,12 +120,26 @@ def add_vector_hook(vector: torch.Tensor, steer_this_pass=lambda: True):
 @contextmanager
 def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0,
           positions: str = "all") -> Iterator[None]:
-    """Within the block, block `layer` of `model` outputs (its output + alpha * vector).
+    """A context manager: within it, block `layer` of `model` outputs (its output + alpha * vector);
+    the hook is removed on every way out.
 
-    `positions`: "all" (the paper), "prompt" (passes that read input: the prompt of `generate`, the
-    whole input of a scoring call) or "generated" (the one-token decoding steps that extend a KV
-    cache). Which one a pass is comes from the pass's own input, not from how often the caller
-    entered this block."""
+    Args:
+        model: a causal LM whose decoder blocks are found (`blocks.decoder_blocks`).
+        layer: the 0-based block whose output is steered.
+        vector: 1-D, the block's output width; moved to the block's device and dtype in each pass.
+        alpha: the multiplier; 0 leaves the forward pass bit for bit as it was.
+        positions: "all" (the paper), "prompt" (passes that read input: the prompt of `generate`, the
+            whole input of a scoring call) or "generated" (the one-token decoding steps that extend a KV
+            cache). Which one a pass is comes from the pass's own input, not from how often the caller
+            entered this block.
+
+    Yields:
+        Nothing; the model is steered until the block exits.
+
+    Raises:
+        ConTransError: alpha is not finite, or positions is not one of the three.
+        ValueError: the vector is not 1-D.
+    """
     alpha = check_alpha(alpha)
     positions = check_positions(positions)
     blocks = decoder_blocks(model)

@@ -129,8 +129,21 @@ class ImportedDirection:
 
 
 def read_vector(path: str | Path, source_layer: int | str | None = None, argument: str = "source_vector") -> ForeignVector:
-    """Read a steering vector file (see the module docstring); `source_layer` places a bare tensor
-    (for `vector=`, a vector made for the target, that is `target_layer`)."""
+    """Read a steering vector file made by another tool (formats: the module docstring).
+
+    Args:
+        path: a .gguf, .pt, .safetensors or .npy file.
+        source_layer: the block a bare tensor (a file that names no block) was made at; for `vector=`,
+            a vector made for the target, that is `target_layer`.
+        argument: the argument that named the file, for errors.
+
+    Returns:
+        A ForeignVector: its directions by block as the file names them (`checked` resolves them
+        against a model).
+
+    Raises:
+        ConTransError: the file is missing, unreadable, pickled, names no block without `source_layer`,
+            or holds no vector."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConTransError(argument, f"steering vector file not found: {path}")

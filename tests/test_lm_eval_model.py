@@ -381,8 +381,10 @@ def test_source_dtype_records_the_source_in_that_precision(tiny_llama_dir, tiny_
 def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
     from lm_eval_contrans.steering import steer
 
+    import dataclasses
+
     lm, _ = built
-    transplant = lm.transplant
+    transplant = dataclasses.replace(lm.transplant)  # a copy: its share is changed below
     model = plain_hf(tiny_gpt2_dir).model
     ids = torch.tensor([[5, 17, 33, 60]])
     with torch.no_grad():
@@ -394,6 +396,13 @@ def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
             raw = model(ids).logits
     assert transplant.alpha_unit == "residual" and torch.equal(applied, by_hand)
     assert not torch.allclose(applied, raw)
+    transplant.alpha_share = 0.5  # the vector placed on the device by the first apply must not be reused
+    with torch.no_grad():
+        with transplant.apply(model, alpha=3.0):
+            shared = model(ids).logits
+        with steer(model, transplant.target_layer, transplant.steering_vector(), 3.0):
+            shared_by_hand = model(ids).logits
+    assert torch.equal(shared, shared_by_hand) and not torch.allclose(shared, applied)
 
 
 def test_no_read_only_tokenizer_is_held_while_the_target_loads(tiny_llama_dir, tiny_gpt2_dir, monkeypatch, tmp_path):

@@ -129,6 +129,18 @@ def check_chat_templates(plan: ComparePlan) -> None:
 
 
 def run_compare(plan: ComparePlan) -> list[Row]:
+    """`contrans compare`: build the transplant, evaluate every row of the plan (rows already in `plan.out`
+    with the same settings are read, not run again), and write the tables and plots there.
+
+    Args:
+        plan: models, concept, tasks, alphas, controls and the output folder.
+
+    Returns:
+        The rows, each with its lm-eval results.
+
+    Raises:
+        ConTransError: an argument is wrong (named) or the output folder cannot be written.
+    """
     check_chat_templates(plan)
     device = plan.device or default_device()
     transplant = _built(plan, device)

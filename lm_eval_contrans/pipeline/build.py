@@ -96,8 +96,21 @@ def plan_build(
     source_block_path: str | None = None, block_path: str | None = None,
 ) -> BuildPlan:
     """Check every argument, settle the recipe, and choose the blocks (the target-layer sweep loads
-    both models where a layer is "auto" and the cache lacks their states). `source_layer` and
-    `target_layer` take `x+y` (or a list): one value per concept."""
+    both models where a layer is "auto" and the cache lacks their states).
+
+    Args:
+        source, target, concepts: as `build_transplants`.
+        recipe: "default", "reference" or a Recipe; the keyword args after it override its fields.
+        source_layer, target_layer: a block index, a depth fraction or "auto"; `x+y` (or a list) gives
+            one value per concept.
+        dtype, source_dtype, device, batch_size: how the build passes run.
+        source_block_path, block_path: the decoder blocks' module path, where discovery needs help.
+
+    Returns:
+        A BuildPlan; `plan.build()` records and fits.
+
+    Raises:
+        ConTransError: an argument is wrong, named; nothing is recorded before every one is checked."""
     target = parse_model_spec(target, "target", block_path)  # a bad target fails before the slow part
     source = parse_model_spec(source, "source", source_block_path)
     recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map_method, ridge=ridge, center=center,
@@ -275,8 +288,21 @@ def build_transplants(source: str | ModelSpec, target: str | ModelSpec,
 
 def build_transplant(source: str | ModelSpec, target: str | ModelSpec, concept: str | Path | ConceptSet = "sentiment",
                      **options) -> Transplant:
-    """Build one transplant (what `contrans build` runs). `recipe` is "default" or "reference" (the
-    paper's); the other options override its fields (see `plan_build`)."""
+    """Build one transplant (what `contrans build` runs).
+
+    Args:
+        source: the aligned model the concept is refined in (hub id[@revision], folder, .gguf, packaged:...).
+        target: the model to steer, named the same ways.
+        concept: a shipped concept name, a concept-set file, or a ConceptSet.
+        **options: `plan_build`'s: `recipe` ("default" or "reference", the paper's) and the fields that
+            override it, layers, anchors, dtype, device, batch size.
+
+    Returns:
+        The Transplant (save it with `save_transplant`, steer with `Transplant.apply`).
+
+    Raises:
+        ConTransError: an argument is wrong (named), or `concept` names several concepts
+            (use `build_transplants`)."""
     transplants = build_transplants(source, target, concept, **options)
     if len(transplants) != 1:
         raise ConTransError("concept", f"{len(transplants)} concepts given; use build_transplants")
