@@ -13,6 +13,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (`-n 2`) each worker, and every process it starts, gets its share of the cores: two workers
+# each running torch on all of them spend the run contending (the fast run took 250 s so, 121 s with a share each)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 REPO = Path(__file__).resolve().parents[1]
 # multiple-choice shaped contexts: long openings that several answers share
@@ -200,10 +205,14 @@ def tiny_model_dir(request, tiny_llama_dir, tiny_gpt2_dir) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """A fresh cache per test session (subprocesses inherit it); CONTRANS_TEST_CACHE reuses one."""
+    """A fresh cache per test run (subprocesses inherit it), shared by the run's xdist workers (`-n 2`: each
+    worker's temporary folder lies inside the run's, and the cache computes each entry once under its lock);
+    CONTRANS_TEST_CACHE reuses one across runs."""
     previous = os.environ.get("CONTRANS_CACHE")
-    os.environ["CONTRANS_CACHE"] = os.environ.get("CONTRANS_TEST_CACHE") or str(
-        tmp_path_factory.getbasetemp() / "contrans-cache")
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_folder = run_folder.parent
+    os.environ["CONTRANS_CACHE"] = os.environ.get("CONTRANS_TEST_CACHE") or str(run_folder / "contrans-cache")
     yield
     if previous is None:
         os.environ.pop("CONTRANS_CACHE", None)
