@@ -3,7 +3,8 @@
 A rendered part of a document lies between `<!-- from bench/results/NAME.json -->` and
 `<!-- end bench/results/NAME.json -->`; it is `render(document)` of the script that wrote the file
 (the script named in the file's `run.command`, else bench/experiments/NAME.py or bench/perf/NAME.py).
-A glob (`<!-- from bench/results/perf/*.json -->`) renders one table row per file: its command, then
+`<!-- from bench/results/NAME.json#PART -->` is the script's `render_PART(document)` instead (a second table of
+the same run). A glob (`<!-- from bench/results/perf/*.json -->`) renders one table row per file: its command, then
 what the script's `render` returns. Nothing between the markers is written by hand.
 
 Run:  python bench/render_docs.py           (rewrites every rendered part from its saved run)
@@ -46,12 +47,13 @@ def script_of(saved: Path, document: dict) -> Path:
     raise SystemExit(f"{saved}: no run.command and no bench script named {saved.stem}.py")
 
 
-def rendered_by(script: Path, document: dict) -> str:
+def rendered_by(script: Path, document: dict, part: str = "") -> str:
     """`script`'s render(document), with the script's folder importable as when it runs (the perf scripts
     import their helpers from their own folder, some inside `render`)."""
     sys.path.insert(0, str(script.parent))
     try:
-        return loaded(script, f"_rendered_{script.stem}").render(document)
+        module = loaded(script, f"_rendered_{script.stem}")
+        return getattr(module, f"render_{part}" if part else "render")(document)
     finally:
         sys.path.remove(str(script.parent))
 
@@ -59,9 +61,10 @@ def rendered_by(script: Path, document: dict) -> str:
 def render_saved(name: str) -> str:
     """The Markdown of one rendered part: one saved run's `render`, or a table with a row per file of a glob."""
     if "*" not in name:
+        name, _, part = name.partition("#")  # FILE#part: the script's render_part (one saved run, two tables)
         saved = REPO / name
         document = json.loads(saved.read_text(encoding="utf-8"))
-        return rendered_by(script_of(saved, document), document)
+        return rendered_by(script_of(saved, document), document, part)
     lines = ["| command | result |", "|---|---|"]
     for saved in map(Path, sorted(glob.glob(str(REPO / name)))):
         document = json.loads(saved.read_text(encoding="utf-8"))

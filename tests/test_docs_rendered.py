@@ -26,7 +26,8 @@ def render_docs():
 def test_every_rendered_table_equals_its_saved_run(render_docs, document):
     text = (REPO / document).read_text(encoding="utf-8")
     for name, start, end in rendered_sections(text):
-        assert "*" in name or (REPO / name).is_file(), f"{document} renders from {name}, which is not in the repository"
+        saved = name.partition("#")[0]  # FILE#part: a second table of one saved run
+        assert "*" in name or (REPO / saved).is_file(), f"{document} renders from {saved}, which is not in the repository"
         assert text[start:end] == render_docs.render_saved(name).rstrip("\n") + "\n", (
             f"{document}: the part from {name} was edited by hand or its saved run changed; "
             "python bench/render_docs.py rewrites it")
@@ -63,3 +64,12 @@ def test_a_saved_run_names_its_command_and_a_glob_renders_one_row_each(render_do
     table = render_docs.render_saved(str(tmp_path / "run*.json")).splitlines()
     assert table == ["| command | result |", "|---|---|", f"| `python {script} --json run0.json` (2026-11-30, vm) | 3 s |",
                      f"| `python {script} --json run1.json` (2026-11-30, vm) | 5 s |"]
+
+
+def test_a_part_names_a_second_render_of_the_same_saved_run(render_docs):
+    """README's results table is make_results.py's `render_summary` of the run whose full section is in RESULTS.md:
+    the same numbers, read from one file."""
+    summary = render_docs.render_saved("bench/results/make_results.json#summary")
+    section = render_docs.render_saved("bench/results/make_results.json")
+    assert summary != section and "| sentiment | sentiment, margin | 3.80 |" in summary
+    assert "| default | transplanted α=1 | 1.000 ± 0.000 | 13.285 ± 0.353 |" in section  # the same run's 13.28

@@ -369,5 +369,32 @@ def render(document: dict) -> str:
     return "\n".join(lines)
 
 
+
+SUMMARY_METRIC = {"sentiment": ("contrans_sentiment", "margin"), "toxicity": ("contrans_toxicity", "acc_norm")}
+
+
+def render_summary(document: dict) -> str:
+    """README's one results table: each concept's own task under the paper's recipe and the default, beside
+    the base target and the default's controls, and the factual control under the default steer."""
+    rows, groups = document["rows"], document["task_groups"]
+    results = {tuple(key.split("|")[:3]) + (float(key.split("|")[3]),): value for key, value in document["steered"].items()}
+    base = rows["base target"]
+    lines = ["| concept | task, metric | base target | paper's recipe α=1 / α=5 | default α=1 / α=5 | random α=1 | "
+             "target's own vector α=1 | facts (base " + f"{_value(base, 'contrans_facts', 'acc'):.3f}) at default α=1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for concept, columns in groups.items():
+        task, metric = SUMMARY_METRIC.get(concept, tuple(columns[0][:2]))
+
+        def value(recipe, kind, alpha):
+            return _value(results[(recipe, concept, kind, alpha)], task, metric)
+
+        lines.append(f"| {concept} | {task.removeprefix('contrans_')}, {'success' if concept in EMOTIONS else metric} | "
+                     f"{_value(base, task, metric):.2f} | {value('reference', 'transplanted', 1.0):.2f} / "
+                     f"{value('reference', 'transplanted', 5.0):.2f} | {value('default', 'transplanted', 1.0):.2f} / "
+                     f"{value('default', 'transplanted', 5.0):.2f} | {value('default', 'random', 1.0):.2f} | "
+                     f"{value('default', 'own', 1.0):.2f} | "
+                     f"{_value(results[('default', concept, 'transplanted', 1.0)], 'contrans_facts', 'acc'):.3f} |")
+    return "\n".join(lines)
+
 if __name__ == "__main__":
     main()
