@@ -166,17 +166,36 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
 
 @contextmanager
 def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator[None]:
-    """Within the block, a forward pass of `model` whose logits hold NaN or inf stops with an error naming
-    `steered()` (what steers, at which block and alpha; said only then), instead of scores computed from them."""
+    """Within the block, a forward pass of `model` whose final hidden states hold NaN or inf stops with an error
+    naming `steered()` (what steers, at which block and alpha; said only then), instead of scores computed from them.
 
-    def check(module: nn.Module, inputs, output) -> None:
-        logits = getattr(output, "logits", None)
-        if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+    The output layer's input is checked, not its output: a state that turns non-finite stays so through the final
+    norm, and reading every logit (262,144 a position for Gemma 3) cost 10 % of a loglikelihood evaluation on a CPU
+    (bench/perf/eval_overhead.py). A pass in which the output layer is not called as a module (a model that
+    multiplies by its embedding matrix itself) gets its logits checked instead.
+    """
+    def check(states) -> None:
+        if isinstance(states, torch.Tensor) and not bool(torch.isfinite(states).all()):
             raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf) with {steered()}: "
                                          "lower alpha")
 
-    handle = model.register_forward_hook(check)
-    try:
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    head_called = [False]
+
+    def start_pass(module: nn.Module, args) -> None:
+        head_called[0] = False
+
+    def check_head_input(module: nn.Module, args) -> None:
+        head_called[0] = True
+        check(args[0] if args else None)
+
+    def check_logits_unless_checked(module: nn.Module, inputs, output) -> None:
+        if not head_called[0]:
+            check(getattr(output, "logits", None))
+
+    with ExitStack() as hooks:
+        hooks.callback(model.register_forward_pre_hook(start_pass).remove)
+        if isinstance(head, nn.Module):
+            hooks.callback(head.register_forward_pre_hook(check_head_input).remove)
+        hooks.callback(model.register_forward_hook(check_logits_unless_checked).remove)
         yield
-    finally:
-        handle.remove()

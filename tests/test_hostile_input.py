@@ -325,3 +325,28 @@ def test_a_write_killed_with_sigkill_leaves_nothing_the_next_run_keeps(tmp_path,
     folder = cached_dir("gguf", "model-key", lambda folder: (folder / "config.json").write_text("{}"))
     assert (folder / "config.json").is_file() and not (folder / "model.safetensors").exists()
     assert list((tmp_path / "gguf").glob(".model-key.*")) == []
+
+
+@pytest.mark.parametrize("output_layer_called", [True, False])
+def test_non_finite_states_stop_the_pass_at_the_output_layer_or_in_the_logits(output_layer_called, tiny_gpt2_dir,
+                                                                              monkeypatch):
+    """The check reads the output layer's input; a model that never calls its output layer as a module (it
+    multiplies by the embedding matrix itself) has its logits read instead, so neither kind scores NaN."""
+    from lm_eval_contrans.loading import load_model
+    from lm_eval_contrans.steering import steer, stop_if_not_finite
+
+    model, _ = load_model(str(tiny_gpt2_dir), dtype="float32", device="cpu")
+    head, head_runs = model.get_output_embeddings(), []
+    original_forward = head.forward
+    monkeypatch.setattr(head, "forward", lambda states: head_runs.append(1) or original_forward(states))
+    if not output_layer_called:
+        monkeypatch.setattr(model, "get_output_embeddings", lambda: None)  # the check finds no output layer
+    ids = torch.tensor([[5, 17, 33]])
+    with torch.no_grad(), stop_if_not_finite(model, lambda: "a test steer"):
+        assert torch.isfinite(model(ids).logits).all()  # an unsteered pass goes through
+        with steer(model, 1, torch.full((48,), 1e30), 1e10):  # 1e40 overflows float32: inf, then NaN after the norm
+            with pytest.raises(ConTransError, match="^alpha: the steered model's outputs are not finite .*a test steer"):
+                model(ids)
+        # stopped before the output layer ran, or (no output layer found) by its logits after it
+        assert len(head_runs) == (1 if output_layer_called else 2)
+        assert torch.isfinite(model(ids).logits).all()  # and the next pass is checked afresh
