@@ -19,6 +19,7 @@ _LAZY = {
     "build_transplant": "lm_eval_contrans.pipeline",
     "build_transplants": "lm_eval_contrans.pipeline",
     "Transplant": "lm_eval_contrans.artifact",
+    "Direction": "lm_eval_contrans.direction",
     "save_transplant": "lm_eval_contrans.artifact",
     "load_transplant": "lm_eval_contrans.artifact",
     "save_transplants": "lm_eval_contrans.artifact",

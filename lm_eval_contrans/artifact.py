@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from lm_eval_contrans import __version__
 from lm_eval_contrans.cache import publish
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 
 FORMAT = "lm_eval_contrans.transplant/1"
@@ -69,39 +70,29 @@ class Transplant:
             del described["alpha_share"]
         return described
 
-    def steering_vector(self) -> torch.Tensor:
-        """What alpha multiplies when steering (see `steering.unit_vector`; in residual units, times `alpha_share`)."""
-        from lm_eval_contrans.steering import unit_vector
+    @property
+    def direction(self) -> Direction:
+        """What this transplant adds to the target, and where: the direction every engine steers with."""
+        key = (self.concept, self.target_layer, self.alpha_unit, self.residual_norm, self.alpha_share)
+        made = self.__dict__.get("_direction")
+        if made is None or made[0] != key or made[1].vector is not self.vector:  # fields changed since: made anew
+            made = key, Direction(self.concept, self.target_layer, self.vector, self.alpha_unit, self.residual_norm,
+                                  self.alpha_share)
+            self.__dict__["_direction"] = made
+        return made[1]
 
-        vector = unit_vector(self.vector, self.alpha_unit, self.residual_norm)
-        return vector * self.alpha_share if self.alpha_unit == "residual" and self.alpha_share != 1.0 else vector
+    def steering_vector(self) -> torch.Tensor:
+        """What alpha multiplies when steering (`Direction.steering_vector`)."""
+        return self.direction.steering_vector()
 
     def apply(self, model, alpha: float = 1.0, positions: str = "all"):
         """A context manager: within it, `model` (the target) is steered by alpha times this transplant,
-        in the transplant's alpha unit, at its target block::
+        in the transplant's alpha unit, at its target block (`Direction.apply`)::
 
             with transplant.apply(model, alpha=2.0):
                 model.generate(...)
-
-        Args:
-            model: the target as loaded (a Hugging Face causal LM; its decoder blocks are found as for a build).
-            alpha: the strength, in `alpha_unit`; 0 leaves the forward pass bit for bit as it was.
-            positions: "all", "prompt" (passes that read input) or "generated" (decoding steps).
-
-        Raises:
-            ConTransError: alpha is not finite, or positions is not one of the three.
         """
-        from lm_eval_contrans.blocks import decoder_blocks
-        from lm_eval_contrans.steering import steer
-
-        block = decoder_blocks(model)[self.target_layer]
-        device = next(block.parameters(), self.vector).device
-        # placed once per device: a host-to-device copy in every forward pass would stall a GPU
-        key = (device, self.alpha_unit, self.residual_norm, self.alpha_share)  # every field steering_vector reads
-        placed = self.__dict__.setdefault("_placed", {})
-        if key not in placed or placed[key][0] is not self.vector:
-            placed[key] = (self.vector, self.steering_vector().to(device))
-        return steer(model, self.target_layer, placed[key][1], alpha, positions)
+        return self.direction.apply(model, alpha, positions)
 
     def summary(self) -> str:
         lines = [

@@ -19,6 +19,7 @@ from lm_eval.models.huggingface import HFLM
 
 from lm_eval_contrans.artifact import Transplant, save_transplants
 from lm_eval_contrans.blocks import use_block_path
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.loading import (
     evaluation_device, pretrained_path, release_read_only_tokenizers,
 )
@@ -26,7 +27,7 @@ from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_positions, stop_if_not_finite
 from lm_eval_contrans.transplant_args import (
-    TransplantArgs, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare_transplants,
+    Steering, TransplantArgs, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare_transplants,
     target_facts, target_name, transplant_info,
 )
 
@@ -82,23 +83,24 @@ class ConTransLM(FastScoringHFLM):
             logger.info("saved transplant to %s", args.save_vector)
 
     @classmethod
-    def from_transplants(cls, target: str, transplants: Transplant | list[Transplant], alpha: float | str | list = 1.0,
+    def from_transplants(cls, target: str, transplants: Steering | list[Steering], alpha: float | str | list = 1.0,
                          **kwargs) -> ConTransLM:
-        """The target steered by transplants already in memory (checked against it like an artifact file)."""
+        """The target steered by transplants (or bare directions) already in memory, checked against it like
+        an artifact file."""
         return cls(target=target, vector=transplants, alpha=alpha, **kwargs)
 
-    def use_transplants(self, transplants: Transplant | list[Transplant], alphas: float | str | list) -> None:
-        """Steer with these transplants from now on (one alpha for all, or one each), after checking
-        each against the loaded target: one load of the target serves a whole grid of vectors."""
-        transplants = [transplants] if isinstance(transplants, Transplant) else list(transplants)
+    def use_transplants(self, transplants: Steering | list[Steering], alphas: float | str | list) -> None:
+        """Steer with these transplants (or bare directions) from now on (one alpha for all, or one each),
+        after checking each against the loaded target: one load of the target serves a whole grid of vectors."""
+        transplants = [transplants] if isinstance(transplants, (Transplant, Direction)) else list(transplants)
         alphas = alphas_for(alphas, len(transplants))
-        check_for_target(transplants, alphas, target=self._target_name, facts=target_facts(None, self.model),
-                         strict_name=self._check_target_name)
+        self.directions = check_for_target(transplants, alphas, target=self._target_name,
+                                           facts=target_facts(None, self.model), strict_name=self._check_target_name)
         self.transplants, self.alphas = transplants, alphas
 
     # One concept is the common case: `transplant` / `alpha` read it (use_transplants changes it).
     @property
-    def transplant(self) -> Transplant:
+    def transplant(self) -> Steering:
         if len(self.transplants) != 1:
             raise AttributeError("several concepts are steered: use .transplants and .alphas")
         return self.transplants[0]
@@ -113,9 +115,9 @@ class ConTransLM(FastScoringHFLM):
     @contextmanager
     def _steering(self):
         with ExitStack() as stack:
-            for transplant, alpha in zip(self.transplants, self.alphas):
-                stack.enter_context(transplant.apply(self.model, alpha, self.positions))
-            steered = lambda: describe_steering(self.transplants, self.alphas)  # noqa: E731 (said on an error only)
+            for direction, alpha in zip(self.directions, self.alphas):
+                stack.enter_context(direction.apply(self.model, alpha, self.positions))
+            steered = lambda: describe_steering(self.directions, self.alphas)  # noqa: E731 (said on an error only)
             stack.enter_context(stop_if_not_finite(self.model, steered))
             yield
 

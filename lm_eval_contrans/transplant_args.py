@@ -15,13 +15,14 @@ import logging
 from dataclasses import dataclass
 
 from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, is_transplant_file, load_transplants
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 from lm_eval_contrans.paths import writable_output
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.pipeline.build import BuildPlan, finish_build, per_concept, plan_build, plan_port, record_sources
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit
-from lm_eval_contrans.vectors import ForeignVector, read_vector, steering_transplants
+from lm_eval_contrans.vectors import ForeignVector, read_vector, target_directions
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,20 @@ def alphas_for(alpha, count: int) -> list[float]:
     return [check_alpha(value) for value in per_concept(alpha, count, "alpha")]
 
 
-def read_steering_file(vector, block=None, argument: str = "vector") -> list[Transplant] | ForeignVector:
+Steering = Transplant | Direction  # what an engine is given to steer with: a fitted transplant, or a bare direction
+
+
+def directions_of(given: list[Steering]) -> list[Direction]:
+    """What each given transplant or direction adds, and where."""
+    return [item.direction if isinstance(item, Transplant) else item for item in given]
+
+
+def read_steering_file(vector, block=None, argument: str = "vector") -> list[Steering] | ForeignVector:
     """A file given as a vector: one of our artifacts (its transplants), or another tool's steering
-    vector (`block` places a bare tensor). From Python, Transplants pass through."""
-    if isinstance(vector, Transplant):
+    vector (`block` places a bare tensor). From Python, Transplants and Directions pass through."""
+    if isinstance(vector, (Transplant, Direction)):
         return [vector]
-    if isinstance(vector, (list, tuple)) and all(isinstance(item, Transplant) for item in vector):
+    if isinstance(vector, (list, tuple)) and all(isinstance(item, (Transplant, Direction)) for item in vector):
         return list(vector)  # an empty list: the target unsteered, until use_transplants
     if is_artifact_path(vector):
         return load_transplants(vector, argument)
@@ -67,17 +76,17 @@ class Prepared:
     alphas: list[float]
     plan: BuildPlan | None = None  # a concept build or a port: its source side is recorded in `sources`
     sources: list | None = None
-    transplants: list[Transplant] | None = None  # read from an artifact (or given from Python)
+    transplants: list[Steering] | None = None  # read from an artifact (or given from Python)
     foreign: ForeignVector | None = None  # another tool's vector made for the target itself
 
-    def finish(self, model=None, tokenizer=None) -> list[Transplant]:
+    def finish(self, model=None, tokenizer=None) -> list[Steering]:
         """The transplants for the target: `model` is the target as the engine loaded it (HFLM's), or
         None where the engine keeps its own (the build then reads the cache or loads the target)."""
         if self.plan is not None:
             return finish_build(self.plan, self.sources, model, tokenizer)
         if self.foreign is not None:
             facts = target_facts(self.target, model)
-            return steering_transplants(self.foreign, target=self.target.name, **facts)
+            return target_directions(self.foreign, hidden_size=facts["hidden_size"], num_layers=facts["num_layers"])
         return self.transplants
 
 
@@ -205,53 +214,68 @@ def _prepare_given(target: ModelSpec, args: TransplantArgs) -> Prepared:
     if args.source is not None:
         logger.warning("vector= given: the source model %s is not loaded", args.source)
     if isinstance(given, ForeignVector):  # made for the target itself by another tool
+        if args.save_vector:
+            raise ConTransError("save_vector", f"{given.file} was made for the target by another tool: nothing is "
+                                               "built from it, so there is no artifact to save (the file steers as it is)")
         if alpha_unit not in (None, "raw"):
             raise ConTransError("alpha_unit", "a vector made for the target by another tool steers in its own "
                                               "units (alpha_unit=raw); port it with source= and source_vector= "
                                               "for residual units")
         return Prepared(target=target, alphas=alphas_for(alpha, len(given.directions)), foreign=given)
+    if args.save_vector and any(isinstance(item, Direction) for item in given):
+        raise ConTransError("save_vector", "a bare Direction is not a fitted transplant: there is no artifact to save")
     if alpha_unit is not None:
-        given = [dataclasses.replace(t, alpha_unit=check_alpha_unit(alpha_unit)) for t in given]
+        given = [dataclasses.replace(item, alpha_unit=check_alpha_unit(alpha_unit)) for item in given]
     return Prepared(target=target, alphas=alphas_for(alpha, len(given)), transplants=given)
 
 
-def transplant_info(transplants: list[Transplant], alphas: list[float], positions: str) -> dict:
-    """What lm-eval's results record about the steering (its `config.model_info`)."""
-    if len(transplants) == 1:
-        return {"alpha": alphas[0], "positions": positions, **as_dict(transplants[0])}
-    return {"alpha": alphas, "positions": positions, "transplants": [as_dict(t) for t in transplants]}
+def transplant_info(given: list[Steering], alphas: list[float], positions: str) -> dict:
+    """What lm-eval's results record about the steering (its `config.model_info`): a transplant's whole
+    record, a bare direction's block, unit, norm and origin."""
+    described = [as_dict(item) if isinstance(item, Transplant) else item.describe() for item in given]
+    if len(described) == 1:
+        return {"alpha": alphas[0], "positions": positions, **described[0]}
+    return {"alpha": alphas, "positions": positions, "transplants": described}
 
 
-def describe_steering(transplants: list[Transplant], alphas: list[float]) -> str:
-    """What steers, in words, for messages: each concept at its block and alpha."""
-    return ", ".join(f"{t.concept} at block {t.target_layer}, alpha {alpha:g} ({t.alpha_unit} units)"
-                     for t, alpha in zip(transplants, alphas))
+def describe_steering(directions: list[Direction], alphas: list[float]) -> str:
+    """What steers, in words, for messages: each direction at its block and alpha."""
+    return ", ".join(f"{d.name} at block {d.block}, alpha {alpha:g} ({d.alpha_unit} units)"
+                     for d, alpha in zip(directions, alphas))
 
 
 # beyond this many times the steered block's median residual norm, the block's output is the added vector's alone
 MOST_PUSH = 1000.0
 
 
-def check_for_target(transplants: list[Transplant], alphas: list[float], *, target: str, facts: dict,
-                     strict_name: bool) -> None:
-    """What every engine checks before it steers: each transplant was made for this target (`facts`:
-    `target_facts`), and no alpha dwarfs the residual stream."""
-    for transplant in transplants:
-        check_against_target(transplant, target=target, strict_name=strict_name, **facts)
-    check_push(transplants, alphas)
+def check_for_target(given: list[Steering], alphas: list[float], *, target: str, facts: dict,
+                     strict_name: bool) -> list[Direction]:
+    """What every engine checks before it steers: each transplant was made for this target, each bare
+    direction fits it (`facts`: `target_facts`), and no alpha dwarfs the residual stream.
+
+    Returns:
+        The directions to steer with, one per given transplant or direction.
+    """
+    for item in given:
+        if isinstance(item, Transplant):
+            check_against_target(item, target=target, strict_name=strict_name, **facts)
+        else:
+            item.checked_for(facts["hidden_size"], facts["num_layers"])
+    directions = directions_of(given)
+    check_push(directions, alphas)
+    return directions
 
 
-def check_push(transplants: list[Transplant], alphas: list[float]) -> None:
+def check_push(directions: list[Direction], alphas: list[float]) -> None:
     """Refuse an alpha whose added vector dwarfs the residual stream it is added to (alpha=1e30 is finite, and so
     are the states after it in some models, where the outputs become a uniform distribution reported as scores)."""
-    for transplant, alpha in zip(transplants, alphas):
-        if transplant.residual_norm <= 0:  # no recorded norm (another tool's vector for the target): finiteness only
+    for direction, alpha in zip(directions, alphas):
+        if direction.residual_norm <= 0:  # no recorded norm (another tool's vector for the target): finiteness only
             continue
-        added = abs(alpha) * float(transplant.steering_vector().double().norm())
-        if added > MOST_PUSH * transplant.residual_norm:
-            raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block "
-                                         f"{transplant.target_layer}, "
-                                         f"{added / transplant.residual_norm:.3g} times its median residual norm "
-                                         f"({transplant.residual_norm:.3g}); the block's output would be the vector's "
-                                         f"alone. At most {MOST_PUSH:g} times ({transplant.concept}, "
-                                         f"{transplant.alpha_unit} units)")
+        added = abs(alpha) * float(direction.steering_vector().double().norm())
+        if added > MOST_PUSH * direction.residual_norm:
+            raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block {direction.block}, "
+                                         f"{added / direction.residual_norm:.3g} times its median residual norm "
+                                         f"({direction.residual_norm:.3g}); the block's output would be the vector's "
+                                         f"alone. At most {MOST_PUSH:g} times ({direction.name}, "
+                                         f"{direction.alpha_unit} units)")

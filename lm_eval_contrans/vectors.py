@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from lm_eval_contrans.artifact import check_vector
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 
 FORMATS = ("gguf", "steered", "safetensors", "pt", "npy")
@@ -272,21 +273,10 @@ def _block_of(name: str, path: Path, argument: str) -> int:
     return int(match.group(1))
 
 
-def steering_transplants(vector: ForeignVector, *, target: str, hidden_size: int, num_layers: int,
-                         model_type: str) -> list:
-    """A foreign vector made for the target itself, as transplants that steer it as they are (no map:
-    `alpha_unit=raw`, alpha multiplies the file's vector, as llama.cpp's scale does)."""
-    from lm_eval_contrans.artifact import Transplant
-
+def target_directions(vector: ForeignVector, *, hidden_size: int, num_layers: int) -> list[Direction]:
+    """A foreign vector made for the target itself, as the directions it adds (no map, no R²: it steers as it
+    is, in raw units, alpha multiplying the file's vector as llama.cpp's scale does), checked against the target."""
     vector = vector.checked(hidden_size, num_layers, "vector")
-    transplants = []
-    for block in vector.blocks:
-        direction = vector.directions[block]
-        transplants.append(Transplant(
-            vector=direction, source_vector=direction, map_weight=torch.eye(hidden_size), source=target, target=target,
-            source_hidden_size=hidden_size, target_hidden_size=hidden_size, source_num_layers=num_layers,
-            target_num_layers=num_layers, source_layer=block, target_layer=block, target_model_type=model_type,
-            concept=ImportedDirection(vector, block).name, concept_hash=vector.sha256, concept_pairs=0,
-            anchors="none", anchors_hash="", anchor_count=0, map_method="identity", ridge=0.0, heldout_r2=1.0,
-            alpha_unit="raw", extra={"imported": vector.origin()}))
-    return transplants
+    return [Direction(ImportedDirection(vector, block).name, block, vector.directions[block],
+                      origin={"imported": vector.origin()})
+            for block in vector.blocks]

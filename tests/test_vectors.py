@@ -204,7 +204,7 @@ def test_a_vector_made_for_the_target_steers_it_as_it_is(tiny_gpt2_dir, tiny_lla
     direction = torch.randn(48, generator=torch.Generator().manual_seed(3))
     file = write_control_vector(tmp_path / "for-gpt2.gguf", {1: direction}, model_hint="gpt2")
     lm = ConTransLM(target=str(tiny_gpt2_dir), vector=str(file), alpha=2.0, device="cpu", batch_size=4)
-    assert lm.transplant.alpha_unit == "raw" and lm.transplant.target_layer == 1
+    assert lm.directions[0].alpha_unit == "raw" and lm.directions[0].block == 1
     requests = [Instance("loglikelihood", {}, ("The hotel room was", " clean"), 0)]
     steered = lm.loglikelihood(requests, disable_tqdm=True)[0][0]
     plain = ConTransLM.from_transplants(str(tiny_gpt2_dir), [], device="cpu", batch_size=4)
@@ -217,7 +217,7 @@ def test_a_vector_made_for_the_target_steers_it_as_it_is(tiny_gpt2_dir, tiny_lla
     numpy.save(tmp_path / "bare.npy", direction.numpy())  # a bare tensor: target_layer= places it, in any of its forms
     for layer, block in (("-2", 1), ("0.5", 2), (1, 1)):
         lm = ConTransLM(target=str(tiny_gpt2_dir), vector=str(tmp_path / "bare.npy"), target_layer=layer, device="cpu", batch_size=4)
-        assert lm.transplant.target_layer == block, layer
+        assert lm.directions[0].block == block, layer
 
 
 def test_source_vector_model_arg_ports_like_the_function(direct, tiny_llama_dir, tiny_gpt2_dir, tmp_path):

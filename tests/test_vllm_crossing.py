@@ -10,29 +10,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.vllm.crossing import engine_entry, read_entry, steering_by_block
 from lm_eval_contrans.vllm.plugin import BUFFER, _add_steering, steer_loaded_model, steering_report
 
 FACTS = dict(model_type="llama", hidden_size=32, num_layers=4)
 
 
-class _Transplant:
-    """What `steering_by_block` reads of a transplant."""
-
-    def __init__(self, block: int, vector: torch.Tensor, concept: str = "c") -> None:
-        self.target_layer, self._vector, self.concept, self.alpha_unit = block, vector, concept, "raw"
-
-    def steering_vector(self) -> torch.Tensor:
-        return self._vector
-
-
-def test_steering_by_block_sums_transplants_on_one_block_and_leaves_alpha_zero_out():
+def test_steering_by_block_sums_directions_on_one_block_and_leaves_alpha_zero_out():
     first, second, third = torch.randn(32), torch.randn(32), torch.randn(32)
-    transplants = [_Transplant(2, first), _Transplant(2, second), _Transplant(3, third)]
-    steering = steering_by_block(transplants, [2.0, -0.5, 0.0])
+    directions = [Direction("a", 2, first), Direction("b", 2, second), Direction("c", 3, third)]
+    steering = steering_by_block(directions, [2.0, -0.5, 0.0])
     assert list(steering) == [2]  # block 3's alpha is 0: that block is not touched
     torch.testing.assert_close(steering[2], 2.0 * first - 0.5 * second)
-    assert steering_by_block(transplants, [0.0, 0.0, 0.0]) == {}
+    assert steering_by_block(directions, [0.0, 0.0, 0.0]) == {}
 
 
 def test_the_steering_file_is_named_by_its_content_and_written_the_same_way_each_time(tmp_path, monkeypatch):

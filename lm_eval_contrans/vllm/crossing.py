@@ -25,15 +25,15 @@ FORMAT = "lm_eval_contrans.vllm_steering/1"
 METADATA_KEY = "lm_eval_contrans"
 
 
-def steering_by_block(transplants: list, alphas: list[float]) -> dict[int, torch.Tensor]:
-    """What each target block adds: alpha times each transplant's steering vector, in float32 (blocks
+def steering_by_block(directions: list, alphas: list[float]) -> dict[int, torch.Tensor]:
+    """What each target block adds: alpha times each direction's steering vector, in float32 (blocks
     where everything adds to zero are left out, so alpha 0 leaves the engine as it is)."""
     blocks: dict[int, torch.Tensor] = {}
-    for transplant, alpha in zip(transplants, alphas, strict=True):
+    for direction, alpha in zip(directions, alphas, strict=True):
         if alpha == 0:
             continue
-        added = alpha * transplant.steering_vector().float()
-        block = transplant.target_layer
+        added = alpha * direction.steering_vector().float()
+        block = direction.block
         blocks[block] = blocks[block] + added if block in blocks else added
     return {block: vector for block, vector in sorted(blocks.items()) if bool(vector.any())}
 
@@ -95,7 +95,7 @@ def allow_plugin() -> None:
         logging.getLogger(__name__).info("VLLM_PLUGINS=%s (the steering plugin added)", os.environ["VLLM_PLUGINS"])
 
 
-def describe(transplants: list, alphas: list[float]) -> str:
+def describe(directions: list, alphas: list[float]) -> str:
     """One JSON line naming what is steered (recorded in the file, logged by each worker)."""
-    return json.dumps([{"concept": t.concept, "block": t.target_layer, "alpha": alpha, "alpha_unit": t.alpha_unit}
-                       for t, alpha in zip(transplants, alphas)])
+    return json.dumps([{"concept": d.name, "block": d.block, "alpha": alpha, "alpha_unit": d.alpha_unit}
+                       for d, alpha in zip(directions, alphas)])

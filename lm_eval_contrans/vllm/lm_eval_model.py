@@ -53,13 +53,13 @@ class ConTransVLLM(VLLM):
         prepared = prepare_transplants(target_spec, args, dtype=dtype, device=build_device)
         self.transplants, self.alphas = prepared.finish(), prepared.alphas  # the cache, or a load of the target
         facts = target_facts(target_spec)
-        check_for_target(self.transplants, self.alphas, target=target_spec.name, facts=facts,
-                         strict_name=as_bool(args.check_target_name, "check_target_name"))
+        self.directions = check_for_target(self.transplants, self.alphas, target=target_spec.name, facts=facts,
+                                           strict_name=as_bool(args.check_target_name, "check_target_name"))
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
-        self.steering = steering_by_block(self.transplants, self.alphas)
+        self.steering = steering_by_block(self.directions, self.alphas)
         if self.steering:
-            entry = engine_entry(self.steering, describe=describe(self.transplants, self.alphas), **facts)
+            entry = engine_entry(self.steering, describe=describe(self.directions, self.alphas), **facts)
             model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: entry}
             allow_plugin()
         super().__init__(pretrained=pretrained_path(target_spec), dtype=dtype, **target_spec.load_kwargs, **model_args)
@@ -81,7 +81,7 @@ class ConTransVLLM(VLLM):
         has), so the workers are asked: each flags the non-finite logits it saw."""
         if self.steering and self.data_parallel_size <= 1 and any(self.model.collective_rpc(NON_FINITE_METHOD)):
             raise ConTransError("alpha", "the steered model's outputs are not finite (NaN or inf) with "
-                                         f"{describe_steering(self.transplants, self.alphas)}: lower alpha")
+                                         f"{describe_steering(self.directions, self.alphas)}: lower alpha")
         return results
 
     def get_model_info(self) -> dict:

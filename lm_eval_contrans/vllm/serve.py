@@ -51,10 +51,10 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
                                    device=default_device())
     transplants = prepared.finish()
     facts = target_facts(target)
-    check_for_target(transplants, prepared.alphas, target=target.name, facts=facts,
-                     strict_name=as_bool(transplant.check_target_name, "check_target_name"))
-    steering = steering_by_block(transplants, prepared.alphas)
-    described = describe(transplants, prepared.alphas)
+    directions = check_for_target(transplants, prepared.alphas, target=target.name, facts=facts,
+                                  strict_name=as_bool(transplant.check_target_name, "check_target_name"))
+    steering = steering_by_block(directions, prepared.alphas)
+    described = describe(directions, prepared.alphas)
     additional = json.loads(_option(vllm_arguments, "--additional-config") or "{}")
     if steering:
         additional[CONFIG_KEY] = engine_entry(steering, describe=described, **facts)

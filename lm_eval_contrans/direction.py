@@ -1,0 +1,114 @@
+"""What steers a model: a vector added to the output of one decoder block, and what alpha means for it.
+
+Every engine steers with `Direction`s (`--model contrans`'s hook, vLLM's workers, the exports). A fitted
+transplant is a direction with the record of how it was made (`artifact.Transplant`: map, held-out R²,
+hashes; `transplant.direction`); another tool's vector made for the target is a direction and nothing
+more (`vectors.target_directions`): no map, no R² it does not have.
+
+Directions add, subtract and scale like repeng's control vectors; the result steers, at alpha 1, as the
+operands' steering vectors at alpha 1 add up, so it is in raw units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lm_eval_contrans.errors import ConTransError
+
+
+@dataclass(frozen=True, eq=False)
+class Direction:
+    """A vector added to the output of decoder block `block`, times alpha in `alpha_unit`.
+
+    Args:
+        name: what it is, for messages and results (a concept, or `<file>@<block>`).
+        block: the 0-based decoder block whose output it is added to.
+        vector: 1-D, the width of that block's output.
+        alpha_unit: "raw" (alpha multiplies `vector`) or "residual" (alpha 1 adds a fixed share of
+            `residual_norm`, whatever the vector's norm).
+        residual_norm: the block's median residual norm on the anchors (0: not recorded).
+        alpha_share: in residual units, the share of alpha this direction adds (1/N for each of the N
+            blocks of one ported vector).
+        origin: where it came from, for results (another tool's file: its name, sha256, format).
+    """
+
+    name: str
+    block: int
+    vector: torch.Tensor
+    alpha_unit: str = "raw"
+    residual_norm: float = 0.0
+    alpha_share: float = 1.0
+    origin: dict = field(default_factory=dict)
+
+    def steering_vector(self) -> torch.Tensor:
+        """What alpha multiplies: in residual units, rescaled to its share of the block's residual norm."""
+        from lm_eval_contrans.steering import unit_vector
+
+        vector = unit_vector(self.vector, self.alpha_unit, self.residual_norm)
+        return vector * self.alpha_share if self.alpha_unit == "residual" and self.alpha_share != 1.0 else vector
+
+    def apply(self, model, alpha: float = 1.0, positions: str = "all"):
+        """A context manager: within it, `model` adds alpha times this direction at its block::
+
+            with direction.apply(model, alpha=2.0):
+                model.generate(...)
+
+        Args:
+            model: a Hugging Face causal LM (its decoder blocks are found as for a build).
+            alpha: the strength, in `alpha_unit`; 0 leaves the forward pass bit for bit as it was.
+            positions: "all", "prompt" (passes that read input) or "generated" (decoding steps).
+
+        Returns:
+            The context manager (`steering.steer`).
+
+        Raises:
+            ConTransError: alpha is not finite, or positions is not one of the three.
+        """
+        from lm_eval_contrans.blocks import decoder_blocks
+        from lm_eval_contrans.steering import steer
+
+        block = decoder_blocks(model)[self.block]
+        device = next(block.parameters(), self.vector).device
+        placed = self.__dict__.setdefault("_placed", {})  # one copy per device: a copy each pass would stall a GPU
+        if device not in placed:
+            placed[device] = self.steering_vector().to(device)
+        return steer(model, self.block, placed[device], alpha, positions)
+
+    def checked_for(self, hidden_size: int, num_layers: int, argument: str = "vector") -> Direction:
+        """This direction, if a model of that width and block count can take it."""
+        if not 0 <= self.block < num_layers:
+            raise ConTransError(argument, f"{self.name}: block {self.block} is not one of the model's {num_layers} blocks")
+        if self.vector.shape != (hidden_size,):
+            raise ConTransError(argument, f"{self.name}: a vector of shape {tuple(self.vector.shape)} for a model of "
+                                          f"hidden size {hidden_size}")
+        return self
+
+    def describe(self) -> dict:
+        """What results record about it (lm-eval's `config.model_info`)."""
+        return {"name": self.name, "block": self.block, "alpha_unit": self.alpha_unit, "residual_norm": self.residual_norm,
+                "alpha_share": self.alpha_share, "norm": round(float(self.vector.norm()), 6), **self.origin}
+
+    # arithmetic, as repeng's control vectors: on what alpha 1 adds, so the result is in raw units
+    def __add__(self, other: Direction) -> Direction:
+        if not isinstance(other, Direction):
+            return NotImplemented
+        if other.block != self.block:
+            raise ConTransError("vector", f"{self.name} steers block {self.block} and {other.name} block {other.block}: "
+                                          "directions add only at one block")
+        return Direction(f"{self.name}+{other.name}", self.block, self.steering_vector() + other.steering_vector())
+
+    def __mul__(self, factor: float) -> Direction:
+        return Direction(f"{factor:g}*{self.name}", self.block, self.steering_vector() * float(factor))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Direction:
+        return Direction(f"-{self.name}", self.block, -self.steering_vector())
+
+    def __sub__(self, other: Direction) -> Direction:
+        return self + (-other)
+
+    def __truediv__(self, divisor: float) -> Direction:
+        return self * (1.0 / divisor)
