@@ -112,3 +112,16 @@ class Direction:
 
     def __truediv__(self, divisor: float) -> Direction:
         return self * (1.0 / divisor)
+
+
+def added_by_block(directions: list[Direction], alphas: list[float]) -> dict[int, torch.Tensor]:
+    """What each block adds: alpha times each direction's steering vector, in float32, summed where several
+    land on one block (as their hooks add up when steering); blocks where it all adds to zero are left out,
+    so alpha 0 leaves a model as it is."""
+    blocks: dict[int, torch.Tensor] = {}
+    for direction, alpha in zip(directions, alphas, strict=True):
+        if alpha == 0:
+            continue
+        added = alpha * direction.steering_vector().float()
+        blocks[direction.block] = blocks[direction.block] + added if direction.block in blocks else added
+    return {block: vector for block, vector in sorted(blocks.items()) if bool(vector.any())}

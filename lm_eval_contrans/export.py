@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.direction import added_by_block
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 
@@ -50,11 +51,8 @@ def _listed(transplants: Transplant | list[Transplant]) -> list[Transplant]:
 def _by_block(transplants: Transplant | list[Transplant]) -> dict[int, torch.Tensor]:
     """What alpha 1 adds at each target block; several transplants at one block (a ported multi-block
     vector sent to one block, or several concepts) add up, as they do when steering."""
-    blocks: dict[int, torch.Tensor] = {}
-    for transplant in _listed(transplants):
-        vector = transplant.steering_vector().float()
-        blocks[transplant.target_layer] = blocks[transplant.target_layer] + vector if transplant.target_layer in blocks else vector
-    return dict(sorted(blocks.items()))
+    listed = _listed(transplants)
+    return added_by_block([transplant.direction for transplant in listed], [1.0] * len(listed))
 
 
 def export_steered(transplants: Transplant | list[Transplant], path: str | Path, target: str | ModelSpec,

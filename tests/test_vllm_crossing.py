@@ -10,20 +10,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lm_eval_contrans.direction import Direction
-from lm_eval_contrans.vllm.crossing import engine_entry, read_entry, steering_by_block
+from lm_eval_contrans.direction import Direction, added_by_block
+from lm_eval_contrans.vllm.crossing import engine_entry, read_entry
 from lm_eval_contrans.vllm.plugin import BUFFER, _add_steering, steer_loaded_model, steering_report
 
 FACTS = dict(model_type="llama", hidden_size=32, num_layers=4)
 
 
-def test_steering_by_block_sums_directions_on_one_block_and_leaves_alpha_zero_out():
+def test_what_each_block_adds_sums_directions_on_one_block_and_leaves_alpha_zero_out():
     first, second, third = torch.randn(32), torch.randn(32), torch.randn(32)
     directions = [Direction("a", 2, first), Direction("b", 2, second), Direction("c", 3, third)]
-    steering = steering_by_block(directions, [2.0, -0.5, 0.0])
+    steering = added_by_block(directions, [2.0, -0.5, 0.0])
     assert list(steering) == [2]  # block 3's alpha is 0: that block is not touched
     torch.testing.assert_close(steering[2], 2.0 * first - 0.5 * second)
-    assert steering_by_block(directions, [0.0, 0.0, 0.0]) == {}
+    assert added_by_block(directions, [0.0, 0.0, 0.0]) == {}
 
 
 def test_the_steering_file_is_named_by_its_content_and_written_the_same_way_each_time(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """What crosses into vLLM's processes: per steered block, the vector added to its output.
 
-The vector is already in the model's units: alpha times each transplant's steering vector, summed
-where several land on one block. It is written once to a content-addressed file in the cache, and
+The vector is already in the model's units: alpha times each direction's steering vector, summed
+where several land on one block (`direction.added_by_block`). It is written once to a content-addressed file in the cache, and
 the engine's `additional_config` names that file and its sha256. vLLM passes `additional_config` to
 every process it starts (tensor-parallel workers, the replicas lm-eval starts for data parallel, the
 server's engine) and hashes it into its compile-cache key, so a steered engine never reuses the
@@ -23,19 +23,6 @@ PLUGIN_NAME = "contrans"  # its `vllm.general_plugins` entry point (pyproject.to
 CONFIG_KEY = "contrans"  # vllm_config.additional_config[CONFIG_KEY] = {"steering": path, "sha256": digest, ...}
 FORMAT = "lm_eval_contrans.vllm_steering/1"
 METADATA_KEY = "lm_eval_contrans"
-
-
-def steering_by_block(directions: list, alphas: list[float]) -> dict[int, torch.Tensor]:
-    """What each target block adds: alpha times each direction's steering vector, in float32 (blocks
-    where everything adds to zero are left out, so alpha 0 leaves the engine as it is)."""
-    blocks: dict[int, torch.Tensor] = {}
-    for direction, alpha in zip(directions, alphas, strict=True):
-        if alpha == 0:
-            continue
-        added = alpha * direction.steering_vector().float()
-        block = direction.block
-        blocks[block] = blocks[block] + added if block in blocks else added
-    return {block: vector for block, vector in sorted(blocks.items()) if bool(vector.any())}
 
 
 def engine_entry(steering: dict[int, torch.Tensor], *, model_type: str, hidden_size: int, num_layers: int,

@@ -32,7 +32,8 @@ from lm_eval_contrans.transplant_args import (
     transplant_info,
 )
 from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do
-from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
+from lm_eval_contrans.direction import added_by_block
+from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry
 from lm_eval_contrans.vllm.plugin import NON_FINITE_METHOD, REPORT_METHOD
 
 logger = logging.getLogger("lm_eval.contrans")
@@ -57,7 +58,7 @@ class ConTransVLLM(VLLM):
                                            strict_name=as_bool(args.check_target_name, "check_target_name"))
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
-        self.steering = steering_by_block(self.directions, self.alphas)
+        self.steering = added_by_block(self.directions, self.alphas)
         if self.steering:
             entry = engine_entry(self.steering, describe=describe(self.directions, self.alphas), **facts)
             model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: entry}

@@ -38,7 +38,8 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     from lm_eval_contrans.loading import default_device, pretrained_path
     from lm_eval_contrans.pipeline.recipe import as_bool
     from lm_eval_contrans.transplant_args import check_for_target, engine_target_spec, prepare_transplants, target_facts
-    from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry, steering_by_block
+    from lm_eval_contrans.direction import added_by_block
+    from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry
 
     target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
     from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do, require_vllm
@@ -53,7 +54,7 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     facts = target_facts(target)
     directions = check_for_target(transplants, prepared.alphas, target=target.name, facts=facts,
                                   strict_name=as_bool(transplant.check_target_name, "check_target_name"))
-    steering = steering_by_block(directions, prepared.alphas)
+    steering = added_by_block(directions, prepared.alphas)
     described = describe(directions, prepared.alphas)
     additional = json.loads(_option(vllm_arguments, "--additional-config") or "{}")
     if steering:
