@@ -77,7 +77,11 @@ class Direction:
         return steer(model, self.block, placed[device], alpha, positions)
 
     def checked_for(self, hidden_size: int, num_layers: int, argument: str = "vector") -> Direction:
-        """This direction, if a model of that width and block count can take it."""
+        """This direction, if a model of that width and block count can take it, and it can steer (finite, not
+        all zeros: as an artifact's vector is checked when read)."""
+        from lm_eval_contrans.artifact import check_vector
+
+        check_vector(self.vector, self.name, argument)
         if not 0 <= self.block < num_layers:
             raise ConTransError(argument, f"{self.name}: block {self.block} is not one of the model's {num_layers} blocks")
         if self.vector.shape != (hidden_size,):

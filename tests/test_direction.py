@@ -66,6 +66,11 @@ def test_a_direction_is_checked_against_the_model_it_steers(tiny_gpt2_dir):
         ConTransLM.from_transplants(str(tiny_gpt2_dir), Direction("wide", 1, torch.ones(32)), device="cpu")
     with pytest.raises(ConTransError, match="^vector: deep: block 9 is not one of the model's 3 blocks"):
         ConTransLM.from_transplants(str(tiny_gpt2_dir), Direction("deep", 9, torch.ones(48)), device="cpu")
+    lm = ConTransLM.from_transplants(str(tiny_gpt2_dir), [], device="cpu")
+    with pytest.raises(ConTransError, match="^vector: nan\\*one holds non-finite values"):  # NaN scaled in
+        lm.use_transplants(float("nan") * Direction("one", 1, torch.ones(48)), 1.0)
+    with pytest.raises(ConTransError, match="^vector: 0\\*one is all zeros: it would steer nothing"):
+        lm.use_transplants(0 * Direction("one", 1, torch.ones(48)), 1.0)
 
 
 def test_a_vector_made_for_the_target_is_a_direction_with_its_origin_and_no_map(tiny_gpt2_dir, tmp_path):
