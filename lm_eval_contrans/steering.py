@@ -164,6 +164,15 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
         yield
 
 
+def broken_outputs(states: torch.Tensor) -> bool:
+    """Whether a position's final states (or logits) are non-finite, or the same in every dimension: a steer
+    whose sum overflows float range gives NaN in some models and, through an RMS norm (x / inf), an all-zero
+    state in others, whose scores are a uniform distribution. No model gives a constant row unsteered."""
+    if not bool(torch.isfinite(states).all()):
+        return True
+    return states.shape[-1] > 1 and bool((states.amax(dim=-1) == states.amin(dim=-1)).any())
+
+
 @contextmanager
 def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator[None]:
     """Within the block, a forward pass of `model` whose final hidden states hold NaN or inf stops with an error
@@ -175,9 +184,9 @@ def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator
     multiplies by its embedding matrix itself) gets its logits checked instead.
     """
     def check(states) -> None:
-        if isinstance(states, torch.Tensor) and not bool(torch.isfinite(states).all()):
-            raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf) with {steered()}: "
-                                         "lower alpha")
+        if isinstance(states, torch.Tensor) and broken_outputs(states):
+            raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf), or constant at a "
+                                         f"position, with {steered()}: lower alpha")
 
     head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
     head_called = [False]

@@ -350,3 +350,20 @@ def test_non_finite_states_stop_the_pass_at_the_output_layer_or_in_the_logits(ou
         # stopped before the output layer ran, or (no output layer found) by its logits after it
         assert len(head_runs) == (1 if output_layer_called else 2)
         assert torch.isfinite(model(ids).logits).all()  # and the next pass is checked afresh
+
+
+def test_a_vector_for_the_target_with_an_overflowing_alpha_stops_instead_of_scoring_a_uniform_distribution(
+        tiny_llama_dir, tmp_path):
+    """Another tool's vector has no recorded residual norm, so alpha's range check cannot judge it; at 1e30 its sum
+    overflows float32 and the Llama's RMS norm turns the state into zeros (logits then uniform, finite), which
+    the stop catches as a constant state."""
+    from lm_eval.api.instance import Instance
+
+    torch.save({1: torch.ones(32)}, tmp_path / "ones.pt")
+    lm = ConTransLM(target=str(tiny_llama_dir), vector=str(tmp_path / "ones.pt"), alpha=1e30, device="cpu", batch_size=2)
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(PAIRS)]
+    with pytest.raises(ConTransError, match="^alpha: the steered model's outputs are not finite .*or constant at a "
+                                            "position, with ones at block 1, alpha 1e\\+30"):
+        lm.loglikelihood(requests, disable_tqdm=True)
+    lm.use_transplants(lm.transplants, 1.0)
+    assert all(torch.isfinite(torch.tensor(score)) for score, _ in lm.loglikelihood(requests, disable_tqdm=True))
