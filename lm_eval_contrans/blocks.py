@@ -113,7 +113,8 @@ def resolve_layer(spec: int | float | str | None, num_layers: int, argument: str
     """Turn a layer argument into a block index in [0, num_layers).
 
     An int is an index (negative counts from the end); a float in [0, 1] is a fraction of depth
-    (0.75 -> round(0.75 * num_layers), the paper's choice); None means 0.75.
+    (0.75 -> round(0.75 * num_layers), the paper's choice; block i sits at depth i / num_layers, which
+    the automatic sweeps and ports read too: `pipeline.depth.relative_depth`); None means 0.75.
     """
     if spec is None:
         spec = 0.75

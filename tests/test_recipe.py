@@ -12,7 +12,7 @@ from lm_eval_contrans.activations import last_token_states, token_states
 from lm_eval_contrans.alignment import fit_linear_map, heldout_split
 from lm_eval_contrans.anchors import matched_token_pairs, tokenize_with_ends
 from lm_eval_contrans.pipeline import REFERENCE, build_transplant, make_recipe
-from lm_eval_contrans.pipeline.depth import source_layer_candidates
+from lm_eval_contrans.pipeline.depth import source_layer_candidates, target_layer_candidates
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION, unit_vector
 
@@ -134,8 +134,11 @@ def test_recipes_and_their_overrides():
 
 
 def test_source_layer_candidates_surround_the_target_depth():
-    assert source_layer_candidates(30, 14 / 17) == list(range(20, 29))
-    assert source_layer_candidates(4, 0.5) == [1, 2] and source_layer_candidates(4, 1.0) == [2, 3]
+    # the packaged pair: Gemma's default block 14 of 18 sits at depth 14 / 18; SmolLM2's blocks 19-27 of 30 lie within 0.15
+    assert source_layer_candidates(30, 14 / 18) == list(range(19, 28))
+    # a shallow model gets at least the neighbouring blocks (one block's depth, 1 / n, either side)
+    assert source_layer_candidates(4, 0.5) == [1, 2, 3] and source_layer_candidates(4, 0.75) == [2, 3]
+    assert target_layer_candidates(18) == list(range(8, 16))
 
 
 def test_alpha_unit_residual_scales_to_the_residual_norm():

@@ -126,7 +126,7 @@ def test_a_vector_on_several_blocks_lands_at_the_same_relative_depths(tiny_llama
     file = write_control_vector(tmp_path / "two.gguf", {1: torch.randn(32, generator=generator),
                                                         3: torch.randn(32, generator=generator)})
     first, last = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(file), anchors=anchors, device="cpu")
-    # llama blocks 1 and 3 of 4 (depth 1/3 and 1) -> gpt2 blocks of 3 at depth 1/3 and 1
+    # llama blocks 1 and 3 of 4 (depth 1/4 and 3/4) -> gpt2's 3 blocks at those depths: round(0.75), round(2.25)
     assert (first.source_layer, first.target_layer) == (1, 1) and (last.source_layer, last.target_layer) == (3, 2)
     assert first.concept == "two@1" and last.concept == "two@3"
     # one vector on two blocks: each adds half of its block's residual unit, so that alpha 1 is, in all, one push
@@ -141,6 +141,21 @@ def test_a_vector_on_several_blocks_lands_at_the_same_relative_depths(tiny_llama
     one_block = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(file), anchors=anchors, target_layer=2,
                             device="cpu")
     assert [t.target_layer for t in one_block] == [2, 2]
+
+
+def test_a_depth_fraction_lands_a_build_and_a_port_on_one_target_block(tiny_llama_dir, tiny_gpt2_dir, small_inputs,
+                                                                       tmp_path):
+    """Block i of n sits at depth i / n, the inverse of a fraction's round(f × n): a port given 0.5 lands where a
+    build given 0.5 does (gpt2's block round(1.5) = 2), and so does the source block that 0.5 names (llama's
+    block 2 of 4) given as an index. Read as i / (n - 1), the port landed on block round(2 / 3 × 2) = 1."""
+    concept, anchors = small_inputs
+    numpy.save(tmp_path / "bare.npy", torch.randn(32, generator=torch.Generator().manual_seed(0)).numpy())
+    built = build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), concept, source_layer=0.5, target_layer=0.5,
+                             anchors=anchors, device="cpu")
+    by_fraction, by_index = (port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(tmp_path / "bare.npy"),
+                                         source_layer=layer, anchors=anchors, device="cpu")[0] for layer in ("0.5", 2))
+    assert built.source_layer == by_fraction.source_layer == by_index.source_layer == 2
+    assert built.target_layer == by_fraction.target_layer == by_index.target_layer == 2
 
 
 def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, small_inputs, tmp_path, caplog):
@@ -264,10 +279,10 @@ def test_a_ported_multi_block_vector_exports_every_block(tiny_llama_dir, tiny_gp
                                                           2: torch.randn(32, generator=generator),
                                                           3: torch.randn(32, generator=generator)})
     ported = port_vector(str(tiny_llama_dir), str(tiny_gpt2_dir), str(file), anchors=anchors, device="cpu")
-    assert [t.target_layer for t in ported] == [1, 1, 2]  # depths 1/3, 2/3, 1 of 4 -> blocks of 3
+    assert [t.target_layer for t in ported] == [1, 2, 2]  # depths 1/4, 2/4, 3/4 -> gpt2's blocks round(0.75, 1.5, 2.25)
     _, tensors = read_gguf_control_vector(export_gguf(ported, tmp_path / "out.gguf"))
     assert sorted(tensors) == ["direction.1", "direction.2"]
-    torch.testing.assert_close(tensors["direction.1"], ported[0].steering_vector() + ported[1].steering_vector())
+    torch.testing.assert_close(tensors["direction.2"], ported[1].steering_vector() + ported[2].steering_vector())
     requests = [Instance("loglikelihood", {}, ("The hotel room was", " clean"), 0)]
 
     def score(vector):

@@ -19,6 +19,7 @@ from torch import nn
 
 from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.anchors import load_anchor_texts
+from lm_eval_contrans.blocks import resolve_layer
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
@@ -27,7 +28,8 @@ from lm_eval_contrans.loading import (
     return_freed_memory_to_the_os,
 )
 from lm_eval_contrans.pipeline.depth import (
-    config_facts, config_layer_count, is_auto, load_config, model_layer_count, model_type_of, relative_depth, target_block,
+    config_facts, config_layer_count, depth_of, is_auto, load_config, model_layer_count, model_type_of, relative_depth,
+    target_block,
 )
 from lm_eval_contrans.pipeline.fit import make_transplant
 from lm_eval_contrans.pipeline.inputs import check_batch_size, check_build_texts
@@ -158,6 +160,7 @@ def plan_port(
     `source_layer` places a file that names no block."""
     source = parse_model_spec(source, "source", source_block_path)
     foreign = vector if isinstance(vector, ForeignVector) else read_vector(vector, source_layer, "source_vector")
+    given_blocks = list(foreign.directions)  # as the file or source_layer named them: a fraction keeps its depth
     facts = config_facts(source)
     if facts["num_layers"] is not None and facts["hidden_size"] is not None:
         foreign = foreign.checked(facts["hidden_size"], facts["num_layers"], "source_vector")
@@ -169,12 +172,10 @@ def plan_port(
         logger.warning("source_vector: %s was made for a %s model (controlvector.model_hint); source %s is a %s",
                        foreign.file, hint, source.name, family)
     directions = [ImportedDirection(foreign, block) for block in foreign.blocks]
-    if target_layer is None:
-        target_spec = parse_model_spec(target, "target", options.get("block_path"))
-        target_count = config_layer_count(target_spec)
+    if target_layer is None:  # each block at its depth in the source (a fraction as given), resolved in the target
         source_count = facts["num_layers"] or max(foreign.blocks) + 1
-        target_layer = [round(relative_depth(block, source_count) * (target_count - 1)) if target_count else
-                        relative_depth(block, source_count) for block in foreign.blocks]
+        depths = {resolve_layer(given, source_count, "source_vector"): depth_of(given, source_count) for given in given_blocks}
+        target_layer = [depths[block] for block in foreign.blocks]
     return plan_build(source, target, directions, source_layer=[direction.block for direction in directions],
                       target_layer=target_layer, **options)
 

@@ -61,7 +61,23 @@ def model_type_of(model_or_config) -> str:
 
 
 def relative_depth(index: int, num_layers: int) -> float:
-    return index / max(1, num_layers - 1)
+    """Where block `index` of `num_layers` sits: index / num_layers, the one meaning of a depth fraction
+    (`resolve_layer` takes fraction f to block round(f × num_layers), so block i at i / n goes back to
+    block i). The automatic sweeps and a port's landing block read depth this way."""
+    return index / max(1, num_layers)
+
+
+def depth_of(layer, num_layers: int) -> float:
+    """The depth a layer argument names: a fraction as given (not the depth of the block it rounds to, so
+    a port given 0.75 lands where a build given 0.75 does), a block index at its relative depth."""
+    if isinstance(layer, str):
+        try:
+            layer = int(layer.strip())
+        except ValueError:
+            layer = float(layer.strip())  # resolve_layer below refuses what is neither
+    if isinstance(layer, float) and 0.0 <= layer <= 1.0:
+        return layer
+    return relative_depth(resolve_layer(layer, num_layers, "source_layer"), num_layers)
 
 
 def is_auto(layer) -> bool:
@@ -77,18 +93,19 @@ def source_layer_candidates(num_layers: int, target_depth: float | None) -> list
     shallow model, at least the neighbouring blocks)."""
     if target_depth is None:
         target_depth = 0.75
-    band = max(SOURCE_LAYER_BAND, 1 / max(1, num_layers - 1))
+    band = max(SOURCE_LAYER_BAND, 1 / max(1, num_layers))
     candidates = [index for index in range(num_layers)
                   if abs(relative_depth(index, num_layers) - target_depth) <= band + 1e-9]
-    return candidates or [round(target_depth * (num_layers - 1))]
+    return candidates or [resolve_layer(float(target_depth), num_layers, "source_layer")]
 
 
 def target_layer_candidates(num_layers: int) -> list[int]:
     """Target blocks that target_layer=auto scores: relative depth within TARGET_LAYER_RANGE, and
-    the fixed default's block (0.75) in any case, so a shallow model still gets a choice."""
+    the fixed default's block (0.75) and the one before it in any case, so a shallow model still gets a choice."""
     low, high = TARGET_LAYER_RANGE
     candidates = {index for index in range(num_layers) if low - 1e-9 <= relative_depth(index, num_layers) <= high + 1e-9}
-    return sorted(candidates | {resolve_layer(0.75, num_layers, "target_layer")})
+    default = resolve_layer(0.75, num_layers, "target_layer")
+    return sorted(candidates | {default, max(0, default - 1)})
 
 
 def source_blocks(layer, num_layers: int, target_depths: list[float | None]) -> list[int]:
