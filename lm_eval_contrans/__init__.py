@@ -24,6 +24,8 @@ _LAZY = {
     "load_transplant": "lm_eval_contrans.artifact",
     "save_transplants": "lm_eval_contrans.artifact",
     "load_transplants": "lm_eval_contrans.artifact",
+    "save_steering": "lm_eval_contrans.artifact",
+    "load_steering": "lm_eval_contrans.artifact",
     "run_compare": "lm_eval_contrans.experiments.compare",
     "ComparePlan": "lm_eval_contrans.experiments.compare",
     "Grid": "lm_eval_contrans.experiments.grid",

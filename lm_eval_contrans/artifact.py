@@ -168,14 +168,21 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike, arg
     identical builds differ byte-wise.
     """
     path = Path(path)
+    if any(isinstance(item, Direction) for item in transplants):
+        raise ConTransError(argument, "bare directions (another tool's vector, a control) carry no fitted map to save as "
+                                      "transplants; save_steering writes them")
     for transplant in transplants:  # nothing that cannot steer is written
         check_transplant(transplant, argument, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     # cloned: one transplant listed twice (or two sharing a map) would otherwise hand safetensors shared memory
     tensors = {f"{index}.{name}": getattr(transplant, name).detach().float().cpu().clone().contiguous()
                for index, transplant in enumerate(transplants) for name in Transplant._TENSORS}
-    metadata = {METADATA_KEY: json.dumps({"format": FORMAT, "transplants": [t.metadata() for t in transplants]},
-                                         sort_keys=True)}
+    return _write(path, tensors, {"format": FORMAT, "transplants": [t.metadata() for t in transplants]})
+
+
+def _write(path: Path, tensors: dict, document: dict) -> Path:
+    """Write tensors and one sorted-JSON metadata key atomically (a killed write leaves no file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {METADATA_KEY: json.dumps(document, sort_keys=True)}
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
@@ -203,6 +210,51 @@ def save_transplant(transplant: Transplant, path: str | os.PathLike) -> Path:
     return save_transplants([transplant], path)
 
 
+def save_steering(steering: list[Transplant | Direction], path: str | os.PathLike, argument: str = "out") -> Path:
+    """Write transplants, or bare directions, to one artifact (`load_steering` reads either back).
+
+    Args:
+        steering: fitted transplants (written as `save_transplants` does, with how they were made), or
+            directions (their vector, block, alpha unit, residual norm, share and origin; no map, no R²).
+        path: the .safetensors file to write (its folder is made).
+        argument: the argument that named `path`, for errors.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConTransError: transplants and directions mixed in one file, or one that cannot steer.
+    """
+    steering = list(steering)
+    if not all(isinstance(item, Direction) for item in steering):
+        return save_transplants(steering, path, argument)
+    for direction in steering:
+        _check_direction(direction, argument, str(path))
+    tensors = {f"{index}.vector": direction.vector.detach().float().cpu().clone().contiguous()
+               for index, direction in enumerate(steering)}
+    described = [{"name": d.name, "block": d.block, "alpha_unit": d.alpha_unit, "residual_norm": float(d.residual_norm),
+                  "alpha_share": float(d.alpha_share), "origin": d.origin} for d in steering]
+    return _write(Path(path), tensors, {"format": FORMAT, "transplants": [], "directions": described})
+
+
+def _check_direction(direction: Direction, argument: str, where: str) -> Direction:
+    """Refuse a bare direction that cannot steer as its metadata says."""
+    check_vector(direction.vector, f"{where}: the vector of {direction.name!r}", argument)
+    if direction.vector.ndim != 1:
+        raise ConTransError(argument, f"{where}: the vector of {direction.name!r} has shape {tuple(direction.vector.shape)}")
+    if not (isinstance(direction.block, int) and direction.block >= 0):
+        raise ConTransError(argument, f"{where}: block {direction.block!r} of {direction.name!r} is not a block index")
+    from lm_eval_contrans.steering import check_alpha_unit
+
+    check_alpha_unit(direction.alpha_unit)
+    for name in ("residual_norm", "alpha_share"):
+        value = getattr(direction, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConTransError(argument, f"{where}: {name} {value!r} of {direction.name!r} is not a finite, "
+                                          "non-negative number")
+    return direction
+
+
 def is_transplant_file(path: str | os.PathLike) -> bool:
     """Whether a safetensors file is one of our artifacts (from its header; False for any other file)."""
     try:
@@ -223,8 +275,27 @@ def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[
         The transplants, in the order they were saved.
 
     Raises:
-        ConTransError: the file is missing, damaged or not ours, or holds a transplant that cannot steer
-            (non-finite or zero vector, a block its model does not have).
+        ConTransError: the file is missing, damaged or not ours, holds a transplant that cannot steer
+            (non-finite or zero vector, a block its model does not have), or holds bare directions.
+    """
+    steering = load_steering(path, argument)
+    if not all(isinstance(item, Transplant) for item in steering):
+        raise ConTransError(argument, f"{path} holds bare directions (no fitted map, no R²); read it with load_steering")
+    return steering
+
+
+def load_steering(path: str | os.PathLike, argument: str = "vector") -> list[Transplant | Direction]:
+    """What an artifact steers with: its transplants, or its bare directions (`save_steering`), checked as read.
+
+    Args:
+        path: a .safetensors artifact written by this or an earlier version.
+        argument: the argument that named it, for errors.
+
+    Returns:
+        Transplants or Directions, in the order they were saved.
+
+    Raises:
+        ConTransError: the file is missing, damaged or not ours, or holds something that cannot steer.
     """
     path = Path(path)
     if not path.is_file():
@@ -241,6 +312,8 @@ def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[
         raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant (no '{METADATA_KEY}' metadata)") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant of format {FORMAT!r}")
+    if document.get("directions"):
+        return _directions_in(document["directions"], tensors, path, argument)
     transplants = []
     try:
         for index, values in enumerate(document["transplants"]):
@@ -253,6 +326,16 @@ def load_transplants(path: str | os.PathLike, argument: str = "vector") -> list[
     if not transplants:
         raise ConTransError(argument, f"{path} holds no transplant")
     return transplants
+
+
+def _directions_in(described: list, tensors: dict, path: Path, argument: str) -> list[Direction]:
+    try:
+        directions = [Direction(values["name"], values["block"], tensors[f"{index}.vector"], values["alpha_unit"],
+                                values["residual_norm"], values["alpha_share"], dict(values.get("origin") or {}))
+                      for index, values in enumerate(described)]
+    except (KeyError, TypeError) as error:
+        raise ConTransError(argument, f"{path} has incomplete or unreadable metadata: {error}") from None
+    return [_check_direction(direction, argument, str(path)) for direction in directions]
 
 
 def load_transplant(path: str | os.PathLike, argument: str = "vector") -> Transplant:

@@ -211,7 +211,7 @@ def _save_and_describe(transplants: list, out: str, note: str) -> None:
 
 
 def _run_inspect(args, rest) -> None:
-    from lm_eval_contrans.artifact import as_dict, load_transplants
+    from lm_eval_contrans.artifact import Transplant, as_dict, load_steering
     from lm_eval_contrans.transplant_args import is_artifact_path
     from lm_eval_contrans.vectors import UNPLACED, read_vector
 
@@ -219,9 +219,9 @@ def _run_inspect(args, rest) -> None:
         vector = read_vector(args.artifact, source_layer=UNPLACED, argument="artifact")
         print(json.dumps(vector.describe(), indent=2, sort_keys=True) if args.json else vector.summary())
         return
-    transplants = load_transplants(args.artifact, "artifact")
+    transplants = load_steering(args.artifact, "artifact")
     if args.json:
-        described = [as_dict(transplant) for transplant in transplants]
+        described = [as_dict(item) if isinstance(item, Transplant) else item.describe() for item in transplants]
         print(json.dumps(described[0] if len(described) == 1 else described, indent=2, sort_keys=True))
     else:
         print("\n\n".join(transplant.summary() for transplant in transplants))
@@ -264,15 +264,19 @@ def _run_compare(args, rest) -> None:
 
 
 def _run_export(args, rest) -> None:
-    from lm_eval_contrans.artifact import load_transplants
+    from lm_eval_contrans.artifact import load_steering
     from lm_eval_contrans.export import export_gguf, export_steered
+    from lm_eval_contrans.transplant_args import directions_of
 
-    transplants = load_transplants(args.artifact, "artifact")
+    transplants = load_steering(args.artifact, "artifact")
     if args.format == "steered":
-        export_steered(transplants, args.out, args.target or transplants[0].target, args.alpha)
+        target = args.target or getattr(transplants[0], "target", None)
+        if target is None:
+            raise ConTransError("target", f"{args.artifact} holds bare directions, which name no model: give --target")
+        export_steered(transplants, args.out, target, args.alpha)
     else:
         export_gguf(transplants, args.out)
-    blocks = sorted({transplant.target_layer for transplant in transplants})
+    blocks = sorted({direction.block for direction in directions_of(transplants)})
     print(f"wrote {args.out} ({args.format}, block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))})")
 
 

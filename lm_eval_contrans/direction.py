@@ -11,6 +11,7 @@ operands' steering vectors at alpha 1 add up, so it is in raw units.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -93,6 +94,23 @@ class Direction:
         """What results record about it (lm-eval's `config.model_info`)."""
         return {"name": self.name, "block": self.block, "alpha_unit": self.alpha_unit, "residual_norm": self.residual_norm,
                 "alpha_share": self.alpha_share, "norm": round(float(self.vector.norm()), 6), **self.origin}
+
+    def summary(self) -> str:
+        """What `contrans inspect` prints of it."""
+        lines = [f"direction      {self.name}", f"block          {self.block} (width {self.vector.shape[-1]})",
+                 f"|vector|       {float(self.vector.norm()):.4g}",
+                 f"alpha unit     {self.alpha_unit}" + (f" (median residual norm {self.residual_norm:.4g}"
+                                                       + (f", share of alpha {self.alpha_share:.4g}" if self.alpha_share != 1.0 else "")
+                                                       + ")" if self.alpha_unit == "residual" else "")]
+        return "\n".join(lines + [f"{key:<14} {value}" for key, value in sorted(self.origin.items())])
+
+    def steering_key(self) -> dict:
+        """Everything that decides how it steers, and nothing else (not its name or origin): two directions with
+        one key steer a model identically at every alpha. An experiment grid keys its rows by it."""
+        vector = self.vector.detach().float().cpu().contiguous()
+        return {"block": self.block, "alpha_unit": self.alpha_unit, "residual_norm": float(self.residual_norm),
+                "alpha_share": float(self.alpha_share), "width": int(vector.shape[-1]),
+                "vector": hashlib.sha256(vector.numpy().tobytes()).hexdigest()}
 
     # arithmetic, as repeng's control vectors: on what alpha 1 adds, so the result is in raw units
     def __add__(self, other: Direction) -> Direction:

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from lm_eval_contrans.artifact import Transplant
-from lm_eval_contrans.direction import added_by_block
+from lm_eval_contrans.direction import Direction, added_by_block
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 
 FORMATS = ("steered", "gguf")
+Steering = Transplant | Direction  # as transplant_args names it (imported from there, it would import the pipeline)
 
 
 def steered_hookpoint(target: str | ModelSpec, layer: int) -> str:
@@ -44,18 +45,29 @@ def steered_hookpoint(target: str | ModelSpec, layer: int) -> str:
     raise ConTransError("format", f"block {layer} is not under the model's base_model; cannot name a hookpoint")
 
 
-def _listed(transplants: Transplant | list[Transplant]) -> list[Transplant]:
-    return [transplants] if isinstance(transplants, Transplant) else list(transplants)
+def _listed(transplants: Steering | list[Steering]) -> list[Steering]:
+    return [transplants] if isinstance(transplants, (Transplant, Direction)) else list(transplants)
 
 
-def _by_block(transplants: Transplant | list[Transplant]) -> dict[int, torch.Tensor]:
-    """What alpha 1 adds at each target block; several transplants at one block (a ported multi-block
-    vector sent to one block, or several concepts) add up, as they do when steering."""
-    listed = _listed(transplants)
-    return added_by_block([transplant.direction for transplant in listed], [1.0] * len(listed))
+def _by_block(transplants: Steering | list[Steering]) -> dict[int, torch.Tensor]:
+    """What alpha 1 adds at each target block; several transplants or directions at one block (a ported
+    multi-block vector sent to one block, or several concepts) add up, as they do when steering."""
+    directions = [item.direction if isinstance(item, Transplant) else item for item in _listed(transplants)]
+    return added_by_block(directions, [1.0] * len(directions))
 
 
-def export_steered(transplants: Transplant | list[Transplant], path: str | Path, target: str | ModelSpec,
+def _model_hint(transplants: Steering | list[Steering]) -> str:
+    """llama.cpp's check of the model a control vector is for: the target's model type where a transplant
+    records it, else a direction's origin (another tool's file names its own hint)."""
+    for item in _listed(transplants):
+        hint = item.target_model_type if isinstance(item, Transplant) else item.origin.get("model_hint")
+        if hint:
+            return str(hint).removesuffix("_text")
+    raise ConTransError("format", "these directions record no model type for llama.cpp's controlvector.model_hint; "
+                                  "export a transplant built for the target")
+
+
+def export_steered(transplants: Steering | list[Steering], path: str | Path, target: str | ModelSpec,
                    alpha: float = 1.0) -> Path:
     """lm-eval's `--model steered` file for `target` (a model name as everywhere, or a ModelSpec)."""
     config = {steered_hookpoint(target, block): {"steering_vector": vector.clone(),
@@ -66,17 +78,18 @@ def export_steered(transplants: Transplant | list[Transplant], path: str | Path,
     return Path(path)
 
 
-def export_gguf(transplants: Transplant | list[Transplant], path: str | Path) -> Path:
+def export_gguf(transplants: Steering | list[Steering], path: str | Path) -> Path:
     import gguf
 
     blocks = _by_block(transplants)
     if 0 in blocks:
-        at_zero = [t.concept for t in _listed(transplants) if t.target_layer == 0]
+        at_zero = [item.direction.name if isinstance(item, Transplant) else item.name for item in _listed(transplants)
+                   if (item.direction if isinstance(item, Transplant) else item).block == 0]
         raise ConTransError("format", f"llama.cpp control vectors cannot steer block 0, where {', '.join(at_zero)} lands; "
                                       "rebuild (or port) with target_layer >= 1")
-    first = _listed(transplants)[0]
+    hint = _model_hint(transplants)
     writer = gguf.GGUFWriter(str(path), "controlvector")
-    writer.add_string("controlvector.model_hint", first.target_model_type.removesuffix("_text"))
+    writer.add_string("controlvector.model_hint", hint)
     writer.add_uint32("controlvector.layer_count", len(blocks))
     for block, vector in blocks.items():
         writer.add_tensor(f"direction.{block}", vector.numpy())

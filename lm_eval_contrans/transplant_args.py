@@ -14,7 +14,7 @@ import difflib
 import logging
 from dataclasses import dataclass
 
-from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, is_transplant_file, load_transplants
+from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, is_transplant_file, load_steering
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
@@ -48,7 +48,7 @@ def read_steering_file(vector, block=None, argument: str = "vector") -> list[Ste
     if isinstance(vector, (list, tuple)) and all(isinstance(item, (Transplant, Direction)) for item in vector):
         return list(vector)  # an empty list: the target unsteered, until use_transplants
     if is_artifact_path(vector):
-        return load_transplants(vector, argument)
+        return load_steering(vector, argument)
     return read_vector(vector, block, argument)
 
 

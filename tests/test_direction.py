@@ -3,6 +3,9 @@ made for the target by another tool is a direction and nothing more (no map, no 
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,3 +87,87 @@ def test_a_vector_made_for_the_target_is_a_direction_with_its_origin_and_no_map(
     with pytest.raises(ConTransError, match="^save_vector: .*for-gpt2.gguf was made for the target by another tool: "
                                             "nothing is built from it"):
         ConTransLM(target=str(tiny_gpt2_dir), vector=str(file), save_vector=str(tmp_path / "x.safetensors"), device="cpu")
+
+
+def _transplant(vector: torch.Tensor, **fields):
+    from lm_eval_contrans.artifact import load_transplants
+
+    first = load_transplants(OLD_ARTIFACT)[0]
+    return replace(first, vector=vector, **fields)
+
+
+OLD_ARTIFACT = Path(__file__).parent / "data" / "artifact-702b054.safetensors"  # written by main at 702b054
+
+
+def test_an_artifact_written_by_an_earlier_version_loads_and_writes_back_byte_for_byte(tmp_path):
+    from lm_eval_contrans.artifact import load_steering, load_transplants, save_transplants
+
+    first, second = load_transplants(OLD_ARTIFACT)
+    assert (first.concept, first.target_layer, first.alpha_unit, first.residual_norm) == ("sentiment", 2, "residual", 10.0)
+    assert (second.concept, second.alpha_share, first.alpha_share) == ("honesty", 0.5, 1.0)
+    assert first.extra == {"source_layer_sweep": {"2": 0.5}} and first.heldout_r2 == 0.5
+    assert load_steering(OLD_ARTIFACT)[1].direction.steering_key() == second.direction.steering_key()
+    # a concept build's artifact is what it was: the same bytes, so no bigger
+    assert save_transplants([first, second], tmp_path / "again.safetensors").read_bytes() == OLD_ARTIFACT.read_bytes()
+
+
+def test_controls_are_directions_that_steer_as_the_transplant_would_and_borrow_nothing():
+    from lm_eval_contrans.experiments.controls import own_control, random_control
+
+    transplant = _transplant(torch.randn(8, generator=torch.Generator().manual_seed(3)))
+    random, own = random_control(transplant, seed=1), own_control(transplant, torch.randn(8))
+    for control in (random, own):
+        assert isinstance(control, Direction) and not hasattr(control, "heldout_r2") and not hasattr(control, "map_weight")
+        # the transplant's block and alpha unit: alpha 1 is the same push (residual units: the same norm)
+        assert (control.block, control.alpha_unit, control.residual_norm) == (2, "residual", 10.0)
+        assert float(control.steering_vector().norm()) == pytest.approx(float(transplant.steering_vector().norm()), rel=1e-6)
+    assert float(random.vector.norm()) == pytest.approx(float(transplant.vector.norm()), rel=1e-6)
+    assert random.origin == {"control": "random", "seed": 1, "norm_of": "sentiment"}
+    assert own.origin["control"] == "target's own vector" and own.origin["concept_hash"] == transplant.concept_hash
+    assert torch.equal(random_control(transplant, seed=1).vector, random.vector)
+    assert not torch.equal(random_control(transplant, seed=2).vector, random.vector)
+
+
+def test_directions_are_saved_read_back_and_steer_from_a_file_as_in_memory(tiny_gpt2_dir, tmp_path):
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_contrans.artifact import load_steering, load_transplants, save_steering, save_transplants
+
+    direction = Direction("probe", 1, torch.randn(48, generator=torch.Generator().manual_seed(0)), "raw",
+                          origin={"control": "random", "seed": 0})
+    path = save_steering([direction, 2 * direction], tmp_path / "directions.safetensors")
+    first, second = load_steering(path)
+    assert (first.name, first.block, first.origin) == ("probe", 1, {"control": "random", "seed": 0})
+    assert torch.equal(first.vector, direction.vector) and torch.equal(second.vector, 2 * direction.vector)
+    with pytest.raises(ConTransError, match="holds bare directions"):
+        load_transplants(path)
+    with pytest.raises(ConTransError, match="^out: bare directions"):
+        save_transplants([direction], tmp_path / "x.safetensors")
+    with pytest.raises(ConTransError, match="^out: .*non-finite"):
+        save_steering([direction * float("nan")], tmp_path / "nan.safetensors")
+    requests = [Instance("loglikelihood", {}, ("The hotel room was", " clean"), 0)]
+
+    def score(vector):
+        lm = ConTransLM(target=str(tiny_gpt2_dir), vector=vector, alpha=3.0, device="cpu", batch_size=4)
+        return lm.loglikelihood(requests, disable_tqdm=True)[0][0]
+
+    from_file, in_memory, first_only = score(str(path)), score([direction, 2 * direction]), score([direction])
+    assert from_file == pytest.approx(in_memory, abs=1e-6) and abs(from_file - first_only) > 1e-3
+
+
+def test_a_grid_keys_a_row_by_what_steers_not_by_how_it_was_made(tmp_path):
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+
+    grid = Grid(tmp_path, EvalSettings(tasks=["x"]))
+    vector = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    transplant = _transplant(vector)
+
+    def key(steering):
+        return grid.row_key(GridRow("r", "contrans", "m", steering, 1.0), grid.artifact_path(steering)[1])
+
+    same = key(transplant)
+    assert key(replace(transplant, heldout_r2=0.9, extra={"control": "x"})) == same  # another record of its making
+    assert key(transplant.direction) == same  # the bare direction it adds
+    assert key(grid.artifact_path(transplant)[0]) == same  # the file the grid saved
+    assert key(replace(transplant, vector=vector * 2)) != same and key(replace(transplant, target_layer=1)) != same
+    assert key(replace(transplant, alpha_unit="raw")) != same and key(replace(transplant, alpha_share=0.5)) != same

@@ -81,6 +81,7 @@ def kl_curves(vectors: dict) -> dict[str, list[float]]:
 
     from lm_eval_contrans.anchors import load_anchor_texts
     from lm_eval_contrans.loading import free_model, load_model
+    from lm_eval_contrans.transplant_args import directions_of
 
     texts = random.Random(0).sample(load_anchor_texts(None)[0], TEXTS)
     model, tokenizer = load_model(TARGET, argument="target", device="cpu")
@@ -93,19 +94,20 @@ def kl_curves(vectors: dict) -> dict[str, list[float]]:
 
     plain = log_probs()
     curves, measured = {}, []  # measured: (block, vector alpha 1 adds, curve)
-    for name, transplant in tqdm(vectors.items(), desc="KL along alpha", unit="vector"):
+    for name, given in tqdm(vectors.items(), desc="KL along alpha", unit="vector"):
+        transplant, = directions_of([given])  # a transplant's direction, or a control's
         pushed = transplant.steering_vector()
         # in residual units the six emotions' random controls are one direction at one norm, equal up to
         # float rounding: its curve is measured once
         curve = next((curve for block, vector, curve in measured
-                      if block == transplant.target_layer and torch.allclose(vector, pushed, rtol=1e-5, atol=0)), None)
+                      if block == transplant.block and torch.allclose(vector, pushed, rtol=1e-5, atol=0)), None)
         if curve is None:
             curve = []
             for alpha in ALPHAS:
                 with transplant.apply(model, alpha):
                     steered = log_probs()
                 curve.append(float((plain.exp() * (plain - steered)).sum(-1).mean()))
-            measured.append((transplant.target_layer, pushed, curve))
+            measured.append((transplant.block, pushed, curve))
         curves[name] = curve
     free_model(model)
     return curves

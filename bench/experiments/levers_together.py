@@ -87,8 +87,9 @@ def main() -> None:
 
 
 def through(transplant, vector):
-    """`transplant` with the vector a taught map carried (its blocks, norms and alpha unit as they were)."""
-    return dataclasses.replace(transplant, vector=vector.float(), extra={**transplant.extra, "map": TAUGHT})
+    """The vector a taught map carried, where `transplant` steers (its block, norm and alpha unit): a direction,
+    since the transplant's map and R² are not this vector's."""
+    return dataclasses.replace(transplant.direction, vector=vector.float(), origin={"map": TAUGHT})
 
 
 def render(document: dict) -> str:

@@ -114,8 +114,8 @@ def steering_rows(states: LeverStates, target: str, levers: dict[str, Carry], al
     rows = [base_row(target, EMOTIONS)]
     for emotion in EMOTIONS:
         task, transplant = emotion_task(emotion), states.transplants[emotion]
-        carried = {(lever, kind): dataclasses.replace(transplant, vector=carry(emotion, states.source_vector(pairs)).float(),
-                                                      extra={**transplant.extra, "map": lever})
+        carried = {(lever, kind): dataclasses.replace(transplant.direction, vector=carry(emotion, states.source_vector(pairs)).float(),
+                                                      origin={"map": lever, "pairs": kind})
                    for lever, carry in levers.items()
                    for kind, pairs in (("transplanted", states.pairs[emotion]), ("shuffled", states.shuffled_pairs(emotion)))}
         for alpha in alphas:

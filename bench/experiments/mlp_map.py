@@ -141,7 +141,8 @@ def main() -> None:
         watch.log(f"{emotion}: " + ", ".join(f"{key} {value:.3f}" for key, value in vectors[emotion].items()))
         task = emotion_task(emotion)
         for kind, vector in carried.items():
-            steered = dataclasses.replace(transplant, vector=vector.float(), extra={**transplant.extra, "map": kind})
+            # where the default transplant steers, in its unit: the map that carried it is this one, not the transplant's
+            steered = dataclasses.replace(transplant.direction, vector=vector.float(), origin={"map": kind})
             rows += [GridRow(f"{kind}|{emotion}|transplanted", "contrans", TARGET, steered, 1.0, tasks=(task, FACTS)),
                      GridRow(f"{kind}|{emotion}|random", "random", TARGET, random_control(steered, seed=0), 1.0, tasks=(task,))]
     scores = emotions.accuracies(grid.run(rows))

@@ -1,8 +1,11 @@
-"""Control vectors that every steering result is asked for, as transplant artifacts.
+"""Control vectors that every steering result is asked for.
 
 - random: a seeded Gaussian direction with the transplanted vector's norm, at the same target block;
 - own: the target's own concept vector from the same concept set at the same block (the
   no-transfer upper bound: what steering could do if no map were needed);
+
+Both are bare `Direction`s steered in the transplant's alpha unit (so alpha means the same push), with an
+origin that says what they are: no map, no held-out R² or concept hash borrowed from the transplant.
 - shuffled labels: a concept set with the same texts, each pair's sides swapped on a seeded coin, built
   through the same map: what "any push among these texts" does without the concept's labels.
 """
@@ -16,14 +19,17 @@ import torch
 
 from lm_eval_contrans.artifact import Transplant
 from lm_eval_contrans.concepts import ConceptSet
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.loading import ModelSpec
 from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
 
 
-def random_control(transplant: Transplant, seed: int = 0) -> Transplant:
-    direction = torch.randn(transplant.vector.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    vector = (direction / direction.norm() * transplant.vector.double().norm()).float()
-    return dataclasses.replace(transplant, vector=vector, extra={**transplant.extra, "control": f"random (seed {seed})"})
+def random_control(steering: Transplant | Direction, seed: int = 0) -> Direction:
+    """A seeded Gaussian direction with the norm of `steering`'s vector, at its block, in its alpha unit."""
+    given = steering.direction if isinstance(steering, Transplant) else steering
+    direction = torch.randn(given.vector.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    vector = (direction / direction.norm() * given.vector.double().norm()).float()
+    return _control(given, vector, f"random (seed {seed})", {"control": "random", "seed": seed, "norm_of": given.name})
 
 
 def target_own_vector(
@@ -37,8 +43,16 @@ def target_own_vector(
     return states[0].concept_vector
 
 
-def own_control(transplant: Transplant, own_vector: torch.Tensor) -> Transplant:
-    return dataclasses.replace(transplant, vector=own_vector.float(), extra={**transplant.extra, "control": "target's own vector"})
+def own_control(transplant: Transplant, own_vector: torch.Tensor) -> Direction:
+    """The target's own concept vector (`target_own_vector`) where the transplant steers, in its alpha unit."""
+    return _control(transplant.direction, own_vector.float(), f"{transplant.concept} (target's own)",
+                    {"control": "target's own vector", "concept": transplant.concept,
+                     "concept_hash": transplant.concept_hash, "model": transplant.target})
+
+
+def _control(steering: Direction, vector: torch.Tensor, name: str, origin: dict) -> Direction:
+    return Direction(name, steering.block, vector, steering.alpha_unit, steering.residual_norm, steering.alpha_share,
+                     origin)
 
 
 def shuffled_labels(concept: ConceptSet, seed: int = 0) -> ConceptSet:

@@ -6,7 +6,8 @@ compare`, and the scripts in bench/experiments. The grid
 - scores every row the same way (FastScoringHFLM and its subclasses, the same batch size);
 - loads the target once for all of its consecutive steered rows (`ConTransLM.use_transplants`);
 - writes each row's results as soon as it finishes, under `rows/<name>/`, with the key of every
-  setting that determines them (the row's model, transplant file hash, alpha, prefix and tasks;
+  setting that determines them (the row's model, what it steers with (`Direction.steering_key`: block,
+  vector, alpha unit; not how the vector was made), alpha, prefix and tasks;
   the grid's limits, batch size, model args, task metadata, include paths and lm-eval evaluation
   options such as few-shot count and chat template; the lm-eval and package versions). A rerun
   reuses a row only when its key matches, and runs it again otherwise: an interrupted grid resumes,
@@ -28,11 +29,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lm_eval_contrans import __version__
-from lm_eval_contrans.artifact import Transplant, save_transplants
+from lm_eval_contrans.artifact import Transplant, load_steering, save_steering
 from lm_eval_contrans.cache import content_key
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.report import Row, main_metrics_of
 from lm_eval_contrans.paths import safe_name
+from lm_eval_contrans.transplant_args import Steering, directions_of
 
 logger = logging.getLogger(__name__)
 STEERED_KINDS = ("base", "contrans", "random", "own", "shuffled")  # rows on the (steered) target
@@ -44,15 +47,15 @@ def slug(name: str) -> str:
 
 @dataclass(frozen=True)
 class GridRow:
-    """One evaluated configuration. `transplant`: a Transplant, several (steered at once, `alpha` one
-    value each) or an artifact path (None: unsteered); `prefix`: text put before every context (the
+    """One evaluated configuration. `transplant`: a Transplant or a Direction (a control), several (steered
+    at once, `alpha` one value each) or an artifact path (None: unsteered); `prefix`: text put before every context (the
     prompt baseline); `tasks`: this row's tasks (None: the grid's); `evaluate`: lm-eval evaluation
     options of this row, over the grid's (the prompt baseline's system instruction under a chat template)."""
 
     name: str
     kind: str  # base | contrans | random | own | shuffled | prompt | source | instruct | other
     model: str
-    transplant: Transplant | list[Transplant] | str | Path | None = field(default=None, compare=False)
+    transplant: Steering | list[Steering] | str | Path | None = field(default=None, compare=False)
     alpha: float | tuple[float, ...] | None = None
     prefix: str | None = None
     tasks: tuple[str, ...] | None = None
@@ -134,32 +137,33 @@ class Grid:
         return self._task_manager
 
     # ---- keys: everything that determines a row's results
-    def artifact_path(self, transplant: Transplant | str | Path) -> tuple[Path, str]:
-        """(file, sha256) of a row's transplant: saved into the grid folder if it is in memory."""
-        if isinstance(transplant, (Transplant, list, tuple)):
+    def artifact_path(self, transplant: Steering | list[Steering] | str | Path) -> tuple[Path, str]:
+        """(file, steering key) of a row's transplants or directions: saved into the grid folder if in memory.
+        The key is what they steer with (`Direction.steering_key`), so a control's row is the same row whatever
+        record of its making the file holds."""
+        if isinstance(transplant, (Transplant, Direction, list, tuple)):
             folder = self.folder / "artifacts"
             folder.mkdir(parents=True, exist_ok=True)
-            several = [transplant] if isinstance(transplant, Transplant) else list(transplant)
-            staging = save_transplants(several, folder / ".staging.safetensors")
+            several = [transplant] if isinstance(transplant, (Transplant, Direction)) else list(transplant)
+            staging = save_steering(several, folder / ".staging.safetensors")
             digest = hashlib.sha256(staging.read_bytes()).hexdigest()
             path = folder / f"{digest[:16]}.safetensors"
             staging.replace(path)
-            return path, digest
-        path = Path(transplant)
-        if not path.is_file():
-            raise ConTransError("transplant", f"artifact not found: {path}")
-        return path, hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            path = Path(transplant)
+            several = load_steering(path, "transplant")
+        return path, content_key([direction.steering_key() for direction in directions_of(several)])
 
     def evaluate_options(self, row: GridRow) -> dict:
         return {**self.settings.evaluate, **row.evaluate}
 
-    def row_key(self, row: GridRow, transplant_sha: str | None) -> str:
+    def row_key(self, row: GridRow, steering_key: str | None) -> str:
         settings = asdict(self.settings)
         settings["tasks"] = sorted(row.tasks or self.settings.tasks)
         if isinstance(self.settings.limit, dict):
             settings["limit"] = {task: self.settings.limit_of(task) for task in settings["tasks"]}
         alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
-        described = {"kind": row.kind, "model": row.model, "transplant": transplant_sha, "alpha": alpha, "prefix": row.prefix}
+        described = {"kind": row.kind, "model": row.model, "steering": steering_key, "alpha": alpha, "prefix": row.prefix}
         del settings["evaluate"]
         options = self.evaluate_options(row)
         if options:  # named only when given, so rows saved before the option existed keep their keys
@@ -186,8 +190,8 @@ class Grid:
         return done
 
     def _row(self, row: GridRow, folder: Path) -> Row:
-        path, sha = self.artifact_path(row.transplant) if row.transplant is not None else (None, None)
-        key = self.row_key(row, sha)
+        path, steering = self.artifact_path(row.transplant) if row.transplant is not None else (None, None)
+        key = self.row_key(row, steering)
         stored = folder / "row.json"
         if stored.is_file():
             saved = json.loads(stored.read_text())
@@ -236,14 +240,13 @@ class Grid:
         return {"device": self.settings.device, "batch_size": self.settings.batch_size, **self.settings.model_args}
 
     def _model(self, row: GridRow, artifact: Path | None):
-        from lm_eval_contrans.artifact import load_transplants
         from lm_eval_contrans.experiments.prompt_baseline import PromptBaselineLM
         from lm_eval_contrans.lm_eval_model import ConTransLM
         from lm_eval_contrans.loading import parse_model_spec, pretrained_path
         from lm_eval_contrans.scoring import FastScoringHFLM
 
         if row.steered:
-            transplants = [] if artifact is None else load_transplants(artifact, "transplant")
+            transplants = [] if artifact is None else load_steering(artifact, "transplant")
             alphas = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else (row.alpha or 0.0)
             if self._target_lm is None or self._target_lm[0] != row.model:
                 self._release_target()
