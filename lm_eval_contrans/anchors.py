@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.textfiles import read_user_text, table_rows
+from lm_eval_contrans.textfiles import jsonl_records, read_user_text, table_rows
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,7 @@ def load_anchor_texts(anchors: str | Path | None = None) -> tuple[list[str], str
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConTransError(ARGUMENT, f"{path}, line {number}: not valid JSON") from None
+        for number, record in jsonl_records(path, text, ARGUMENT):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise ConTransError(ARGUMENT, f"{path}, line {number}: expected an object with a 'text' string")
             texts.append(record["text"])

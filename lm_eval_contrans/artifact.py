@@ -128,23 +128,15 @@ def check_vector(vector: torch.Tensor, what: str, argument: str) -> torch.Tensor
 
 def check_transplant(transplant: Transplant, argument: str, where: str) -> Transplant:
     """Refuse a transplant that cannot steer as its metadata says (read from a file, or about to be written)."""
-    check_vector(transplant.vector, f"{where}: the vector of {transplant.concept!r}", argument)
-    for name in ("source_vector", "map_weight"):
-        if not bool(torch.isfinite(getattr(transplant, name)).all()):
-            raise ConTransError(argument, f"{where}: the {name} of {transplant.concept!r} holds non-finite values")
     for side in ("source", "target"):
         layer, count = getattr(transplant, f"{side}_layer"), getattr(transplant, f"{side}_num_layers")
         if not (isinstance(layer, int) and isinstance(count, int) and 0 <= layer < count):
             raise ConTransError(argument, f"{where}: {side} block {layer!r} is not one of the {count!r} blocks it "
                                           f"names for {transplant.concept!r}")
-    from lm_eval_contrans.steering import check_alpha_unit
-
-    check_alpha_unit(transplant.alpha_unit)
-    for name in ("residual_norm", "alpha_share"):
-        value = getattr(transplant, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ConTransError(argument, f"{where}: {name} {value!r} of {transplant.concept!r} is not a finite, "
-                                          "non-negative number")
+    _check_direction(transplant.direction, argument, where)
+    for name in ("source_vector", "map_weight"):
+        if not bool(torch.isfinite(getattr(transplant, name)).all()):
+            raise ConTransError(argument, f"{where}: the {name} of {transplant.concept!r} holds non-finite values")
     return transplant
 
 

@@ -27,7 +27,7 @@ import yaml
 
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.tasks_path import shipped_dir
-from lm_eval_contrans.textfiles import read_user_text, table_rows
+from lm_eval_contrans.textfiles import jsonl_records, read_user_text, table_rows
 
 logger = logging.getLogger(__name__)
 # fewer pairs than this: the mean difference carries much of what the few pairs differ in besides the concept
@@ -81,15 +81,7 @@ def _read_pairs(path: Path) -> tuple[dict, list]:
     text = read_user_text(path, ARGUMENT)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        pairs = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ConTransError(ARGUMENT, f"{path}, line {number}: not valid JSON ({error.msg})") from None
-        return {}, pairs
+        return {}, [record for _, record in jsonl_records(path, text, ARGUMENT)]
     if suffix in (".csv", ".tsv"):
         return {}, table_rows(path, text, ("positive", "negative"), ARGUMENT)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
@@ -35,3 +36,17 @@ def table_rows(path: Path, text: str, columns: tuple[str, ...], argument: str) -
                   else "the columns " + " and ".join(repr(column) for column in columns))
         raise ConTransError(argument, f"{path}: the header row must name {wanted} (found {rows.fieldnames})")
     return [{column: row[found[column]] or "" for column in columns} for row in rows]
+
+
+def jsonl_records(path: Path, text: str, argument: str) -> list[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSON Lines text; a line that is not JSON is refused
+    naming the file and the line."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise ConTransError(argument, f"{path}, line {number}: not valid JSON ({error.msg})") from None
+    return records

@@ -189,6 +189,27 @@ def test_an_alpha_that_dwarfs_the_residual_stream_is_refused_before_the_engine_s
         ConTransVLLM(target=target, vector=artifact, alpha=1e30, enforce_eager=True, **ENGINE)
 
 
+def test_a_push_that_overflows_is_stopped_in_the_worker_not_scored(vllm_llama_dir, tmp_path):
+    """Another tool's vector made for the target records no residual norm, so alpha's range check cannot see this
+    push: at alpha 1e30 the residual stream is the vector alone, the final RMS norm makes every position's state
+    constant, and vLLM would score a uniform distribution. The workers flag it; the driver stops."""
+    from test_vectors import write_control_vector
+
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    file = write_control_vector(tmp_path / "for-llama.gguf", {1: torch.ones(128)}, model_hint="llama")
+    requests = [Instance("loglikelihood", {}, PAIRS[0], 0)]
+    sound = ConTransVLLM(target=str(vllm_llama_dir), vector=str(file), alpha=1.0, enforce_eager=True, **ENGINE)
+    assert len(sound.loglikelihood(requests, disable_tqdm=True)) == 1
+    del sound
+    gc.collect()
+    overflowing = ConTransVLLM(target=str(vllm_llama_dir), vector=str(file), alpha=1e30, enforce_eager=True, **ENGINE)
+    with pytest.raises(ConTransError, match="^alpha: the steered model's outputs are not finite .*or constant at a "
+                                            "position, with for-llama at block 1, alpha 1e\\+30"):
+        overflowing.loglikelihood(requests, disable_tqdm=True)
+
+
 def test_a_cpu_memory_share_that_is_not_free_is_refused_before_the_build(tiny_llama_dir, vllm_llama_dir, small_inputs):
     """vLLM's CPU backend refuses to start where gpu_memory_utilization of the machine's memory is not free:
     said before the source pass, not after it."""

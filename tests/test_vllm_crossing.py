@@ -115,8 +115,10 @@ def test_a_steering_file_for_another_shape_is_refused_in_the_worker(wrong, tiny_
         steer_loaded_model(model, entry, _model_config(model))
 
 
-def test_non_finite_logits_are_flagged_for_the_driver():
-    """vLLM scores NaN logits as a uniform distribution; the worker flags them, the driver asks (collective_rpc)."""
+@pytest.mark.parametrize("broken", [[1.0, float("inf"), 2.0], [0.0, 0.0, 0.0]])
+def test_broken_final_states_are_flagged_for_the_driver(broken):
+    """vLLM scores NaN logits, and those of an overflow an RMS norm zeroed, as a uniform distribution; the worker
+    flags them, the driver asks (collective_rpc)."""
     from lm_eval_contrans.vllm.plugin import _watch_logits, non_finite_report
 
     class Model(torch.nn.Module):
@@ -126,8 +128,10 @@ def test_non_finite_logits_are_flagged_for_the_driver():
     model = Model()
     _watch_logits(model)
     worker = SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: model))
-    assert torch.equal(model.compute_logits(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    states = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.compute_logits(states), states * 2)
+    model.compute_logits(torch.empty(0, 3))  # a batch with no position to score
     assert non_finite_report(worker) is False
-    model.compute_logits(torch.tensor([[1.0, float("inf")]]))  # the hidden states it is given
-    model.compute_logits(torch.ones(1, 2))  # a later finite batch does not clear it
+    model.compute_logits(torch.cat([states, torch.tensor([broken])]))  # the hidden states it is given
+    model.compute_logits(states)  # a later sound batch does not clear it
     assert non_finite_report(worker) is True

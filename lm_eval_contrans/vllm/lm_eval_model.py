@@ -77,12 +77,13 @@ class ConTransVLLM(VLLM):
         return self._finite(super().generate_until(requests, disable_tqdm=disable_tqdm))
 
     def _finite(self, results: list) -> list:
-        """Results of a steered pass gone non-finite stop the evaluation instead of being reported. The numbers
-        lm-eval gets back need not show it (vLLM computes log-probabilities and samples from whatever logits it
-        has), so the workers are asked: each flags the non-finite logits it saw."""
+        """Results of a steered pass gone non-finite (or constant at a position: an overflow zeroed by a norm) stop
+        the evaluation instead of being reported. The numbers lm-eval gets back need not show it (vLLM computes
+        log-probabilities and samples from whatever logits it has), so the workers are asked: each flags the
+        broken outputs it saw."""
         if self.steering and self.data_parallel_size <= 1 and any(self.model.collective_rpc(NON_FINITE_METHOD)):
-            raise ConTransError("alpha", "the steered model's outputs are not finite (NaN or inf) with "
-                                         f"{describe_steering(self.directions, self.alphas)}: lower alpha")
+            raise ConTransError("alpha", "the steered model's outputs are not finite (NaN or inf), or constant at a "
+                                         f"position, with {describe_steering(self.directions, self.alphas)}: lower alpha")
         return results
 
     def get_model_info(self) -> dict:

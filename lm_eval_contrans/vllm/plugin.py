@@ -56,29 +56,29 @@ def steering_report(worker) -> dict[int, float]:
 
 
 def non_finite_report(worker) -> bool:
-    """Whether a steered model's logits were ever NaN or inf in this worker (what the driver cannot tell from
-    the log-probabilities and texts vLLM returns)."""
+    """Whether a steered model's final states were ever NaN, inf or constant at a position in this worker (what
+    the driver cannot tell from the log-probabilities and texts vLLM returns)."""
     return bool(getattr(worker.model_runner.get_model(), NON_FINITE_FLAG, False))
 
 
 def _watch_logits(model: nn.Module) -> None:
-    """Flag non-finite logits. `compute_logits` runs outside the compiled graph, so a check there is possible
-    in every mode; the driver reads the flag after each batch of requests. What is checked is the final hidden
-    states it is given, where a steered pass that overflowed shows: a 640-wide row instead of a 262,144-wide
-    row of logits (Gemma's vocabulary), a 400th of the work on every prompt position and decoding step."""
+    """Flag broken outputs: non-finite, or constant at a position (`steering.broken_outputs`, as the HF path
+    stops on). `compute_logits` runs outside the compiled graph, so a check there is possible in every mode; the
+    driver reads the flag after each batch of requests. What is checked is the final hidden states it is given,
+    where a steered pass that overflowed shows: a 640-wide row instead of a 262,144-wide row of logits (Gemma's
+    vocabulary), a 400th of the work on every prompt position and decoding step."""
+    from lm_eval_contrans.steering import broken_outputs
+
     compute_logits = model.compute_logits
 
     def checked(hidden_states, *args, **kwargs):
         logits = compute_logits(hidden_states, *args, **kwargs)
-        if not getattr(model, NON_FINITE_FLAG, False) and not _finite(hidden_states):
+        if (not getattr(model, NON_FINITE_FLAG, False) and isinstance(hidden_states, torch.Tensor)
+                and hidden_states.numel() and broken_outputs(hidden_states)):
             setattr(model, NON_FINITE_FLAG, True)
         return logits
 
     model.compute_logits = checked
-
-
-def _finite(tensor) -> bool:
-    return not isinstance(tensor, torch.Tensor) or bool(torch.isfinite(tensor).all())
 
 
 def _add_steering(module: nn.Module, args, output):
