@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_transplant": "lm_eval_contrans.pipeline",
     "build_transplants": "lm_eval_contrans.pipeline",
-    "Transplant": "lm_eval_contrans.artifact",
+    "Transplant": "lm_eval_contrans.transplant",
     "Direction": "lm_eval_contrans.direction",
     "save_transplant": "lm_eval_contrans.artifact",
     "load_transplant": "lm_eval_contrans.artifact",

@@ -211,7 +211,7 @@ def _save_and_describe(transplants: list, out: str, note: str) -> None:
 
 
 def _run_inspect(args, rest) -> None:
-    from lm_eval_contrans.artifact import Transplant, as_dict, load_steering
+    from lm_eval_contrans.artifact import load_steering
     from lm_eval_contrans.transplant_args import is_artifact_path
     from lm_eval_contrans.vectors import UNPLACED, read_vector
 
@@ -221,7 +221,7 @@ def _run_inspect(args, rest) -> None:
         return
     transplants = load_steering(args.artifact, "artifact")
     if args.json:
-        described = [as_dict(item) if isinstance(item, Transplant) else item.describe() for item in transplants]
+        described = [item.describe() for item in transplants]
         print(json.dumps(described[0] if len(described) == 1 else described, indent=2, sort_keys=True))
     else:
         print("\n\n".join(transplant.summary() for transplant in transplants))

@@ -12,6 +12,7 @@ operands' steering vectors at alpha 1 add up, so it is in raw units.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -80,8 +81,6 @@ class Direction:
     def checked_for(self, hidden_size: int, num_layers: int, argument: str = "vector") -> Direction:
         """This direction, if a model of that width and block count can take it, and it can steer (finite, not
         all zeros: as an artifact's vector is checked when read)."""
-        from lm_eval_contrans.artifact import check_vector
-
         check_vector(self.vector, self.name, argument)
         if not 0 <= self.block < num_layers:
             raise ConTransError(argument, f"{self.name}: block {self.block} is not one of the model's {num_layers} blocks")
@@ -147,3 +146,31 @@ def added_by_block(directions: list[Direction], alphas: list[float]) -> dict[int
         added = alpha * direction.steering_vector().float()
         blocks[direction.block] = blocks[direction.block] + added if direction.block in blocks else added
     return {block: vector for block, vector in sorted(blocks.items()) if bool(vector.any())}
+
+
+def check_vector(vector: torch.Tensor, what: str, argument: str) -> torch.Tensor:
+    """A steering direction that can steer: finite, and not all zeros (which would steer nothing while
+    reporting a steered score)."""
+    if not bool(torch.isfinite(vector).all()):
+        raise ConTransError(argument, f"{what} holds non-finite values (NaN or inf)")
+    if not bool(vector.any()):
+        raise ConTransError(argument, f"{what} is all zeros: it would steer nothing")
+    return vector
+
+
+def check_direction(direction: Direction, argument: str, where: str) -> Direction:
+    """Refuse a direction that cannot steer as its fields say (read from a file, or about to be written)."""
+    check_vector(direction.vector, f"{where}: the vector of {direction.name!r}", argument)
+    if direction.vector.ndim != 1:
+        raise ConTransError(argument, f"{where}: the vector of {direction.name!r} has shape {tuple(direction.vector.shape)}")
+    if not (isinstance(direction.block, int) and direction.block >= 0):
+        raise ConTransError(argument, f"{where}: block {direction.block!r} of {direction.name!r} is not a block index")
+    from lm_eval_contrans.steering import check_alpha_unit
+
+    check_alpha_unit(direction.alpha_unit)
+    for name in ("residual_norm", "alpha_share"):
+        value = getattr(direction, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConTransError(argument, f"{where}: {name} {value!r} of {direction.name!r} is not a finite, "
+                                          "non-negative number")
+    return direction

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.direction import Direction, added_by_block
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec

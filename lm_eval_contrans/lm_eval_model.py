@@ -17,7 +17,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_contrans.artifact import Transplant, save_transplants
+from lm_eval_contrans.artifact import save_transplants
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.loading import (
@@ -26,6 +26,7 @@ from lm_eval_contrans.loading import (
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.steering import check_positions, stop_if_not_finite
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.transplant_args import (
     Steering, TransplantArgs, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare_transplants,
     target_facts, target_name, transplant_info,

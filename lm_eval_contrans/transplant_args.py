@@ -14,8 +14,9 @@ import difflib
 import logging
 from dataclasses import dataclass
 
-from lm_eval_contrans.artifact import Transplant, as_dict, check_against_target, is_transplant_file, load_steering
+from lm_eval_contrans.artifact import is_transplant_file, load_steering
 from lm_eval_contrans.direction import Direction
+from lm_eval_contrans.transplant import Transplant, check_against_target
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 from lm_eval_contrans.paths import writable_output
@@ -225,14 +226,16 @@ def _prepare_given(target: ModelSpec, args: TransplantArgs) -> Prepared:
     if args.save_vector and any(isinstance(item, Direction) for item in given):
         raise ConTransError("save_vector", "a bare Direction is not a fitted transplant: there is no artifact to save")
     if alpha_unit is not None:
-        given = [dataclasses.replace(item, alpha_unit=check_alpha_unit(alpha_unit)) for item in given]
+        unit = check_alpha_unit(alpha_unit)
+        given = [item.with_steering(alpha_unit=unit) if isinstance(item, Transplant) else dataclasses.replace(item, alpha_unit=unit)
+                 for item in given]
     return Prepared(target=target, alphas=alphas_for(alpha, len(given)), transplants=given)
 
 
 def transplant_info(given: list[Steering], alphas: list[float], positions: str) -> dict:
     """What lm-eval's results record about the steering (its `config.model_info`): a transplant's whole
     record, a bare direction's block, unit, norm and origin."""
-    described = [as_dict(item) if isinstance(item, Transplant) else item.describe() for item in given]
+    described = [item.describe() for item in given]
     if len(described) == 1:
         return {"alpha": alphas[0], "positions": positions, **described[0]}
     return {"alpha": alphas, "positions": positions, "transplants": described}

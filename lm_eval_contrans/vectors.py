@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_contrans.artifact import check_vector
+from lm_eval_contrans.direction import check_vector
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 

@@ -93,7 +93,7 @@ def _transplant(vector: torch.Tensor, **fields):
     from lm_eval_contrans.artifact import load_transplants
 
     first = load_transplants(OLD_ARTIFACT)[0]
-    return replace(first, vector=vector, **fields)
+    return first.with_steering(vector=vector, **fields)
 
 
 OLD_ARTIFACT = Path(__file__).parent / "data" / "artifact-702b054.safetensors"  # written by main at 702b054
@@ -169,5 +169,5 @@ def test_a_grid_keys_a_row_by_what_steers_not_by_how_it_was_made(tmp_path):
     assert key(replace(transplant, heldout_r2=0.9, extra={"control": "x"})) == same  # another record of its making
     assert key(transplant.direction) == same  # the bare direction it adds
     assert key(grid.artifact_path(transplant)[0]) == same  # the file the grid saved
-    assert key(replace(transplant, vector=vector * 2)) != same and key(replace(transplant, target_layer=1)) != same
-    assert key(replace(transplant, alpha_unit="raw")) != same and key(replace(transplant, alpha_share=0.5)) != same
+    assert key(transplant.with_steering(vector=vector * 2)) != same and key(transplant.with_steering(target_layer=1)) != same
+    assert key(transplant.with_steering(alpha_unit="raw")) != same and key(transplant.with_steering(alpha_share=0.5)) != same

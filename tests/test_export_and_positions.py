@@ -54,11 +54,9 @@ def test_gguf_export_reads_back(artifact, tmp_path):
 
 
 def test_gguf_export_refuses_block_zero(artifact, tmp_path):
-    import dataclasses
-
     transplant, _ = artifact
     with pytest.raises(ConTransError, match=f"cannot steer block 0, where {transplant.concept} lands"):
-        export_gguf(dataclasses.replace(transplant, target_layer=0), tmp_path / "cv.gguf")
+        export_gguf(transplant.with_steering(target_layer=0), tmp_path / "cv.gguf")
 
 
 @pytest.mark.parametrize("positions", ["prompt", "generated"])

@@ -166,8 +166,9 @@ def test_nothing_that_cannot_steer_is_written(artifact, tmp_path):
     from lm_eval_contrans.artifact import load_transplant, save_transplant
 
     transplant = load_transplant(artifact)
-    transplant.vector = transplant.vector.clone()
-    transplant.vector[1] = float("nan")
+    vector = transplant.vector.clone()
+    vector[1] = float("nan")
+    transplant = transplant.with_steering(vector=vector)
     with pytest.raises(ConTransError, match="^out: .*holds non-finite values"):
         save_transplant(transplant, tmp_path / "nan.safetensors")
     assert list(tmp_path.iterdir()) == []

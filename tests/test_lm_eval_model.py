@@ -342,7 +342,7 @@ def test_swapping_transplants_is_checked_against_the_target(built, tiny_llama_di
     import dataclasses
 
     lm, path = built
-    other = dataclasses.replace(lm.transplant, target_hidden_size=32, vector=torch.zeros(32))
+    other = dataclasses.replace(lm.transplant.with_steering(vector=torch.zeros(32)), target_hidden_size=32)
     with pytest.raises(ConTransError, match="^vector: this artifact was built for another target: hidden size 32 != 48"):
         lm.use_transplants(other, 1.0)
     with pytest.raises(AttributeError):
@@ -381,10 +381,8 @@ def test_source_dtype_records_the_source_in_that_precision(tiny_llama_dir, tiny_
 def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
     from lm_eval_contrans.steering import steer
 
-    import dataclasses
-
     lm, _ = built
-    transplant = dataclasses.replace(lm.transplant)  # a copy: its share is changed below
+    transplant = lm.transplant
     model = plain_hf(tiny_gpt2_dir).model
     ids = torch.tensor([[5, 17, 33, 60]])
     with torch.no_grad():
@@ -396,7 +394,7 @@ def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
             raw = model(ids).logits
     assert transplant.alpha_unit == "residual" and torch.equal(applied, by_hand)
     assert not torch.allclose(applied, raw)
-    transplant.alpha_share = 0.5  # the vector placed on the device by the first apply must not be reused
+    transplant = transplant.with_steering(alpha_share=0.5)  # not the vector the first apply placed on the device
     with torch.no_grad():
         with transplant.apply(model, alpha=3.0):
             shared = model(ids).logits

@@ -197,7 +197,7 @@ def measure(args) -> dict:
         norm = transplant.residual_norm if transplant.anchor_tokens == "dense" else dense.residual_norm
         assert transplant.anchor_tokens == "dense" or transplant.target_layer == dense.target_layer
         rows.append(GridRow(f"ablation {name} {concept}", "contrans", TARGET,
-                            dataclasses.replace(transplant, alpha_unit="residual", residual_norm=norm), ABLATION_ALPHA,
+                            transplant.with_steering(alpha_unit="residual", residual_norm=norm), ABLATION_ALPHA,
                             tasks=tasks_of(task_groups[concept])))
     rows.append(GridRow("source (SmolLM2-135M-Instruct)", "source", SOURCE,
                         tasks=tasks_of([c for g in task_groups.values() for c in g] + facts)))

@@ -17,7 +17,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lm_eval_contrans.artifact import Transplant, load_transplant, save_transplant
+from lm_eval_contrans.artifact import load_transplant, save_transplant
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector

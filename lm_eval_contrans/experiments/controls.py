@@ -17,7 +17,7 @@ import random
 
 import torch
 
-from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.loading import ModelSpec

@@ -29,12 +29,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lm_eval_contrans import __version__
-from lm_eval_contrans.artifact import Transplant, load_steering, save_steering
+from lm_eval_contrans.artifact import load_steering, save_steering
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.report import Row, main_metrics_of
 from lm_eval_contrans.paths import safe_name
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.transplant_args import Steering, directions_of
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from torch import nn
 from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.blocks import resolve_layer
-from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.concepts import ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (

@@ -13,7 +13,7 @@ import torch
 
 from lm_eval_contrans.alignment import fit_linear_map
 from lm_eval_contrans.anchors import anchors_hash, matched_token_pairs
-from lm_eval_contrans.artifact import Transplant
+from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.vectors import ImportedDirection
 from lm_eval_contrans.pipeline.recipe import REFERENCE, Recipe
@@ -76,7 +76,7 @@ def make_transplant(
         extra["source_layer_sweep"] = {str(index): round(fit.heldout_r2, 4) for index, fit in fits.items()}
         logger.info("source block chosen by held-out R^2: %s", ", ".join(f"{i}: {f.heldout_r2:.3f}" for i, f in fits.items()))
     logger.info("source block %d -> target block %d: held-out R^2 %.3f", layer, target.layer, linear_map.heldout_r2)
-    return Transplant(
+    return Transplant.from_fields(
         vector=linear_map.transplant(source.concept_vectors[layer][None])[0].float(),
         source_vector=source.concept_vectors[layer].float(),
         map_weight=linear_map.weight.float(),
