@@ -23,6 +23,20 @@ STEERING_FIELDS = {"vector": "vector", "target_layer": "block", "concept": "name
                    "residual_norm": "residual_norm", "alpha_share": "alpha_share"}
 
 
+class _SteeringField:
+    """A field of a transplant's direction, read flat (`transplant.target_layer` is `transplant.direction.block`)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.field = STEERING_FIELDS[name]
+
+    def __get__(self, transplant, owner=None):
+        return self if transplant is None else getattr(transplant.direction, self.field)
+
+    def __set__(self, transplant, value) -> None:  # a set copy would steer as the direction it shadows does not
+        raise AttributeError(f"a transplant's {self.field} is its direction's: transplant.with_steering(...) makes a "
+                             "copy that steers otherwise")
+
+
 @dataclass
 class Transplant:
     """A direction fitted by ConTrans and its provenance. Build one with `Transplant.from_fields` (flat, as an
@@ -67,33 +81,15 @@ class Transplant:
         return dataclasses.replace(self, direction=dataclasses.replace(
             self.direction, **{STEERING_FIELDS[name]: value for name, value in changes.items()}))
 
-    # the direction's fields, read flat as everywhere before the split
-    @property
-    def vector(self) -> torch.Tensor:
-        return self.direction.vector
-
-    @property
-    def target_layer(self) -> int:
-        return self.direction.block
-
-    @property
-    def concept(self) -> str:
-        return self.direction.name
-
-    @property
-    def alpha_unit(self) -> str:
-        return self.direction.alpha_unit
-
-    @property
-    def residual_norm(self) -> float:
-        """The median norm of the target block's anchor states: the alpha unit's scale."""
-        return self.direction.residual_norm
-
-    @property
-    def alpha_share(self) -> float:
-        """In residual units, the share of alpha it adds: 1/N for each of the N blocks of one ported vector, so
-        that alpha 1 pushes the target, over all of them, as much as one concept transplant does."""
-        return self.direction.alpha_share
+    # the direction's fields, read flat as everywhere before the split: transplant.target_layer is direction.block
+    vector = _SteeringField()  # what alpha multiplies before its unit's scaling
+    target_layer = _SteeringField()  # the target block it is added to
+    concept = _SteeringField()
+    alpha_unit = _SteeringField()
+    residual_norm = _SteeringField()  # the median norm of the target block's anchor states: the alpha unit's scale
+    # in residual units, the share of alpha it adds: 1/N for each of the N blocks of one ported vector, so that
+    # alpha 1 pushes the target, over all of them, as much as one concept transplant does
+    alpha_share = _SteeringField()
 
     def metadata(self) -> dict:
         """Its fields, flat and without tensors, as an artifact stores them."""

@@ -171,3 +171,13 @@ def test_a_grid_keys_a_row_by_what_steers_not_by_how_it_was_made(tmp_path):
     assert key(grid.artifact_path(transplant)[0]) == same  # the file the grid saved
     assert key(transplant.with_steering(vector=vector * 2)) != same and key(transplant.with_steering(target_layer=1)) != same
     assert key(transplant.with_steering(alpha_unit="raw")) != same and key(transplant.with_steering(alpha_share=0.5)) != same
+
+
+def test_a_transplants_steering_fields_are_its_directions_and_change_only_by_copy():
+    transplant = _transplant(torch.ones(8))
+    assert (transplant.target_layer, transplant.concept) == (transplant.direction.block, transplant.direction.name)
+    with pytest.raises(AttributeError, match="with_steering"):
+        transplant.target_layer = 0  # would leave the direction, which steers, at block 2
+    moved = transplant.with_steering(target_layer=1, alpha_share=0.5)
+    assert (moved.direction.block, moved.alpha_share, transplant.target_layer) == (1, 0.5, 2)
+    assert moved.heldout_r2 == transplant.heldout_r2 and moved.map_weight is transplant.map_weight
