@@ -181,3 +181,27 @@ def test_a_transplants_steering_fields_are_its_directions_and_change_only_by_cop
     moved = transplant.with_steering(target_layer=1, alpha_share=0.5)
     assert (moved.direction.block, moved.alpha_share, transplant.target_layer) == (1, 0.5, 2)
     assert moved.heldout_r2 == transplant.heldout_r2 and moved.map_weight is transplant.map_weight
+
+
+def test_contrans_inspect_and_export_read_a_file_of_directions(tiny_gpt2_dir, tmp_path, capsys):
+    import json
+
+    from lm_eval_contrans.artifact import save_steering
+    from lm_eval_contrans.cli import main
+    from lm_eval_contrans.experiments.controls import random_control
+    from lm_eval_contrans.export import export_gguf, read_gguf_control_vector
+
+    control = random_control(Direction("sentiment", 2, torch.ones(48), "raw"), seed=0)
+    path = save_steering([control], tmp_path / "control.safetensors")
+    assert main(["inspect", str(path), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["block"] == 2 and described["control"] == "random" and "heldout_r2" not in described
+    assert main(["export", str(path), "--format", "steered", "--out", str(tmp_path / "c.pt")]) == 2
+    assert "holds bare directions, which name no model: give --target" in capsys.readouterr().err
+    assert main(["export", str(path), "--format", "steered", "--out", str(tmp_path / "c.pt"), "--target",
+                 str(tiny_gpt2_dir)]) == 0
+    assert main(["export", str(path), "--format", "gguf", "--out", str(tmp_path / "c.gguf")]) == 2
+    assert "record no model type" in capsys.readouterr().err  # a control names no model; llama.cpp checks one
+    hinted = replace(control, origin={"model_hint": "gpt2"})  # as another tool's file for the target records it
+    _, tensors = read_gguf_control_vector(export_gguf([hinted], tmp_path / "h.gguf"))
+    torch.testing.assert_close(tensors["direction.2"], control.vector)
