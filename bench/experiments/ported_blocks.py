@@ -17,7 +17,7 @@ import argparse
 
 from experiment_data import SOURCE, TARGET, add_json_argument, machine, printed_from_saved, write_json
 
-BLOCKS = (20, 22, 24, 26, 28)  # source blocks: the default build's window for the target's 0.75 block
+BLOCKS = (20, 22, 24, 26, 28)  # source blocks around the default build's choice (26) for the target's 0.75 block
 TASKS = ("contrans_sentiment", "contrans_facts")
 
 
