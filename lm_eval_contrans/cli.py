@@ -266,7 +266,7 @@ def _run_compare(args, rest) -> None:
 def _run_export(args, rest) -> None:
     from lm_eval_contrans.artifact import load_steering
     from lm_eval_contrans.export import export_gguf, export_steered
-    from lm_eval_contrans.transplant_args import directions_of
+    from lm_eval_contrans.transplant import directions_of
 
     transplants = load_steering(args.artifact, "artifact")
     if args.format == "steered":

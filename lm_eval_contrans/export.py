@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.direction import Direction, added_by_block
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
+from lm_eval_contrans.transplant import Steering, Transplant, directions_of
 
 FORMATS = ("steered", "gguf")
-Steering = Transplant | Direction  # as transplant_args names it (imported from there, it would import the pipeline)
 
 
 def steered_hookpoint(target: str | ModelSpec, layer: int) -> str:
@@ -52,7 +51,7 @@ def _listed(transplants: Steering | list[Steering]) -> list[Steering]:
 def _by_block(transplants: Steering | list[Steering]) -> dict[int, torch.Tensor]:
     """What alpha 1 adds at each target block; several transplants or directions at one block (a ported
     multi-block vector sent to one block, or several concepts) add up, as they do when steering."""
-    directions = [item.direction if isinstance(item, Transplant) else item for item in _listed(transplants)]
+    directions = directions_of(_listed(transplants))
     return added_by_block(directions, [1.0] * len(directions))
 
 
@@ -83,8 +82,7 @@ def export_gguf(transplants: Steering | list[Steering], path: str | Path) -> Pat
 
     blocks = _by_block(transplants)
     if 0 in blocks:
-        at_zero = [item.direction.name if isinstance(item, Transplant) else item.name for item in _listed(transplants)
-                   if (item.direction if isinstance(item, Transplant) else item).block == 0]
+        at_zero = [direction.name for direction in directions_of(_listed(transplants)) if direction.block == 0]
         raise ConTransError("format", f"llama.cpp control vectors cannot steer block 0, where {', '.join(at_zero)} lands; "
                                       "rebuild (or port) with target_layer >= 1")
     hint = _model_hint(transplants)

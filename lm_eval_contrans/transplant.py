@@ -139,6 +139,14 @@ class Transplant:
         return "\n".join(lines)
 
 
+Steering = Transplant | Direction  # what an engine is given to steer with: a fitted transplant, or a bare direction
+
+
+def directions_of(given: list[Steering]) -> list[Direction]:
+    """What each given transplant or direction adds, and where."""
+    return [item.direction if isinstance(item, Transplant) else item for item in given]
+
+
 def check_transplant(transplant: Transplant, argument: str, where: str) -> Transplant:
     """Refuse a transplant that cannot steer as its metadata says (read from a file, or about to be written)."""
     for side in ("source", "target"):

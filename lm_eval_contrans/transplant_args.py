@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from lm_eval_contrans.artifact import is_transplant_file, load_steering
 from lm_eval_contrans.direction import Direction
-from lm_eval_contrans.transplant import Transplant, check_against_target
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 from lm_eval_contrans.paths import writable_output
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.pipeline.build import BuildPlan, finish_build, per_concept, plan_build, plan_port, record_sources
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit
+from lm_eval_contrans.transplant import Steering, Transplant, check_against_target, directions_of
 from lm_eval_contrans.vectors import ForeignVector, read_vector, target_directions
 
 logger = logging.getLogger(__name__)
@@ -31,14 +31,6 @@ logger = logging.getLogger(__name__)
 def alphas_for(alpha, count: int) -> list[float]:
     """One alpha for every transplant, or one each (`a+b`, or a list)."""
     return [check_alpha(value) for value in per_concept(alpha, count, "alpha")]
-
-
-Steering = Transplant | Direction  # what an engine is given to steer with: a fitted transplant, or a bare direction
-
-
-def directions_of(given: list[Steering]) -> list[Direction]:
-    """What each given transplant or direction adds, and where."""
-    return [item.direction if isinstance(item, Transplant) else item for item in given]
 
 
 def read_steering_file(vector, block=None, argument: str = "vector") -> list[Steering] | ForeignVector:

@@ -291,7 +291,7 @@ def test_contrans_port_writes_an_artifact_that_lm_eval_steers_with(tiny_llama_di
     assert ported.returncode == 0, ported.stderr[-4000:]
     inspect = run([str(BIN / "contrans"), "inspect", str(artifact), "--json"], tmp_path)
     metadata = json.loads(inspect.stdout)
-    assert (metadata["source_layer"], metadata["target_layer"]) == (2, 1)  # depth 2/3 of 4 blocks -> 1 of 3
+    assert (metadata["source_layer"], metadata["target_layer"]) == (2, 2)  # block 2 of 4 at depth 1/2 -> round(1.5) of 3
     assert (metadata["map_method"], metadata["ridge"], metadata["alpha_unit"]) == ("ridge", 0.5, "raw")  # build's flags
     assert metadata["extra"]["imported"]["format"] == "npy" and metadata["extra"]["imported"]["file"] == vector.name
     result = run([str(BIN / "lm_eval"), "--model", "contrans", "--model_args", f"target={tiny_gpt2_dir},vector={artifact}",

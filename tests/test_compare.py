@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from lm_eval_contrans.artifact import load_transplant
+from lm_eval_contrans.artifact import load_steering
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
 from lm_eval_contrans.experiments.report import Row, markdown_table, rows_from_folder
@@ -49,13 +50,16 @@ def test_rows_and_columns(grid):
 
 def test_random_control_has_the_transplant_norm_and_own_vector_is_the_targets(grid):
     plan, rows = grid
-    steering = {row.name: load_transplant(plan.out / row.artifact) for row in rows if row.artifact}
+    steering = {row.name: load_steering(plan.out / row.artifact)[0] for row in rows if row.artifact}
     transplant, random, own = (steering[f"{kind} α=40"] for kind in ("+ ConTrans", "random vector", "target's own vector"))
     assert steering["+ ConTrans α=1"].vector.equal(transplant.vector)
     assert random.vector.norm() == pytest.approx(float(transplant.vector.norm()), rel=1e-5)
     assert abs(torch.nn.functional.cosine_similarity(random.vector, transplant.vector, dim=0)) < 0.5
     assert own.vector.shape == transplant.vector.shape and not torch.equal(own.vector, transplant.vector)
-    assert random.extra["control"].startswith("random") and own.extra["control"] == "target's own vector"
+    # the controls are directions that say what they are, not copies of the transplant with its map and R²
+    assert isinstance(random, Direction) and isinstance(own, Direction) and not hasattr(random, "heldout_r2")
+    assert random.origin["control"] == "random" and own.origin["control"] == "target's own vector"
+    assert (random.block, random.alpha_unit, own.block) == (transplant.target_layer, transplant.alpha_unit, transplant.target_layer)
 
 
 def test_the_base_row_is_the_unsteered_target(grid):

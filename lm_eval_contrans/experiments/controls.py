@@ -3,11 +3,11 @@
 - random: a seeded Gaussian direction with the transplanted vector's norm, at the same target block;
 - own: the target's own concept vector from the same concept set at the same block (the
   no-transfer upper bound: what steering could do if no map were needed);
-
-Both are bare `Direction`s steered in the transplant's alpha unit (so alpha means the same push), with an
-origin that says what they are: no map, no held-out R² or concept hash borrowed from the transplant.
 - shuffled labels: a concept set with the same texts, each pair's sides swapped on a seeded coin, built
   through the same map: what "any push among these texts" does without the concept's labels.
+
+The first two are bare `Direction`s steered in the transplant's alpha unit (so alpha means the same push),
+with an origin that says what they are: no map, no held-out R² or concept hash borrowed from the transplant.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import random
 
 import torch
 
-from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.loading import ModelSpec
 from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
+from lm_eval_contrans.transplant import Transplant, directions_of
 
 
 def random_control(steering: Transplant | Direction, seed: int = 0) -> Direction:
     """A seeded Gaussian direction with the norm of `steering`'s vector, at its block, in its alpha unit."""
-    given = steering.direction if isinstance(steering, Transplant) else steering
+    given, = directions_of([steering])
     direction = torch.randn(given.vector.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     vector = (direction / direction.norm() * given.vector.double().norm()).float()
     return _control(given, vector, f"random (seed {seed})", {"control": "random", "seed": seed, "norm_of": given.name})

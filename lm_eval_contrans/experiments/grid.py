@@ -35,8 +35,7 @@ from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.report import Row, main_metrics_of
 from lm_eval_contrans.paths import safe_name
-from lm_eval_contrans.transplant import Transplant
-from lm_eval_contrans.transplant_args import Steering, directions_of
+from lm_eval_contrans.transplant import Steering, Transplant, directions_of
 
 logger = logging.getLogger(__name__)
 STEERED_KINDS = ("base", "contrans", "random", "own", "shuffled")  # rows on the (steered) target
