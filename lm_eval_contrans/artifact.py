@@ -40,7 +40,7 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike, arg
         The path written.
 
     Raises:
-        ConTransError: a transplant cannot steer (non-finite or zero vector, a block out of range).
+        ConTransError: none is given, or one cannot steer (non-finite or zero vector, a block out of range).
 
     Written atomically (temporary file, then rename): a killed write leaves no artifact. Tensors are
     named `<index>.vector`, `<index>.source_vector`, `<index>.map_weight`; the metadata is one key
@@ -48,6 +48,8 @@ def save_transplants(transplants: list[Transplant], path: str | os.PathLike, arg
     identical builds differ byte-wise.
     """
     path = Path(path)
+    if not transplants:  # a file of nothing would be refused only when read back
+        raise ConTransError(argument, f"nothing to write to {path}: no transplant given")
     if any(isinstance(item, Direction) for item in transplants):
         raise ConTransError(argument, "bare directions (another tool's vector, a control) carry no fitted map to save as "
                                       "transplants; save_steering writes them")
@@ -106,8 +108,11 @@ def save_steering(steering: list[Transplant | Direction], path: str | os.PathLik
         ConTransError: transplants and directions mixed in one file, or one that cannot steer.
     """
     steering = list(steering)
-    if not all(isinstance(item, Direction) for item in steering):
+    directions = [item for item in steering if isinstance(item, Direction)]
+    if not directions:
         return save_transplants(steering, path, argument)
+    if len(directions) != len(steering):  # one file holds one kind: a reader gets them back in the order saved
+        raise ConTransError(argument, "a file holds fitted transplants or bare directions, not both; save them apart")
     for direction in steering:
         check_direction(direction, argument, str(path))
     tensors = {f"{index}.vector": direction.vector.detach().float().cpu().clone().contiguous()

@@ -109,6 +109,27 @@ def block_path(model: nn.Module) -> str:
     return _BLOCK_PATHS[_unwrap(model)]
 
 
+def parse_layer(spec: int | float | str | None, argument: str) -> int | float:
+    """A layer argument as a block index (int) or a depth fraction (float), before any model is known:
+    text is read as an int, else a float; None means 0.75."""
+    if spec is None:
+        return 0.75
+    if isinstance(spec, str):
+        text = spec.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                raise ConTransError(
+                    argument, f"expected a block index or a depth fraction such as 0.75, got {text!r}"
+                ) from None
+    if isinstance(spec, bool):
+        raise ConTransError(argument, f"expected a block index or a depth fraction, got {spec!r}")
+    return spec
+
+
 def resolve_layer(spec: int | float | str | None, num_layers: int, argument: str) -> int:
     """Turn a layer argument into a block index in [0, num_layers).
 
@@ -116,21 +137,7 @@ def resolve_layer(spec: int | float | str | None, num_layers: int, argument: str
     (0.75 -> round(0.75 * num_layers), the paper's choice; block i sits at depth i / num_layers, which
     the automatic sweeps and ports read too: `pipeline.depth.relative_depth`); None means 0.75.
     """
-    if spec is None:
-        spec = 0.75
-    if isinstance(spec, str):
-        text = spec.strip()
-        try:
-            spec = int(text)
-        except ValueError:
-            try:
-                spec = float(text)
-            except ValueError:
-                raise ConTransError(
-                    argument, f"expected a block index or a depth fraction such as 0.75, got {text!r}"
-                ) from None
-    if isinstance(spec, bool):
-        raise ConTransError(argument, f"expected a block index or a depth fraction, got {spec!r}")
+    spec = parse_layer(spec, argument)
     if isinstance(spec, float):
         if not 0.0 <= spec <= 1.0:
             raise ConTransError(

@@ -1,7 +1,7 @@
 """What steers a model: a vector added to the output of one decoder block, and what alpha means for it.
 
 Every engine steers with `Direction`s (`--model contrans`'s hook, vLLM's workers, the exports). A fitted
-transplant is a direction with the record of how it was made (`artifact.Transplant`: map, held-out R²,
+transplant is a direction with the record of how it was made (`transplant.Transplant`: map, held-out R²,
 hashes; `transplant.direction`); another tool's vector made for the target is a direction and nothing
 more (`vectors.target_directions`): no map, no R² it does not have.
 

@@ -145,6 +145,11 @@ def test_directions_are_saved_read_back_and_steer_from_a_file_as_in_memory(tiny_
         save_transplants([direction], tmp_path / "x.safetensors")
     with pytest.raises(ConTransError, match="^out: .*non-finite"):
         save_steering([direction * float("nan")], tmp_path / "nan.safetensors")
+    with pytest.raises(ConTransError, match="^out: a file holds fitted transplants or bare directions, not both"):
+        save_steering([_transplant(torch.ones(8)), direction], tmp_path / "mixed.safetensors")
+    with pytest.raises(ConTransError, match="^out: nothing to write"):
+        save_steering([], tmp_path / "empty.safetensors")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["directions.safetensors"]  # nothing else written
     requests = [Instance("loglikelihood", {}, ("The hotel room was", " clean"), 0)]
 
     def score(vector):

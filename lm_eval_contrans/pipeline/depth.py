@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lm_eval_contrans.blocks import configured_layer_count, decoder_blocks, resolve_layer
+from lm_eval_contrans.blocks import configured_layer_count, decoder_blocks, parse_layer, resolve_layer
 from lm_eval_contrans.loading import ModelSpec, pretrained_path
 
 SOURCE_LAYER_BAND = 0.15  # source_layer=auto tries blocks within this relative depth of the target's
@@ -70,14 +70,9 @@ def relative_depth(index: int, num_layers: int) -> float:
 def depth_of(layer, num_layers: int) -> float:
     """The depth a layer argument names: a fraction as given (not the depth of the block it rounds to, so
     a port given 0.75 lands where a build given 0.75 does), a block index at its relative depth."""
-    if isinstance(layer, str):
-        try:
-            layer = int(layer.strip())
-        except ValueError:
-            layer = float(layer.strip())  # resolve_layer below refuses what is neither
-    if isinstance(layer, float) and 0.0 <= layer <= 1.0:
-        return layer
-    return relative_depth(resolve_layer(layer, num_layers, "source_layer"), num_layers)
+    block = resolve_layer(layer, num_layers, "source_layer")  # refuses what is neither, or out of range
+    given = parse_layer(layer, "source_layer")
+    return given if isinstance(given, float) else relative_depth(block, num_layers)
 
 
 def is_auto(layer) -> bool:
