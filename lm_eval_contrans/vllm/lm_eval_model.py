@@ -1,10 +1,11 @@
 """`lm_eval --model contrans-vllm`: lm-eval's own VLLM class, its engine steered by the transplant.
 
 The transplant comes from the same args, build, cache and artifacts as `--model contrans`
-(transplant_args.py); lm-eval's `VLLM` does loading, batching, scoring and generation. What is added
-at each block crosses into vLLM's processes through the engine's `additional_config`
-(crossing.py), where our `vllm.general_plugins` entry point adds it as the model loads (plugin.py):
-in every process vLLM runs the model in, compiled or eager.
+(transplant_args.py); lm-eval's `VLLM` does loading, batching, scoring and generation. The directions
+cross into vLLM's processes as a bank named in the engine's `additional_config` (crossing.py), with the
+run's alphas and positions as every request's default steering; our `vllm.general_plugins` entry point adds
+the bank as the model loads and writes each token's share of it before each step (plugin.py): in every
+process vLLM runs the model in, compiled or eager.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from lm_eval_contrans.transplant_args import (
     TransplantArgs, check_for_target, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
     transplant_info,
 )
-from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do
-from lm_eval_contrans.direction import added_by_block
-from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry
+from lm_eval_contrans.steering import check_positions
+from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do, require_vllm
+from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, bank_entry, read_entry
 from lm_eval_contrans.vllm.plugin import NON_FINITE_METHOD, REPORT_METHOD
 
 logger = logging.getLogger("lm_eval.contrans")
@@ -46,8 +47,10 @@ class ConTransVLLM(VLLM):
 
     def __init__(self, target: str | None = None, pretrained: str | None = None, dtype: str = "auto",
                  **model_args) -> None:
+        require_vllm("--model contrans-vllm")
         args = TransplantArgs.take(model_args, engine_arg_names())  # the rest is lm-eval's VLLM's (and vLLM's)
         refuse_what_vllm_cannot_do(args, model_args)
+        self.positions = check_positions(args.positions)
         target_spec = engine_target_spec(target_name(target, pretrained), args.block_path, model_args)
         # the build runs where HFLM would (vLLM ignores `device`; CUDA when present)
         build_device = evaluation_device(model_args.get("device"))
@@ -58,13 +61,13 @@ class ConTransVLLM(VLLM):
                                            strict_name=as_bool(args.check_target_name, "check_target_name"))
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
-        self.steering = added_by_block(self.directions, self.alphas)
+        # alpha 0 everywhere: no bank, so the engine is exactly `--model vllm`'s
+        self.steering = bank_entry(self.directions, self.alphas, self.positions, facts) if any(self.alphas) else None
         if self.steering:
-            entry = engine_entry(self.steering, describe=describe(self.directions, self.alphas), **facts)
-            model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: entry}
+            model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: self.steering}
             allow_plugin()
         super().__init__(pretrained=pretrained_path(target_spec), dtype=dtype, **target_spec.load_kwargs, **model_args)
-        if self.data_parallel_size <= 1:  # with data parallel, lm-eval starts each replica's engine per request batch
+        if self.steering and self.data_parallel_size <= 1:  # with data parallel, lm-eval starts each replica's engine per request batch
             check_steered(self.model, self.steering)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -87,7 +90,7 @@ class ConTransVLLM(VLLM):
         return results
 
     def get_model_info(self) -> dict:
-        return {"contrans": transplant_info(self.transplants, self.alphas, "all")}
+        return {"contrans": transplant_info(self.transplants, self.alphas, self.positions)}
 
 
 def engine_arg_names() -> tuple[str, ...]:
@@ -100,16 +103,21 @@ def engine_arg_names() -> tuple[str, ...]:
     return tuple(inspect.signature(VLLM.__init__).parameters) + tuple(f.name for f in dataclasses.fields(EngineArgs))
 
 
-def check_steered(llm, steering: dict) -> None:
-    """Ask every worker of the engine what it adds, and refuse an engine that does not steer as asked
-    (a worker class our plugin did not reach, another plugin replacing the blocks, ...)."""
+def check_steered(llm, entry: dict) -> None:
+    """Ask every worker of the engine what its blocks hold, and refuse an engine that does not steer with the
+    bank it was given (a worker class our plugin did not reach, another plugin replacing the blocks, ...)."""
+    bank, vectors = read_entry(entry)
+    expected: dict[int, list[float]] = {}
+    for index, item in enumerate(bank.entries):
+        expected.setdefault(item.block, []).append(float(vectors[index].norm()))
+    found: dict[int, list[float]] = {}
     reports = llm.collective_rpc(REPORT_METHOD)
-    found: dict[int, float] = {}
     for report in reports:  # pipeline stages each hold some blocks; tensor-parallel ranks all of them
         found.update(report)
-    expected = {block: float(vector.norm()) for block, vector in steering.items()}
-    if set(found) != set(expected) or any(abs(found[block] - norm) > 1e-2 * max(norm, 1e-6)
-                                          for block, norm in expected.items()):
+    if set(found) != set(expected) or any(
+            len(found[block]) != len(norms) or any(abs(got - norm) > 1e-2 * max(norm, 1e-6)
+                                                   for got, norm in zip(found[block], norms))
+            for block, norms in expected.items()):
         raise ConTransError("model", f"vLLM's workers do not steer as asked: expected block norms {expected}, "
                                      f"found {found or 'none'} (is the lm-eval-contrans vLLM plugin installed in "
                                      "this environment?)")

