@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -178,3 +181,135 @@ def test_two_processes_released_together_record_the_states_once(tiny_llama_dir, 
     assert outputs[0][0] == outputs[1][0] and outputs[0][0].strip()
     assert len(list((fresh_cache / "anchor_states").glob("*.safetensors"))) == 2
     assert len(list((fresh_cache / "concept_vectors").glob("*.safetensors"))) == 2
+
+
+FLIPPED = ('{"positive": "The day was awful.", "negative": "The day was lovely."}\n'
+           '{"positive": "The food was bland.", "negative": "The food was tasty."}\n')
+
+
+def _entries_by_layer(folder, leaving_out: dict | None = None) -> dict:
+    """{block: entry file} of one kind's entries (but those in `leaving_out`), read from the key each entry records."""
+    import json
+
+    from safetensors import safe_open
+
+    entries = {}
+    for path in sorted(set(folder.glob("*.safetensors")) - set((leaving_out or {}).values())):
+        with safe_open(str(path), framework="pt") as handle:
+            entries[json.loads(handle.metadata()["fields"])["layer"]] = path
+    return entries
+
+
+def _poison_with_nan(path) -> None:
+    """NaN written over the first value of an entry's data; its header (key, shape, hash) stays as it was."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    data[start:start + 4] = struct.pack("<f", float("nan"))
+    path.write_bytes(bytes(data))
+
+
+def _without_hash(path) -> None:
+    """The entry as a version without content hashes wrote it: the same tensor, its key, no hash."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        fields = handle.metadata()["fields"]
+    save_file(load_file(str(path)), str(path), metadata={"fields": fields})
+    assert json.loads(fields)
+
+
+DAMAGES = {"swapped": "holds the entry of other inputs", "symlinked": "is a symbolic link",
+           "nan": "does not hold what was written", "stale": "was written by an older version, without a content hash"}
+
+
+def test_an_entry_that_does_not_hold_what_its_key_says_is_recorded_again(tiny_llama_dir, tiny_gpt2_dir, tmp_path,
+                                                                         fresh_cache, small_inputs, caplog):
+    """Another concept's vector copied over (or linked at) a concept's entry, NaN written into a states entry whose
+    header is intact, an entry written without a content hash: each is found on the next read, named in a warning,
+    removed and recorded again, so the rebuild's vector is the first build's."""
+    import logging
+
+    from safetensors import safe_open
+
+    from lm_eval_contrans.cache import has_tensor
+
+    source, target = str(tiny_llama_dir), str(tiny_gpt2_dir)
+    anchors = small_inputs[1]
+    first = build.build_transplant(source, target, "sentiment", source_layer=1, target_layer=2, anchors=anchors,
+                                device="cpu")
+    ours = _entries_by_layer(fresh_cache / "concept_vectors")
+    flipped = tmp_path / "flipped.jsonl"
+    flipped.write_text(FLIPPED)
+    other = build.build_transplant(source, target, str(flipped), source_layer=1, target_layer=2, anchors=anchors,
+                                device="cpu")
+    theirs = _entries_by_layer(fresh_cache / "concept_vectors", leaving_out=ours)
+    assert not torch.equal(first.source_vector, other.source_vector)
+    for damage, reason in DAMAGES.items():
+        victim = _entries_by_layer(fresh_cache / "anchor_states")[1] if damage == "nan" else ours[1]
+        if damage == "swapped":
+            victim.write_bytes(theirs[1].read_bytes())
+        elif damage == "symlinked":
+            victim.unlink()
+            victim.symlink_to(theirs[1])
+        elif damage == "nan":
+            _poison_with_nan(victim)
+        else:
+            _without_hash(victim)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lm_eval_contrans"):
+            again = build.build_transplant(source, target, "sentiment", source_layer=1, target_layer=2, anchors=anchors,
+                                device="cpu")
+        assert torch.equal(again.source_vector, first.source_vector) and torch.equal(again.vector, first.vector), damage
+        assert f"the cache entry {victim} {reason}" in caplog.text and "recorded again" in caplog.text, caplog.text
+        assert victim.is_file() and not victim.is_symlink() and theirs[1].is_file()  # a link's target stays
+        with safe_open(str(victim), framework="pt") as handle:  # healed: it reads quietly now
+            kind = victim.parent.name
+            caplog.clear()
+            assert has_tensor(kind, json.loads(handle.metadata()["fields"])) and "cache entry" not in caplog.text
+
+
+def test_the_checks_of_a_read(fresh_cache, caplog):
+    """Each check on its own, on bare entries: NaN with a matching hash (written by hand), a wrong rank, and an
+    entry that fails again right after it was recorded afresh."""
+    import logging
+
+    from safetensors.torch import save_file
+
+    from lm_eval_contrans.cache import ENTRY_FORMAT, _digest, _entry_path, cached_tensor, has_tensor
+    from lm_eval_contrans.errors import ConTransError
+
+    fields = {"x": 1}
+    path = _entry_path("concept_vectors", fields)
+    path.parent.mkdir(parents=True)
+    for tensor, reason in ((torch.tensor([1.0, float("nan")]), "holds non-finite values"),
+                           (torch.ones(2, 2), "holds a 2-D tensor where a concept vectors entry is 1-D")):
+        save_file({"tensor": tensor}, str(path), metadata={"fields": '{"x": 1}', "format": ENTRY_FORMAT,
+                                                           "sha256": _digest(tensor)})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lm_eval_contrans"):
+            assert not has_tensor("concept_vectors", fields)
+        assert f"the cache entry {path} {reason}" in caplog.text and not path.exists()
+    with pytest.raises(ConTransError, match="^dtype: the concept vectors just recorded .* holds non-finite"):
+        cached_tensor("concept_vectors", fields, lambda: torch.tensor([float("inf"), 1.0]))
+    assert not path.exists()  # never cached
+
+
+def test_an_entry_that_fails_again_after_it_was_recorded_afresh_stops_with_its_name(fresh_cache, monkeypatch):
+    import lm_eval_contrans.cache as cache
+    from lm_eval_contrans.errors import ConTransError
+
+    real = cache._write_entry
+
+    def write_then_tamper(path, tensor, kind, fields):
+        real(path, tensor, kind, fields)
+        _poison_with_nan(path)
+
+    monkeypatch.setattr(cache, "_write_entry", write_then_tamper)
+    with pytest.raises(ConTransError, match="^CONTRANS_CACHE: the cache entry .*concept_vectors/.* does not hold what "
+                                            "was written .* right after it was recorded again"):
+        cache.cached_tensor("concept_vectors", {"x": 2}, lambda: torch.ones(3))
