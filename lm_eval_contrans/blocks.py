@@ -111,7 +111,7 @@ def block_path(model: nn.Module) -> str:
 
 def parse_layer(spec: int | float | str | None, argument: str) -> int | float:
     """A layer argument as a block index (int) or a depth fraction (float), before any model is known:
-    text is read as an int, else a float; None means 0.75."""
+    text is read as an int, else a float; a whole float below 0 or above 1 is an index; None means 0.75."""
     if spec is None:
         return 0.75
     if isinstance(spec, str):
@@ -120,20 +120,25 @@ def parse_layer(spec: int | float | str | None, argument: str) -> int | float:
             return int(text)
         except ValueError:
             try:
-                return float(text)
+                spec = float(text)
             except ValueError:
                 raise ConTransError(
                     argument, f"expected a block index or a depth fraction such as 0.75, got {text!r}"
                 ) from None
     if isinstance(spec, bool):
         raise ConTransError(argument, f"expected a block index or a depth fraction, got {spec!r}")
+    if isinstance(spec, float) and spec.is_integer() and (spec < 0 or spec > 1):
+        # lm-eval's command line hands `target_layer=-1` over as -1.0 ("-1".isnumeric() is false there): a whole
+        # number outside the fractions' [0, 1] can only mean a block index (1.0 stays the fraction: the last block)
+        return int(spec)
     return spec
 
 
 def resolve_layer(spec: int | float | str | None, num_layers: int, argument: str) -> int:
     """Turn a layer argument into a block index in [0, num_layers).
 
-    An int is an index (negative counts from the end); a float in [0, 1] is a fraction of depth
+    An int is an index (negative counts from the end), and so is a whole float outside [0, 1] (lm-eval's
+    command line hands `-1` over as -1.0); a float in [0, 1] is a fraction of depth
     (0.75 -> round(0.75 * num_layers), the paper's choice; block i sits at depth i / num_layers, which
     the automatic sweeps and ports read too: `pipeline.depth.relative_depth`); None means 0.75.
     """
