@@ -173,10 +173,13 @@ def load_steering(path: str | os.PathLike, argument: str = "vector") -> list[Tra
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise ConTransError(argument, f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from None
+    if METADATA_KEY not in metadata:
+        raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant (no '{METADATA_KEY}' metadata)")
     try:
         document = json.loads(metadata[METADATA_KEY])
-    except (KeyError, json.JSONDecodeError):
-        raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant (no '{METADATA_KEY}' metadata)") from None
+    except json.JSONDecodeError as error:  # the key is there: the file was ours, and was damaged or edited by hand
+        raise ConTransError(argument, f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({error.msg} at "
+                                      f"character {error.pos}); the file was damaged or edited") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ConTransError(argument, f"{path} is not a lm_eval_contrans transplant of format {FORMAT!r}")
     if document.get("directions"):

@@ -66,7 +66,8 @@ class Direction:
             The context manager (`steering.steer`).
 
         Raises:
-            ConTransError: alpha is not finite, or positions is not one of the three.
+            ConTransError: alpha is not a finite number (a bool or a string is refused), or positions is not
+                one of the three.
         """
         from lm_eval_contrans.blocks import decoder_blocks
         from lm_eval_contrans.steering import steer
@@ -163,14 +164,14 @@ def check_direction(direction: Direction, argument: str, where: str) -> Directio
     check_vector(direction.vector, f"{where}: the vector of {direction.name!r}", argument)
     if direction.vector.ndim != 1:
         raise ConTransError(argument, f"{where}: the vector of {direction.name!r} has shape {tuple(direction.vector.shape)}")
-    if not (isinstance(direction.block, int) and direction.block >= 0):
+    if not (isinstance(direction.block, int) and not isinstance(direction.block, bool) and direction.block >= 0):
         raise ConTransError(argument, f"{where}: block {direction.block!r} of {direction.name!r} is not a block index")
     from lm_eval_contrans.steering import check_alpha_unit
 
     check_alpha_unit(direction.alpha_unit)
     for name in ("residual_norm", "alpha_share"):
         value = getattr(direction, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
             raise ConTransError(argument, f"{where}: {name} {value!r} of {direction.name!r} is not a finite, "
                                           "non-negative number")
     return direction

@@ -24,7 +24,12 @@ from lm_eval_contrans.errors import ConTransError
 logger = logging.getLogger(__name__)
 
 
-def check_alpha(alpha) -> float:
+def check_alpha(alpha, *, text: bool = True) -> float:
+    """Alpha as a finite float. `text=True` where alpha may come as text (a model arg, one part of `1.5+2`);
+    from Python (`Direction.apply`, `steer`) only a number is one: "2" there is a slip, not a strength. A bool
+    is never one (float(True) would steer at 1)."""
+    if isinstance(alpha, bool) or (not text and isinstance(alpha, (str, bytes))):
+        raise ConTransError("alpha", f"expected a number, got {alpha!r}")
     try:
         value = float(alpha)
     except (TypeError, ValueError):
@@ -137,10 +142,10 @@ def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0
         Nothing; the model is steered until the block exits.
 
     Raises:
-        ConTransError: alpha is not finite, or positions is not one of the three.
+        ConTransError: alpha is not a finite number, or positions is not one of the three.
         ValueError: the vector is not 1-D.
     """
-    alpha = check_alpha(alpha)
+    alpha = check_alpha(alpha, text=False)
     positions = check_positions(positions)
     blocks = decoder_blocks(model)
     if vector.ndim != 1:

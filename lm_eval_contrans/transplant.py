@@ -151,7 +151,8 @@ def check_transplant(transplant: Transplant, argument: str, where: str) -> Trans
     """Refuse a transplant that cannot steer as its metadata says (read from a file, or about to be written)."""
     for side in ("source", "target"):
         layer, count = getattr(transplant, f"{side}_layer"), getattr(transplant, f"{side}_num_layers")
-        if not (isinstance(layer, int) and isinstance(count, int) and 0 <= layer < count):
+        # a JSON `true` is a Python int (1): metadata saying `target_layer: true` names no block
+        if not (_is_index(layer) and _is_index(count) and 0 <= layer < count):
             raise ConTransError(argument, f"{where}: {side} block {layer!r} is not one of the {count!r} blocks it "
                                           f"names for {transplant.concept!r}")
     check_direction(transplant.direction, argument, where)
@@ -159,6 +160,10 @@ def check_transplant(transplant: Transplant, argument: str, where: str) -> Trans
         if not bool(torch.isfinite(getattr(transplant, name)).all()):
             raise ConTransError(argument, f"{where}: the {name} of {transplant.concept!r} holds non-finite values")
     return transplant
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _short_name(name: str) -> str:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from lm_eval_contrans.direction import check_vector
-from lm_eval_contrans.direction import Direction
+from lm_eval_contrans.blocks import parse_layer
+from lm_eval_contrans.direction import Direction, check_vector
 from lm_eval_contrans.errors import ConTransError
 
 FORMATS = ("gguf", "steered", "safetensors", "pt", "npy")
@@ -173,13 +173,40 @@ def read_vector(path: str | Path, source_layer: int | str | None = None, argumen
             layer_argument = "target_layer=" if argument == "vector" else "source_layer= (--source-layer)"
             raise ConTransError(argument, f"{path} holds one tensor and names no block; give {layer_argument} "
                                           "for the block it was made at")
+        if isinstance(source_layer, float):  # lm-eval hands `-1` over as -1.0: the block index it means
+            source_layer = parse_layer(source_layer, "target_layer" if argument == "vector" else "source_layer")
         directions = {source_layer: directions[None]}  # resolved against the model by `checked`
-    directions = {block: vector.detach().float().reshape(-1) if vector.ndim == 2 and 1 in vector.shape else
-                  vector.detach().float() for block, vector in directions.items()}
+    directions = {block: _one_vector(vector, block, path, argument) for block, vector in directions.items()}
     if not directions:
         raise ConTransError(argument, f"{path} holds no steering vector")
     return ForeignVector(directions=directions, file=str(path), sha256=digest, format=kind, model_hint=hint,
                          coefficients=coefficients)
+
+
+def _one_vector(tensor: torch.Tensor, block, path: Path, argument: str) -> torch.Tensor:
+    """A file's tensor as one steering vector (float32, 1-D; a one-row matrix is its row), or refused: integers
+    (a quantized or index tensor read as numbers would steer with garbage) and matrices are not vectors."""
+    where = f"the tensor for block {block}" if block not in (None, UNPLACED) else "its tensor"
+    if not (tensor.is_floating_point()):
+        raise ConTransError(argument, f"{path}: {where} holds {str(tensor.dtype).removeprefix('torch.')} values; a "
+                                      "steering vector holds floating-point numbers")
+    if tensor.ndim == 2 and 1 in tensor.shape:
+        tensor = tensor.reshape(-1)
+    if tensor.ndim != 1:
+        raise ConTransError(argument, f"{path}: {where} has shape {tuple(tensor.shape)}; a steering vector is one "
+                                      "row of numbers (1-D), one per block")
+    return tensor.detach().float()
+
+
+def _one_per_block(named: list[tuple[object, int, torch.Tensor]], path: Path, argument: str) -> dict[int, torch.Tensor]:
+    """{block: tensor} from (name, block, tensor) triples, refusing two names for one block (`direction.2` and
+    `direction.02`), of which a dict would silently keep one."""
+    directions, names = {}, {}
+    for name, block, tensor in named:
+        if block in directions:
+            raise ConTransError(argument, f"{path}: {names[block]!r} and {name!r} both name block {block}; keep one")
+        directions[block], names[block] = tensor, name
+    return directions
 
 
 def _from_gguf(path: Path, argument: str) -> tuple[dict[int, torch.Tensor], str | None]:
@@ -190,8 +217,8 @@ def _from_gguf(path: Path, argument: str) -> tuple[dict[int, torch.Tensor], str 
         metadata, tensors = read_gguf_control_vector(path)
     except Exception as error:  # gguf raises ValueError, KeyError, struct errors on a foreign file
         raise ConTransError(argument, f"{path} is not a readable GGUF file: {error}") from None
-    directions = {int(name.split(".", 1)[1]): tensor for name, tensor in tensors.items()
-                  if re.fullmatch(r"direction\.\d+", name)}
+    directions = _one_per_block([(name, int(name.split(".", 1)[1]), tensor) for name, tensor in tensors.items()
+                                 if re.fullmatch(r"direction\.\d+", name)], path, argument)
     if not directions:
         raise ConTransError(argument, f"{path} has no direction.<block> tensors; it is not a control vector "
                                       f"(tensors: {', '.join(sorted(tensors)[:5]) or 'none'})")
@@ -217,7 +244,7 @@ def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
     if not isinstance(loaded, dict) or not loaded:
         raise ConTransError(argument, f"{path} holds a {type(loaded).__name__}; expected a tensor or a dict of "
                                       "tensors (lm-eval's steered format: {hookpoint: {'steering_vector': ...}})")
-    directions, coefficients = {}, {}
+    named, coefficients = [], {}
     for key, value in loaded.items():
         if isinstance(value, dict) and isinstance(value.get("steering_vector"), torch.Tensor):  # lm-eval steered
             # lm-eval also clamps a projection or adds to one attention head: neither is a vector added to a block's output
@@ -228,14 +255,15 @@ def _from_pt(path: Path, argument: str) -> tuple[dict, dict, str]:
                                               "output are steering vectors we read")
             block = _pt_block(key, path, argument)
             coefficients[block] = float(value.get("steering_coefficient", 1.0))
-            # what lm-eval's steered model adds: the vector times its coefficient (whose sign may flip it)
-            directions[block] = value["steering_vector"] * coefficients[block]
+            # what lm-eval's steered model adds: the vector times its coefficient (whose sign may flip it);
+            # checked as a vector first, so that an integer tensor is not made a float by the product
+            named.append((key, block, _one_vector(value["steering_vector"], block, path, argument) * coefficients[block]))
         elif isinstance(value, torch.Tensor):
-            directions[_pt_block(key, path, argument)] = value
+            named.append((key, _pt_block(key, path, argument), value))
         else:
             raise ConTransError(argument, f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor or a "
                                           "steered entry with 'steering_vector'")
-    return directions, coefficients, "steered" if coefficients else "pt"
+    return _one_per_block(named, path, argument), coefficients, "steered" if coefficients else "pt"
 
 
 _SAVE_TENSORS = "save its tensors instead: one tensor, or a dict of them by 0-based decoder block"
@@ -256,7 +284,8 @@ def _from_safetensors(path: Path, argument: str) -> dict:
         raise ConTransError(argument, f"{path} is not a readable safetensors file: {error}") from None
     if len(tensors) == 1 and _BLOCK_IN_NAME.search(next(iter(tensors))) is None:
         return {None: next(iter(tensors.values()))}
-    return {_block_of(name, path, argument): tensor for name, tensor in tensors.items()}
+    return _one_per_block([(name, _block_of(name, path, argument), tensor) for name, tensor in tensors.items()],
+                          path, argument)
 
 
 def _pt_block(key, path: Path, argument: str) -> int:
