@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import random
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -95,7 +96,16 @@ def _read_pairs(path: Path) -> tuple[dict, list]:
     return document, document["pairs"]
 
 
+def visible_text(text: str) -> str:
+    """A text as a reader sees it: NFKC-normalised (compatibility forms folded: "ﬁ" is "fi"), format characters
+    (Unicode category Cf: zero-width spaces and joiners, bidi marks, soft hyphens) removed, and stripped. Two
+    texts that differ only otherwise differ in nothing a concept can be read from."""
+    normal = unicodedata.normalize("NFKC", text)
+    return "".join(character for character in normal if unicodedata.category(character) != "Cf").strip()
+
+
 def _warn_if_degenerate(path: Path, pairs: list[tuple[str, str]]) -> None:
+    pairs = [(visible_text(positive), visible_text(negative)) for positive, negative in pairs]
     repeated = len(pairs) - len(set(pairs))
     if repeated:
         logger.warning("concept: %s: %d of its %d pairs repeat an earlier pair (they weigh more in the mean "
@@ -118,39 +128,15 @@ def load_concept_set(concept: str | Path) -> ConceptSet:
         ConTransError: an unknown name, an unreadable file, a malformed pair, a pair whose two sides are
             the same.
     """
-    shipped = shipped_concepts()
-    if isinstance(concept, str) and concept in shipped:
-        path = shipped[concept]
-    else:
-        path = Path(concept).expanduser()
-        if not path.is_file():
-            known = ", ".join(sorted(shipped)) or "(none installed)"
-            raise ConTransError(
-                ARGUMENT,
-                f"unknown concept {str(concept)!r}: not a shipped concept set and not a file. "
-                f"Shipped concepts: {known}",
-            )
+    path = concept_path(concept)
+    if path is None:
+        raise unknown_concept(concept)
     header, pairs = _read_pairs(path)
     if not isinstance(pairs, list) or not pairs:
         raise ConTransError(ARGUMENT, f"{path} has no pairs")
-    positives, negatives = [], []
-    for number, pair in enumerate(pairs, start=1):
-        if not isinstance(pair, dict) or set(pair) - {"positive", "negative"}:
-            raise ConTransError(
-                ARGUMENT, f"{path}, pair {number}: expected exactly the keys 'positive' and 'negative'"
-            )
-        for side in ("positive", "negative"):
-            value = pair.get(side)
-            if not isinstance(value, str) or not value.strip():
-                raise ConTransError(
-                    ARGUMENT, f"{path}, pair {number}: missing or empty '{side}' text (sets must be paired)"
-                )
-        if pair["positive"].strip() == pair["negative"].strip():
-            raise ConTransError(ARGUMENT, f"{path}, pair {number}: the positive and negative texts are the same, "
-                                          "so the pair says nothing about the concept")
-        positives.append(pair["positive"])
-        negatives.append(pair["negative"])
-    _warn_if_degenerate(path, list(zip(positives, negatives)))
+    checked = [_checked_pair(path, number, pair) for number, pair in enumerate(pairs, start=1)]
+    positives, negatives = [positive for positive, _ in checked], [negative for _, negative in checked]
+    _warn_if_degenerate(path, checked)
     return ConceptSet(
         name=str(header.get("name") or path.stem),
         positives=tuple(positives),
@@ -159,3 +145,58 @@ def load_concept_set(concept: str | Path) -> ConceptSet:
         instruction=str(header.get("instruction") or ""),
         source=str(path),
     )
+
+
+def concept_path(concept: str | Path) -> Path | None:
+    """The file a concept names: a shipped set's, or a concept-set file that exists; None for neither."""
+    shipped = shipped_concepts()
+    if isinstance(concept, str) and concept in shipped:
+        return shipped[concept]
+    path = Path(concept).expanduser()
+    return path if path.is_file() else None
+
+
+def unknown_concept(concept: str | Path, given: str | None = None) -> ConTransError:
+    """The error for a name that is neither a shipped set nor a file; `given`: the whole `a+b` it was split from."""
+    known = ", ".join(sorted(shipped_concepts())) or "(none installed)"
+    split = (f" ('+' splits concepts: {given!r} was read as {' and '.join(repr(part) for part in split_concepts(given))}; "
+             "a file whose name holds '+' is read whole where it exists)" if given is not None else "")
+    return ConTransError(ARGUMENT, f"unknown concept {str(concept)!r}: not a shipped concept set and not a file. "
+                                   f"Shipped concepts: {known}{split}")
+
+
+def split_concepts(concepts: str) -> list[str]:
+    """`a+b` as the concepts it names: split at each '+', except where parts joined by '+' name a file that
+    exists (`/data/a+b.jsonl`, or `a+b.jsonl+honesty`), which is one concept; the longest such join wins."""
+    parts = concepts.split("+")
+    names, start = [], 0
+    while start < len(parts):
+        end = next((end for end in range(len(parts), start + 1, -1)
+                    if concept_path("+".join(parts[start:end]).strip()) is not None), start + 1)
+        names.append("+".join(parts[start:end]).strip())
+        start = end
+    return names
+
+
+def _checked_pair(path: Path, number: int, pair) -> tuple[str, str]:
+    """(positive, negative) of one pair of a file, refused naming the file and the pair where it is not two
+    texts that differ in what a reader sees."""
+    if not isinstance(pair, dict) or set(pair) - {"positive", "negative"}:
+        raise ConTransError(ARGUMENT, f"{path}, pair {number}: expected exactly the keys 'positive' and 'negative'")
+    for side in ("positive", "negative"):
+        value = pair.get(side)
+        if value is not None and not isinstance(value, str):  # YAML and JSON read 3 or yes unquoted as non-texts
+            raise ConTransError(ARGUMENT, f"{path}, pair {number}: the '{side}' text is {repr(value)[:60]} "
+                                          f"({type(value).__name__}), not a string; quote it in the file")
+        if value is None or not value.strip():
+            raise ConTransError(ARGUMENT, f"{path}, pair {number}: missing or empty '{side}' text (sets must be paired)")
+    if pair["positive"].strip() == pair["negative"].strip():
+        raise ConTransError(ARGUMENT, f"{path}, pair {number}: the positive and negative texts are the same, "
+                                      "so the pair says nothing about the concept")
+    if visible_text(pair["positive"]) == visible_text(pair["negative"]):
+        unseen = sorted({f"U+{ord(c):04X}" for c in pair["positive"] + pair["negative"]
+                         if unicodedata.category(c) == "Cf" or unicodedata.normalize("NFKC", c) != c})
+        raise ConTransError(ARGUMENT, f"{path}, pair {number}: the positive and negative texts differ only in "
+                                      f"invisible or compatibility characters ({', '.join(unseen) or 'Unicode forms'}), so the pair "
+                                      "says nothing about the concept")
+    return pair["positive"], pair["negative"]

@@ -40,7 +40,8 @@ def table_rows(path: Path, text: str, columns: tuple[str, ...], argument: str) -
 
 def jsonl_records(path: Path, text: str, argument: str) -> list[tuple[int, object]]:
     """(line number, value) of each non-blank line of a JSON Lines text; a line that is not JSON is refused
-    naming the file and the line."""
+    naming the file and the line, and so is a file that is one JSON array (a .json file's shape)."""
+    refuse_json_array(path, text, argument)
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -50,3 +51,17 @@ def jsonl_records(path: Path, text: str, argument: str) -> list[tuple[int, objec
         except json.JSONDecodeError as error:
             raise ConTransError(argument, f"{path}, line {number}: not valid JSON ({error.msg})") from None
     return records
+
+
+def refuse_json_array(path: Path, text: str, argument: str) -> None:
+    """Refuse JSON Lines text that is one JSON array (`[{...}, {...}]`, on one line or many): line by line it
+    reads as a list, or as lines that are not JSON, neither of which names what the file is."""
+    if not text.lstrip().startswith("["):
+        return
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return  # lines that each open with "[", or broken JSON: the line-by-line reading names the line
+    if isinstance(document, list):
+        raise ConTransError(argument, f"{path} is one JSON array of {len(document)} item(s), not JSON Lines (one "
+                                      "JSON object per line); rename it to .json, or write one object per line")

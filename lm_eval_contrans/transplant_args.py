@@ -21,7 +21,9 @@ from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 from lm_eval_contrans.paths import writable_output
 from lm_eval_contrans.pipeline.recipe import as_bool
-from lm_eval_contrans.pipeline.build import BuildPlan, finish_build, per_concept, plan_build, plan_port, record_sources
+from lm_eval_contrans.pipeline.build import (
+    BuildPlan, concept_count, finish_build, per_concept, plan_build, plan_port, record_sources,
+)
 from lm_eval_contrans.steering import check_alpha, check_alpha_unit
 from lm_eval_contrans.transplant import Steering, Transplant, check_against_target, directions_of
 from lm_eval_contrans.vectors import ForeignVector, read_vector, target_directions
@@ -153,6 +155,7 @@ class TransplantArgs:
         take it, and fail only after the build or not at all. `engine_names`: the engine's own args."""
         names = [field.name for field in dataclasses.fields(cls)]
         for given in model_args:
+            refuse_spaced_name(given)
             if given in names or given in engine_names:
                 continue
             near = difflib.get_close_matches(given, names, n=1, cutoff=0.8)
@@ -163,6 +166,16 @@ class TransplantArgs:
         if taken.save_vector:  # before the build, not after it
             writable_output(taken.save_vector, "save_vector")
         return taken
+
+
+def refuse_spaced_name(given: str) -> None:
+    """Refuse a model arg name with spaces around it (`--model_args a=1, vector=x`): lm-eval's parsers split at
+    commas and keep each name as written, so no engine would take ' vector', and a near-miss guess would only
+    confuse. The value's spaces are lm-eval's to strip (it reads ' 2' as 2)."""
+    if isinstance(given, str) and given != given.strip():
+        raise ConTransError(given.strip() or repr(given), f"{given!r} has spaces around its name (a space after a "
+                                                          "comma in --model_args?), which lm-eval keeps, so no model "
+                                                          f"arg takes it; write {given.strip()}=... with no space")
 
 
 def target_name(target: str | None, pretrained: str | None) -> str:
@@ -182,6 +195,10 @@ def prepare_transplants(target: ModelSpec, args: TransplantArgs, *, dtype: str =
     if args.vector is None and args.source is None:
         raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
     if args.vector is not None:
+        if args.source_vector is not None:  # one would be dropped, the steering not the one asked for
+            raise ConTransError("source_vector", "give vector= (steering the target as it is) or source_vector= "
+                                                 "(another tool's vector for the source, ported through the map), "
+                                                 "not both")
         return _prepare_given(target, args)
     # trust_remote_code=True: the user trusts the code of both models they named
     source = parse_model_spec(args.source, "source", block_path=args.source_block_path,
@@ -195,8 +212,7 @@ def prepare_transplants(target: ModelSpec, args: TransplantArgs, *, dtype: str =
         alphas = alphas_for(args.alpha, len(plan.concepts))
     else:
         concept = args.concept
-        count = len(concept) if isinstance(concept, (list, tuple)) else len(str(concept).split("+"))
-        alphas = alphas_for(args.alpha, count)  # before any model loads
+        alphas = alphas_for(args.alpha, concept_count(concept))  # before any model loads
         plan = plan_build(source, target, concept, source_layer=args.source_layer, target_layer=args.target_layer,
                           **options)
     return Prepared(target=target, alphas=alphas, plan=plan, sources=record_sources(plan))

@@ -76,7 +76,7 @@ def _write_pairs(path):
     ("pairs: [unclosed\n", ".yaml", "is not valid YAML or JSON"),
     ("positive,negative\ncaf\xe9,bar\n".encode("latin-1"), ".csv", r"is not UTF-8 text \(at byte offset 21: b'\\xe9'\); save it as UTF-8"),
     ('{"positive": "a", "negative": "b"}\n{"positive": "a"\n', ".jsonl", "line 2: not valid JSON"),
-    ('{"positive": "a", "negative": 3}\n', ".jsonl", "pair 1: missing or empty 'negative'"),
+    ('{"positive": "a", "negative": 3}\n', ".jsonl", r"pair 1: the 'negative' text is 3 \(int\), not a string; quote it"),
 ])
 def test_malformed_concept_files_are_refused(tmp_path, content, suffix, message):
     path = tmp_path / f"bad{suffix}"

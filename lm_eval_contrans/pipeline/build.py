@@ -21,7 +21,9 @@ from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.blocks import resolve_layer
 from lm_eval_contrans.transplant import Transplant
-from lm_eval_contrans.concepts import ConceptSet, load_concept_set
+from lm_eval_contrans.concepts import (
+    ARGUMENT, ConceptSet, concept_path, load_concept_set, split_concepts, unknown_concept,
+)
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, parse_model_spec, release_read_only_tokenizers,
@@ -31,7 +33,7 @@ from lm_eval_contrans.pipeline.depth import (
     config_facts, config_layer_count, depth_of, is_auto, load_config, model_layer_count, model_type_of, relative_depth,
     target_block,
 )
-from lm_eval_contrans.pipeline.fit import make_transplant
+from lm_eval_contrans.pipeline.fit import make_transplant, warn_if_worse_than_the_mean
 from lm_eval_contrans.pipeline.inputs import check_batch_size, check_build_texts
 from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
 from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states_at
@@ -55,13 +57,40 @@ def per_concept(value, count: int, argument: str) -> list:
 
 
 def concept_sets(concepts: str | Path | ConceptSet | list) -> list[ConceptSet | ImportedDirection]:
-    """Concept sets from `a+b`, a list, a path or a ConceptSet (imported directions pass through)."""
-    if isinstance(concepts, str) and "+" in concepts:
-        concepts = concepts.split("+")
+    """Concept sets from `a+b` (a file whose name holds '+' is one: `concepts.split_concepts`), a list, a path
+    or a ConceptSet (imported directions pass through)."""
+    given = concepts if isinstance(concepts, str) and "+" in concepts else None
+    if given is not None:
+        concepts = split_concepts(given)
+        for name in concepts:  # before any is read, with what the '+' did
+            if concept_path(name) is None:
+                raise unknown_concept(name, given)
     if not isinstance(concepts, (list, tuple)):
         concepts = [concepts]
     return [concept if isinstance(concept, (ConceptSet, ImportedDirection)) else
             load_concept_set(str(concept).strip() if isinstance(concept, str) else concept) for concept in concepts]
+
+
+def concept_count(concepts) -> int:
+    """How many concepts a `concept` arg names (`a+b`: two, unless a file's name holds the '+'), none read yet."""
+    if isinstance(concepts, (list, tuple)):
+        return len(concepts)
+    return len(split_concepts(concepts)) if isinstance(concepts, str) else 1
+
+
+def refuse_repeated_concepts(sets: list, layers: dict[str, list]) -> None:
+    """Refuse a concept given twice at the same blocks (`concept=X+X`, or a shipped set and its file): its vector
+    would be added twice, a double push no one asked for. At other blocks (`target_layer=3+6`) it is a choice."""
+    seen = {}
+    for position, concept in enumerate(sets):
+        key = (concept.pairs_hash, getattr(concept, "block", None),
+               *(repr(layers[name][position]) for name in sorted(layers)))
+        if key in seen:
+            first = sets[seen[key]]
+            raise ConTransError(ARGUMENT, f"{concept.name!r} (concept {position + 1}) repeats {first.name!r} (concept "
+                                          f"{seen[key] + 1}) at the same blocks, so its vector would be added twice; "
+                                          "give it once with a larger alpha, or another target_layer for each")
+        seen[key] = position
 
 
 @dataclass
@@ -122,6 +151,7 @@ def plan_build(
                      for value in per_concept(given, len(sets), name)]
               for name, given in (("source_layer", source_layer), ("target_layer", target_layer))}
     anchor_texts, anchors_name = load_anchor_texts(anchors)
+    refuse_repeated_concepts(sets, layers)
     batch_size = check_batch_size(batch_size)
     check_build_texts(source, target, sets, anchor_texts, anchors_name)
     recipe, anchor_note = settle_anchor_tokens(recipe, source, target)
@@ -261,6 +291,7 @@ def _transplants(plan: BuildPlan, sources: list[ConceptStates], targets: list) -
                                      anchor_texts=plan.anchor_texts, anchors_name=plan.anchors_name, recipe=plan.recipe)
         transplant.extra.update(note)
         logger.info("built transplant:\n%s", transplant.summary())
+        warn_if_worse_than_the_mean(transplant)
         transplants.append(transplant)
     return transplants
 

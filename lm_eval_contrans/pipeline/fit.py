@@ -106,3 +106,13 @@ def make_transplant(
         # the blocks of one ported vector share alpha: with it per block, a file of N blocks pushes N times as hard
         alpha_share=1 / len(concept.vector.directions) if isinstance(concept, ImportedDirection) else 1.0,
     )
+
+
+def warn_if_worse_than_the_mean(transplant: Transplant) -> None:
+    """One warning line where a built transplant's map scores a held-out R² below 0: on held-out anchors it predicts
+    the target block's states worse than their mean does, so the vector it carries over is mostly the map's error."""
+    if transplant.heldout_r2 < 0:
+        logger.warning("%s: the map from source block %d to target block %d has held-out R^2 %.3f, below 0 (worse "
+                       "than predicting the mean state): the transplanted vector is unreliable; try more anchors, "
+                       "another block or map=ridge", transplant.concept, transplant.source_layer,
+                       transplant.target_layer, transplant.heldout_r2)
