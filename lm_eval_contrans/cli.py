@@ -176,13 +176,18 @@ def _check_before_work(args) -> None:
     from lm_eval_contrans.paths import writable_output
     from lm_eval_contrans.steering import check_alpha
 
-    if args.command in ("build", "port", "export"):
-        writable_output(args.out, "out")
-    elif args.command in ("compare", "table") and args.out:
-        writable_output(args.out, "out", folder=True)
     for alpha in [getattr(args, "alpha", None)] + list(getattr(args, "alphas", None) or []):
         if alpha is not None and args.command != "serve":  # serve's alpha: one per concept, read with the others
             check_alpha(alpha)
+    alphas = list(getattr(args, "alphas", None) or [])
+    repeated = next((alpha for position, alpha in enumerate(alphas) if alpha in alphas[:position]), None)
+    if repeated is not None:  # each alpha is a row of the grid, named by it: found only after the build otherwise
+        raise ConTransError("alphas", f"{repeated:g} is given twice ({' '.join(f'{a:g}' for a in alphas)}); each "
+                                      "alpha makes one row of the table, so give each once")
+    if args.command in ("build", "port", "export"):  # after the numbers: a folder checked writable is made
+        writable_output(args.out, "out")
+    elif args.command in ("compare", "table") and args.out:
+        writable_output(args.out, "out", folder=True)
 
 
 def _run_build(args, rest) -> None:
