@@ -147,6 +147,11 @@ def _with_vector(artifact: Path, destination: Path, change) -> Path:
      "target block 999 is not one of the 3 blocks"),
     (lambda t, m: m.__setitem__("lm_eval_contrans", m["lm_eval_contrans"].replace('"residual_norm": ', '"residual_norm": -')),
      "residual_norm -.* is not a finite, non-negative number"),
+    # JSON's true is Python's 1: it must not be read as block 1
+    (lambda t, m: m.__setitem__("lm_eval_contrans", re.sub('"target_layer": [0-9]+', '"target_layer": true', m["lm_eval_contrans"])),
+     "target block True is not one of the 3 blocks"),
+    (lambda t, m: m.__setitem__("lm_eval_contrans", m["lm_eval_contrans"][:-1]),
+     "its 'lm_eval_contrans' metadata is not valid JSON \\(Expecting .* at character [0-9]+\\); the file was damaged"),
 ])
 def test_an_artifact_that_cannot_steer_is_refused_by_every_reader(change, message, artifact, tiny_gpt2_dir, tmp_path,
                                                                   capsys):
@@ -217,6 +222,8 @@ def test_a_steered_pass_that_turns_non_finite_stops_the_evaluation(artifact, tin
     (["export", "{artifact}", "--format", "gguf", "--out", "{tmp}"], "out: {tmp} is a folder; name a file"),
     (["build", "--source", "S", "--target", "T", "--out", "{tmp}/file/x.safetensors"], "out: cannot write to"),
     (["compare", "--source", "S", "--target", "T", "--tasks", "t", "--out", "{tmp}/file"], "out: {tmp}/file is a file"),
+    (["compare", "--source", "S", "--target", "T", "--tasks", "t", "--alphas", "1", "2", "1.0", "--out", "{tmp}/o"],
+     "alphas: 1 is given twice (1 2 1); each alpha makes one row of the table"),
 ])
 def test_command_line_outputs_and_numbers_are_checked_before_any_work(argv, message, artifact, tmp_path, capsys,
                                                                       no_model_loads):
@@ -368,3 +375,256 @@ def test_a_vector_for_the_target_with_an_overflowing_alpha_stops_instead_of_scor
         lm.loglikelihood(requests, disable_tqdm=True)
     lm.use_transplants(lm.transplants, 1.0)
     assert all(torch.isfinite(torch.tensor(score)) for score, _ in lm.loglikelihood(requests, disable_tqdm=True))
+
+
+# --- duplicated, invisible and mistyped inputs (issue 42), in process: the mechanism is the point ---
+
+def _pairs_file(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"positive": p, "negative": n}, ensure_ascii=False) + "\n" for p, n in pairs))
+    return path
+
+
+def test_a_concept_given_twice_at_the_same_blocks_is_refused_before_any_model_loads(tiny_llama_dir, tiny_gpt2_dir,
+                                                                                    small_inputs, no_model_loads):
+    from lm_eval_contrans.pipeline import plan_build
+
+    concept, anchors = small_inputs
+    with pytest.raises(ConTransError, match="^concept: 'sentiment12' \\(concept 2\\) repeats 'sentiment12' \\(concept "
+                                            "1\\) at the same blocks, so its vector would be added twice"):
+        ConTransLM(**{**adapter_args(tiny_llama_dir, tiny_gpt2_dir, small_inputs), "concept": f"{concept}+{concept}"})
+    shipped = Path(__file__).resolve().parents[1] / "concept_sets" / "sentiment.yaml"  # one set under two names
+    with pytest.raises(ConTransError, match="^concept: 'sentiment' \\(concept 2\\) repeats 'sentiment'"):
+        plan_build(str(tiny_llama_dir), str(tiny_gpt2_dir), f"sentiment+{shipped}", anchors=anchors, target_layer=1)
+    # at two blocks it is a choice, and planned
+    plan = plan_build(str(tiny_llama_dir), str(tiny_gpt2_dir), f"{concept}+{concept}", anchors=anchors,
+                      source_layer=1, target_layer="1+2")
+    assert plan.target_layers == ["1", "2"]
+
+
+def test_a_concept_file_whose_name_holds_a_plus_is_read_whole(tmp_path, tiny_llama_dir, tiny_gpt2_dir, small_inputs,
+                                                              no_model_loads):
+    from lm_eval_contrans.concepts import split_concepts
+    from lm_eval_contrans.pipeline.build import concept_sets
+
+    pairs = [(f"It was good {i}.", f"It was bad {i}.") for i in range(6)]
+    plus = _pairs_file(tmp_path / "a+b.jsonl", pairs)
+    assert split_concepts(str(plus)) == [str(plus)]
+    assert split_concepts(f"{plus}+sentiment") == [str(plus), "sentiment"]
+    assert split_concepts("honesty + toxicity") == ["honesty", "toxicity"]
+    assert [len(concept) for concept in concept_sets(f"sentiment+{plus}")][1] == 6
+    # one concept, so one alpha: two are refused as for any single concept
+    with pytest.raises(ConTransError, match="^alpha: 2 values .* for 1 concepts"):
+        ConTransLM(**{**adapter_args(tiny_llama_dir, tiny_gpt2_dir, small_inputs), "concept": str(plus), "alpha": "1+2"})
+    missing, folder = str(tmp_path / "c+d.jsonl"), re.escape(str(tmp_path))
+    with pytest.raises(ConTransError, match=f"^concept: unknown concept '{folder}/c': not a shipped concept set and "
+                                            f"not a file. Shipped concepts: .* \\('\\+' splits concepts: "
+                                            f"'{re.escape(missing)}' was read as '{folder}/c' and 'd.jsonl'; a file "
+                                            "whose name holds '\\+' is read whole where it exists\\)$"):
+        concept_sets(missing)
+
+
+@pytest.mark.parametrize("positive, negative, shown", [
+    ("It was good.", "It was\u200b good.", "U+200B"),  # a zero-width space
+    ("It was\u200b good.", "It was\u200c good.", "U+200B, U+200C"),
+    ("It was \ufb01ne.", "It was fine.", "U+FB01"),  # a ligature, the same text after NFKC
+    ("It was good.\u2060", "\u202aIt was good.", "U+202A, U+2060"),
+])
+def test_sides_that_differ_only_invisibly_are_refused_as_the_same(positive, negative, shown, tmp_path):
+    from lm_eval_contrans.concepts import load_concept_set
+
+    path = _pairs_file(tmp_path / "invisible.jsonl", [("It was lovely.", "It was awful."), (positive, negative)])
+    with pytest.raises(ConTransError, match=f"^concept: {path}, pair 2: the positive and negative texts differ only in "
+                                            f"invisible or compatibility characters \\({re.escape(shown)}\\), so the pair says "
+                                            "nothing about the concept"):
+        load_concept_set(str(path))
+
+
+def test_visible_differences_with_invisible_characters_still_read(tmp_path, caplog):
+    from lm_eval_contrans.concepts import load_concept_set
+
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"  # a zero-width joiner inside an emoji
+    pairs = [(f"A {family} day was lovely.", f"A {family} day was awful."),
+             ("It was good.", "It was bad."), ("It was\u200b good.", "It was bad.")]
+    with caplog.at_level(logging.WARNING):
+        concept = load_concept_set(str(_pairs_file(tmp_path / "ok.jsonl", pairs)))
+    assert concept.positives[0] == pairs[0][0]  # texts are kept as written; only the comparison folds them
+    assert "1 of its 3 pairs repeat an earlier pair" in caplog.text  # pair 3 is pair 2 to a reader
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"positive": "a", "negative": "b"},\n {"positive": "c", "negative": "d"}]\n',
+     "is one JSON array of 2 item\\(s\\), not JSON Lines \\(one JSON object per line\\); rename it to .json, or write"),
+    ('[{"positive": "a", "negative": "b"}]\n', "is one JSON array of 1 item"),
+    ('{"positive": "It was good.", "negative": 3}\n', "pair 1: the 'negative' text is 3 \\(int\\), not a string; quote it"),
+])
+def test_a_concept_file_of_the_wrong_shape_is_named_for_what_it_is(text, message, tmp_path):
+    from lm_eval_contrans.concepts import load_concept_set
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConTransError, match=f"^concept: {path},? {message}"):
+        load_concept_set(str(path))
+
+
+def test_an_anchor_corpus_that_is_a_json_array_in_a_jsonl_is_named(tmp_path):
+    from lm_eval_contrans.anchors import load_anchor_texts
+
+    path = tmp_path / "anchors.jsonl"
+    path.write_text(json.dumps([{"text": f"Sentence {i}."} for i in range(3)]))
+    with pytest.raises(ConTransError, match=f"^anchors: {path} is one JSON array of 3 item"):
+        load_anchor_texts(str(path))
+
+
+def test_vector_and_source_vector_together_are_refused(artifact, tiny_llama_dir, tiny_gpt2_dir, tmp_path,
+                                                       no_model_loads):
+    torch.save({1: torch.ones(32)}, tmp_path / "for_source.pt")
+    with pytest.raises(ConTransError, match="^source_vector: give vector= \\(steering the target as it is\\) or "
+                                            "source_vector= .* not both$"):
+        ConTransLM(target=str(tiny_gpt2_dir), source=str(tiny_llama_dir), vector=str(artifact),
+                   source_vector=str(tmp_path / "for_source.pt"), device="cpu")
+
+
+def test_model_args_as_lm_evals_parser_hands_them_over(artifact, tiny_gpt2_dir, no_model_loads):
+    """What `--model_args` becomes in lm-eval's own parser (the real one, in process): a space after a comma stays in
+    the name, and is named; a repeated key keeps its last value (lm-eval's rule, which its parser logs)."""
+    from lm_eval._cli.utils import key_val_to_dict
+
+    parsed = key_val_to_dict(f"target={tiny_gpt2_dir}, vector={artifact},alpha=2")
+    assert " vector" in parsed  # lm-eval keeps the space: if it ever strips it, this test has done its work
+    with pytest.raises(ConTransError, match="^vector: ' vector' has spaces around its name \\(a space after a comma "
+                                            "in --model_args\\?\\), which lm-eval keeps, so no model arg takes it; "
+                                            "write vector=... with no space$"):
+        ConTransLM(**parsed, device="cpu")
+    with pytest.raises(ConTransError, match="^dtype: ' dtype' has spaces"):  # an engine's arg as much as ours
+        ConTransLM(target=str(tiny_gpt2_dir), vector=str(artifact), device="cpu", **{" dtype": "float32"})
+    assert key_val_to_dict("alpha=1,alpha=2")["alpha"] == 2
+
+
+def test_layer_args_as_lm_eval_hands_them_over_are_block_indices(tmp_path):
+    """lm-eval's parser turns "-1" into -1.0 ("-1".isnumeric() is false) and "1" into 1: every layer arg reads a
+    whole float outside [0, 1] as the block index it was typed as."""
+    from lm_eval._cli.utils import key_val_to_dict
+    from lm_eval_contrans.blocks import resolve_layer
+    from lm_eval_contrans.pipeline.depth import depth_of
+    from lm_eval_contrans.vectors import read_vector, target_directions
+
+    parsed = key_val_to_dict("target_layer=-1,source_layer=-2,other=3.0,fraction=1.0,half=0.5")
+    assert parsed["target_layer"] == -1.0 and isinstance(parsed["target_layer"], float)
+    assert [resolve_layer(parsed[name], 4, name) for name in parsed] == [3, 2, 3, 3, 2]
+    assert depth_of(parsed["source_layer"], 4) == 0.5
+    with pytest.raises(ConTransError, match="^target_layer: a fractional layer must lie in \\[0, 1\\]"):
+        resolve_layer(-1.5, 4, "target_layer")
+    with pytest.raises(ConTransError, match="^target_layer: expected a block index or a depth fraction, got True"):
+        resolve_layer(True, 4, "target_layer")
+    torch.save(torch.ones(32), tmp_path / "bare.pt")  # a bare tensor placed by the layer arg: a port's or vector='s
+    bare = read_vector(tmp_path / "bare.pt", parsed["source_layer"])
+    assert bare.blocks == [-2] and bare.checked(32, 4, "source_vector").blocks == [2]
+    placed = target_directions(read_vector(tmp_path / "bare.pt", parsed["target_layer"], "vector"), hidden_size=32,
+                               num_layers=4)
+    assert [direction.block for direction in placed] == [3]
+
+
+def test_alpha_from_python_is_a_number(artifact, tiny_gpt2_dir):
+    from lm_eval_contrans.artifact import load_transplant
+    from lm_eval_contrans.loading import load_model
+    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant_args import alphas_for
+
+    model, _ = load_model(str(tiny_gpt2_dir), dtype="float32", device="cpu")
+    direction = load_transplant(artifact).direction
+    for alpha in (True, "2", b"2"):
+        with pytest.raises(ConTransError, match=f"^alpha: expected a number, got {re.escape(repr(alpha))}$"):
+            with direction.apply(model, alpha=alpha):
+                pass
+    with pytest.raises(ConTransError, match="^alpha: expected a number, got '2'$"):
+        with steer(model, 1, direction.vector, alpha="2"):
+            pass
+    with direction.apply(model, alpha=2), direction.apply(model, alpha=torch.tensor(0.5)):  # numbers of any kind steer
+        pass
+    # text is how model args arrive (lm-eval's parser, one part of 1.5+2): read there, and only there
+    assert alphas_for("1.5+2", 2) == [1.5, 2.0] and alphas_for("2", 1) == [2.0]
+    with pytest.raises(ConTransError, match="^alpha: expected a number, got True"):  # `alpha=true` in --model_args
+        ConTransLM(target=str(tiny_gpt2_dir), vector=str(artifact), alpha=True, device="cpu")
+
+
+def _gguf(path: Path, tensors: dict) -> Path:
+    """A control-vector GGUF holding exactly these tensors (names and numpy arrays as given, unchecked)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", len(tensors))
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("int.gguf", lambda p: _gguf(p, {"direction.1": torch.arange(32, dtype=torch.int32).numpy()}),
+     "the tensor for block 1 holds int32 values; a steering vector holds floating-point numbers"),
+    ("twice.gguf", lambda p: _gguf(p, {"direction.2": torch.ones(32).numpy(), "direction.02": torch.ones(32).numpy()}),
+     "'direction.2' and 'direction.02' both name block 2; keep one"),
+    ("matrix.gguf", lambda p: _gguf(p, {"direction.1": torch.ones(64, 64).numpy()}),
+     "the tensor for block 1 has shape \\(64, 64\\); a steering vector is one row of numbers \\(1-D\\)"),
+    ("matrix.npy", lambda p: __import__("numpy").save(p, torch.ones(64, 64).numpy()),
+     "(the tensor for block 1|its tensor) has shape \\(64, 64\\); a steering vector is one row"),  # placed, or not
+    ("twice.safetensors", lambda p: __import__("safetensors.torch").torch.save_file(
+        {"layers.3": torch.ones(32), "layers.03": torch.ones(32)}, str(p)), "'layers.03' and 'layers.3' both name block 3"),
+    ("twice.pt", lambda p: torch.save({3: torch.ones(32), "model.layers.3": torch.ones(32)}, p),
+     "3 and 'model.layers.3' both name block 3"),
+])
+def test_another_tools_file_that_is_not_a_vector_is_refused_by_every_reader(name, write, message, tmp_path, capsys):
+    from lm_eval_contrans.vectors import read_vector
+
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ConTransError, match=f"^source_vector: {path}: {message}"):
+        read_vector(path, 1)
+    assert cli.main(["inspect", str(path)]) == 2  # not "width 64": what it holds is said, as port would
+    assert re.match(f"contrans: error: artifact: {path}: {message}", capsys.readouterr().err)
+
+
+def test_a_map_worse_than_the_mean_is_warned_about_at_build_time(artifact, tiny_llama_dir, tiny_gpt2_dir,
+                                                                 small_inputs, monkeypatch, caplog):
+    """Held-out R² below 0: the map predicts the target's states worse than their mean; the build says so once."""
+    import dataclasses
+
+    import lm_eval_contrans.pipeline.build as build
+    from lm_eval_contrans.pipeline import build_transplants
+
+    fitted = build.make_transplant
+    monkeypatch.setattr(build, "make_transplant", lambda *a, **k: dataclasses.replace(fitted(*a, **k), heldout_r2=-0.25))
+    concept, anchors = small_inputs
+    with caplog.at_level(logging.WARNING, logger="lm_eval_contrans"):
+        (transplant,) = build_transplants(str(tiny_llama_dir), str(tiny_gpt2_dir), concept, anchors=anchors, device="cpu")
+    warned = [record.getMessage() for record in caplog.records if "below 0" in record.getMessage()]
+    assert warned == [f"sentiment12: the map from source block {transplant.source_layer} to target block "
+                      f"{transplant.target_layer} has held-out R^2 -0.250, below 0 (worse than predicting the mean "
+                      "state): the transplanted vector is unreliable; try more anchors, another block or map=ridge"]
+
+
+@pytest.mark.cli
+def test_lm_eval_cli_takes_negative_layers_and_says_which_repeated_alpha_won(tiny_llama_dir, tiny_gpt2_dir, task_dir,
+                                                                             small_inputs, tmp_path):
+    """Through the real `lm_eval` once (its parser hands "-1" over as -1.0; the README's negative layers must work
+    there), with a key given twice, which lm-eval's own rule settles (the last wins) and its log names."""
+    import subprocess
+    import sys
+
+    concept, anchors = small_inputs
+    model_args = (f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors},"
+                  "target_layer=-1,source_layer=-2,alpha=1,alpha=2")
+    result = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", "contrans", "--model_args",
+                             model_args, "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--limit",
+                             "1", "--device", "cpu", "--output_path", str(tmp_path / "out")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Overwriting key 'alpha': 1 -> 2" in result.stderr
+    config = json.loads(sorted((tmp_path / "out").rglob("results_*.json"))[-1].read_text())["config"]["contrans"]
+    # GPT-2 has 3 blocks (-1: block 2), the Llama 4 (-2: block 2)
+    assert (config["target_layer"], config["source_layer"], config["alpha"]) == (2, 2, 2.0)
