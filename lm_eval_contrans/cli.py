@@ -112,10 +112,15 @@ def _add_serve(commands) -> None:
                     "(--dtype, --port, --max-model-len, --enforce-eager, --tensor-parallel-size, ...).")
     serve.add_argument("--target", required=True, help=f"the model to serve: {MODEL_HELP}, packaged:...")
     serve.add_argument("--source", default=None, help="aligned model to build the concept in (or the model --source-vector was made for)")
-    serve.add_argument("--concept", default="sentiment", help="shipped concept name or concept-set file; several as a+b")
+    serve.add_argument("--concept", "--concepts", default="sentiment",
+                       help="shipped concept name or concept-set file; several as a+b: each loaded once, before the "
+                            "server starts, and a request picks among them (vllm_xargs)")
     serve.add_argument("--vector", default=None, help="an artifact (.safetensors), or another tool's vector made for the target")
     serve.add_argument("--source-vector", default=None, help="another tool's vector made for the source, ported into the target")
-    serve.add_argument("--alpha", default="1.0", help="strength in the artifact's unit, fixed for the server's life; one per concept as a+b")
+    serve.add_argument("--alpha", default="1.0", help="the strength a request that names none gets, in the artifact's "
+                                                      "unit (0: unsteered by default); one per concept as a+b")
+    serve.add_argument("--positions", default="all", choices=["all", "prompt", "generated"],
+                       help="where the vector is added for a request that names none")
     _recipe_arguments(serve)
     serve.add_argument("--build-batch-size", default="auto", help="texts per batch of the build passes, or auto")
     _trust_argument(serve)
@@ -294,7 +299,7 @@ def _run_serve(args, rest) -> None:
         source_layer=args.source_layer, target_layer=args.target_layer, anchors=args.anchors,
         anchor_tokens=args.anchor_tokens, map=args.map, ridge=args.ridge, center=args.center,
         alpha_unit=args.alpha_unit, vector=args.vector, source_vector=args.source_vector,
-        build_batch_size=args.build_batch_size)
+        build_batch_size=args.build_batch_size, positions=args.positions)
     command = serve_command(args.target, transplant, rest, trust_remote_code=args.trust_remote_code)
     print("contrans serve: " + " ".join(command[2:]), file=sys.stderr, flush=True)
     os.execv(command[0], command)
