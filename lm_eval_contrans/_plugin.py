@@ -51,7 +51,8 @@ def _running_lm_evals_command_line() -> bool:
 def _one_line_for_our_errors() -> None:
     """Under lm-eval's command line, an uncaught ConTransError (bad input, named by its argument) is printed as
     one line, as `contrans` prints it, instead of a traceback through lm-eval; the exit status stays non-zero.
-    Any other exception keeps its traceback; from Python the exception is raised as ever."""
+    Ctrl-C during a run of our models is one line too (Python then ends the process by SIGINT: status 130 in a
+    shell). Any other exception keeps its traceback; from Python the exception is raised as ever."""
     if getattr(sys.excepthook, "_contrans", False):
         return
     previous = sys.excepthook
@@ -61,11 +62,29 @@ def _one_line_for_our_errors() -> None:
 
         if isinstance(error, ConTransError):
             print(f"contrans: error: {error}", file=sys.stderr)
+        elif isinstance(error, KeyboardInterrupt) and _evaluating_our_model():
+            print(interrupted(), file=sys.stderr)
         else:
             previous(kind, error, traceback)
 
     one_line._contrans = True
     sys.excepthook = one_line
+
+
+def _evaluating_our_model() -> bool:
+    """Whether lm_eval's command line names one of our models (`--model contrans`, `--model=contrans-vllm`)."""
+    argv = sys.argv[1:]
+    named = [value for flag, value in zip(argv, argv[1:]) if flag == "--model"]
+    named += [part.split("=", 1)[1] for part in argv if part.startswith("--model=")]
+    return any(name in MODELS for name in named)
+
+
+def interrupted() -> str:
+    """The line a Ctrl-C leaves: nothing half-written stays in the cache, so a rerun goes on from it."""
+    from lm_eval_contrans.cache import cache_root
+
+    return (f"contrans: interrupted; the cache ({cache_root()}) keeps only entries written whole, so running the "
+            "same command again goes on from it")
 
 
 def register_tasks(manager_module: ModuleType) -> None:
@@ -78,7 +97,18 @@ def register_tasks(manager_module: ModuleType) -> None:
 # CONTRANS_ADD_TASKS=0 leaves lm-eval's TaskManager untouched; our tasks then need
 # `--include_path <this package's tasks folder>` (`contrans tasks-path` prints it).
 ADD_TASKS_VARIABLE = "CONTRANS_ADD_TASKS"
-_AFTER_IMPORT = {REGISTRY_MODULE: register_model}
+EVALUATOR_MODULE = "lm_eval.evaluator"
+
+
+def key_the_response_cache(evaluator_module: ModuleType) -> None:
+    """lm-eval's `--use_cache` keyed by the steering for our models, and the evaluation options a build would
+    otherwise wait for (`--limit 0`, `--apply_chat_template` on a base target) checked first (response_cache.py)."""
+    from lm_eval_contrans.response_cache import install as install_response_cache
+
+    install_response_cache(evaluator_module)
+
+
+_AFTER_IMPORT = {REGISTRY_MODULE: register_model, EVALUATOR_MODULE: key_the_response_cache}
 if os.environ.get(ADD_TASKS_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off"):
     _AFTER_IMPORT[TASK_MANAGER_MODULE] = register_tasks
 

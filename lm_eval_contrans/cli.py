@@ -333,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConTransError as error:
         print(f"contrans: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for it; cache entries are written whole
+        from lm_eval_contrans._plugin import interrupted
+
+        print(interrupted(), file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader left early (`contrans concepts | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

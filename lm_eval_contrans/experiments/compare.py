@@ -22,7 +22,7 @@ from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
-from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow, check_limit
 from lm_eval_contrans.experiments.report import Row, write_report
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, default_device, parse_model_pair, parse_model_spec, read_only_tokenizer
@@ -142,13 +142,16 @@ def run_compare(plan: ComparePlan) -> list[Row]:
     Raises:
         ConTransError: an argument is wrong (named) or the output folder cannot be written.
     """
-    check_chat_templates(plan)
+    check_limit(plan.limit)
     device = plan.device or default_device()
-    transplant = _built(plan, device)
     settings = EvalSettings(tasks=list(plan.tasks), limit=plan.limit, batch_size=plan.batch_size, device=device,
                             model_args=dict(plan.model_args), task_metadata=dict(plan.task_metadata),
                             include_path=[str(Path(path).resolve()) for path in plan.include_path],
                             evaluate=dict(plan.evaluate))
-    rows = Grid(plan.out, settings).run(compare_rows(plan, transplant, device))
+    grid = Grid(plan.out, settings)
+    grid.check_tasks(plan.tasks)  # before the build, as lm_eval checks them before it loads a model
+    check_chat_templates(plan)
+    transplant = _built(plan, device)
+    rows = grid.run(compare_rows(plan, transplant, device))
     write_report(rows, Path(plan.out), extra_metrics=tuple(plan.extra_metrics))
     return rows

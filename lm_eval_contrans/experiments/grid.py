@@ -33,12 +33,29 @@ from lm_eval_contrans.artifact import load_steering, save_steering
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.experiments.report import Row, main_metrics_of
+from lm_eval_contrans.experiments.report import Row, main_metrics_of, read_json
 from lm_eval_contrans.paths import safe_name
 from lm_eval_contrans.transplant import Steering, Transplant, directions_of
 
 logger = logging.getLogger(__name__)
 STEERED_KINDS = ("base", "contrans", "random", "own", "shuffled")  # rows on the (steered) target
+
+
+def check_limit(limit: int | float | dict | None, argument: str = "limit") -> None:
+    """lm-eval's `limit` (a count of documents, or a fraction of each task below 1) must be above 0; lm-eval itself
+    finds out only after the models are loaded and the transplant built.
+
+    Args:
+        limit: one limit, or {task: limit}.
+        argument: the argument an error names.
+
+    Raises:
+        ConTransError: a limit is 0 or below.
+    """
+    for value in (limit.values() if isinstance(limit, dict) else [limit]):
+        if value is not None and not float(value) > 0:
+            raise ConTransError(argument, f"{float(value):g} evaluates no documents: give a count of documents (1 or "
+                                          "more) or a fraction of each task between 0 and 1, or leave it out")
 
 
 def slug(name: str) -> str:
@@ -136,6 +153,22 @@ class Grid:
                                              metadata=self.settings.task_metadata or None)
         return self._task_manager
 
+    def check_tasks(self, tasks: Iterable[str]) -> None:
+        """Every task name is one lm-eval knows (with the grid's include paths), checked before any model loads.
+
+        Raises:
+            ConTransError: a task is unknown (the nearest known names are suggested).
+        """
+        import difflib
+
+        for task in tasks:
+            if task.endswith(".yaml") or self.task_manager.match_tasks([task]):
+                continue
+            near = difflib.get_close_matches(task, self.task_manager.all_tasks, n=3)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise ConTransError("tasks", f"{task}: no such lm-eval task; {hint}`lm_eval ls tasks` lists them, and "
+                                         "--include_path adds a folder of your own")
+
     # ---- keys: everything that determines a row's results
     def artifact_path(self, transplant: Steering | list[Steering] | str | Path) -> tuple[Path, str]:
         """(file, steering key) of a row's transplants or directions: saved into the grid folder if in memory.
@@ -194,7 +227,11 @@ class Grid:
         key = self.row_key(row, steering)
         stored = folder / "row.json"
         if stored.is_file():
-            saved = json.loads(stored.read_text())
+            try:
+                saved = read_json(stored, "out")
+            except ConTransError as damaged:  # a run killed while writing it: the row is run again
+                logger.warning("%s; running row %r again", damaged, row.name)
+                saved = {}
             if saved.pop("key", None) == key:
                 self.reused.append(row.name)
                 return Row(**saved)

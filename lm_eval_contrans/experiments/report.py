@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.paths import safe_name
 
 # For results without their task's config (a group's aggregate, an old file): the first of these present.
@@ -159,6 +160,26 @@ def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = 
     plt.close(figure)
 
 
+def read_json(path: Path, argument: str):
+    """A JSON file the tools wrote, or an error naming it (a run killed while writing it, a disk that filled).
+
+    Args:
+        path: the file.
+        argument: the argument an error names.
+
+    Returns:
+        What it holds.
+
+    Raises:
+        ConTransError: it cannot be read or is not valid JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConTransError(argument, f"{path}: not a readable JSON file ({error}); it was cut short or damaged: delete "
+                                      "it (`contrans compare` runs a deleted row again)") from None
+
+
 def rows_from_folder(folder: Path) -> list[Row]:
     """Rows of a grid folder (`contrans compare` output: the rows its index lists, in its order) or of
     lm-eval output folders (results_*.json)."""
@@ -166,16 +187,16 @@ def rows_from_folder(folder: Path) -> list[Row]:
     index = folder / "rows" / "index.json"
     if index.is_file():
         rows = []
-        for name in json.loads(index.read_text()):
+        for name in read_json(index, "folders"):
             path = folder / "rows" / name / "row.json"
             if path.is_file():
-                saved = json.loads(path.read_text())
+                saved = read_json(path, "folders")
                 saved.pop("key", None)
                 rows.append(Row(**saved))
         return rows
     rows = []
     for path in sorted(folder.rglob("results_*.json")):
-        data = json.loads(path.read_text())
+        data = read_json(path, "folders")
         config = data.get("config", {})
         model_args = config.get("model_args", "")
         if isinstance(model_args, dict):
