@@ -60,6 +60,11 @@ def _add_inspect(commands) -> None:
 def _add_listings(commands) -> None:
     commands.add_parser("concepts", help="list the shipped concept sets")
     commands.add_parser("tasks-path", help="print the folder of the shipped task YAMLs (for --include_path)")
+    folder = commands.add_parser("folder", help="print the folder a model name loads from (a GGUF file or packaged "
+                                               "model: its de-quantized folder, made once), for tools that take "
+                                               "folders, such as --model vllm")
+    folder.add_argument("model", help=f"{MODEL_HELP}, packaged:...")
+    _trust_argument(folder)
 
 
 def _add_compare(commands) -> None:
@@ -89,6 +94,12 @@ def _add_compare(commands) -> None:
     compare.add_argument("--gen_kwargs", "--gen-kwargs", default=None, help="as for lm_eval, e.g. temperature=0,max_gen_toks=64")
     compare.add_argument("--system_instruction", "--system-instruction", default=None, help="as for lm_eval")
     compare.add_argument("--no-controls", action="store_true", help="skip the random, own-vector and prompt rows")
+    compare.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                         help="what evaluates the steered rows (base, each alpha, the controls): hf, or one vLLM "
+                              "engine for all of them, each row's requests steered as it asks (docs/VLLM.md)")
+    compare.add_argument("--engine-args", "--engine_args", default=None,
+                         help="with --engine vllm: lm-eval's --model vllm args, e.g. max_model_len=512,"
+                              "gpu_memory_utilization=0.5")
     _trust_argument(compare)
     compare.add_argument("--also-metrics", nargs="*", default=["margin"],
                          help="metrics shown next to each task's main metric where the task reports them")
@@ -251,6 +262,12 @@ def _run_tasks_path(args, rest) -> None:
     print(shipped_dir("tasks"))
 
 
+def _run_folder(args, rest) -> None:
+    from lm_eval_contrans.loading import parse_model_spec, pretrained_path
+
+    print(pretrained_path(parse_model_spec(args.model, "model", trust_remote_code=args.trust_remote_code)))
+
+
 def _run_compare(args, rest) -> None:
     from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
     from lm_eval_contrans.experiments.report import markdown_table
@@ -268,9 +285,20 @@ def _run_compare(args, rest) -> None:
         include_path=args.include_path,
         extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
         evaluate={option: getattr(args, option) for option in EVALUATE_OPTIONS if getattr(args, option) is not None},
+        engine=args.engine, engine_args=_engine_args(args),
     )
     print(markdown_table(run_compare(plan), plan.extra_metrics))
     print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")
+
+
+def _engine_args(args) -> dict:
+    if args.engine_args is None:
+        return {}
+    if args.engine != "vllm":
+        raise ConTransError("engine_args", "these are the vLLM engine's: give --engine vllm too")
+    from lm_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(args.engine_args)
 
 
 def _run_export(args, rest) -> None:
@@ -317,7 +345,7 @@ def _run_table(args, rest) -> None:
 
 
 COMMANDS = {"build": _run_build, "port": _run_port, "inspect": _run_inspect, "concepts": _run_concepts,
-            "tasks-path": _run_tasks_path, "compare": _run_compare, "export": _run_export, "serve": _run_serve,
+            "tasks-path": _run_tasks_path, "folder": _run_folder, "compare": _run_compare, "export": _run_export, "serve": _run_serve,
             "table": _run_table}
 
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -319,9 +320,15 @@ def test_a_cpu_memory_share_that_is_not_free_is_refused_before_the_build(tiny_ll
     if not current_platform.is_cpu():
         pytest.skip("vLLM's CPU backend only")
     concept, anchors = small_inputs
-    with pytest.raises(ConTransError, match="^gpu_memory_utilization: 0.999: on a CPU, vLLM reserves"):
+    with pytest.raises(ConTransError, match="^gpu_memory_utilization: 0.999: on a CPU, vLLM reserves") as refused:
         ConTransVLLM(source=str(tiny_llama_dir), target=str(vllm_llama_dir), concept=concept, anchors=anchors,
                      gpu_memory_utilization=0.999, dtype="float32")
+    import re
+
+    import psutil
+
+    advised = float(re.search(r"gpu_memory_utilization=([0-9.]+) fits", str(refused.value)).group(1))
+    assert 0 < advised * psutil.virtual_memory().total < psutil.virtual_memory().available  # the advice would start
 
 
 def test_an_artifact_for_another_model_is_refused_before_the_engine_starts(artifacts):
@@ -409,10 +416,42 @@ def wait_until_serving(server: subprocess.Popen, port: int, log, timeout: float 
     raise AssertionError("contrans serve did not answer /health in time")
 
 
+def concurrently(client, model: str, asked: list[dict | None], prompts: list[str], tokens: int = 8) -> list:
+    """Each (steering, prompt) sent at once from its own thread: [(text, token log-probabilities)]."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(item):
+        steering, prompt = item
+        extra = {"extra_body": {"vllm_xargs": steering}} if steering is not None else {}
+        choice = client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0, logprobs=1,
+                                           **extra).choices[0]
+        return choice.text, choice.logprobs.token_logprobs
+
+    with ThreadPoolExecutor(max_workers=len(asked)) as pool:
+        return list(pool.map(send, zip(asked, prompts)))
+
+
+def check_mixed_steering_under_concurrency(client, model: str, concepts: list[str], prompts: list[str]) -> None:
+    """32 requests at once, mixed steering (each concept, alphas -2 to 4, some unsteered or the default), each
+    equal to the same request sent alone: greedy text, and log-probabilities within float error."""
+    alphas = [-2, -1, 0, 1, 2, 3, 4]
+    asked = [None if index % 8 == 0 else {"concept": concepts[index % len(concepts)], "alpha": alphas[index % len(alphas)]}
+             for index in range(32)]
+    chosen = [prompts[index % len(prompts)] for index in range(32)]
+    together = concurrently(client, model, asked, chosen)
+    for steering, prompt, (text, logprobs) in zip(asked, chosen, together):
+        alone_text, alone_logprobs = concurrently(client, model, [steering], [prompt])[0]
+        assert text == alone_text, (steering, prompt)
+        torch.testing.assert_close(torch.tensor(logprobs), torch.tensor(alone_logprobs), atol=2e-3, rtol=0)
+    assert len({text for text, _ in together}) > len(prompts)  # the steerings differ in what they generate
+
+
 @pytest.mark.cli
-def test_contrans_serve_answers_openai_requests_steered_with_two_tensor_parallel_workers(artifacts, hf, tmp_path):
-    """`contrans serve` with vllm serve's own flags, tensor parallel 2 (one thread each: vLLM-CPU's binding);
-    the completions of the `openai` client are the HF path's steered greedy generations."""
+def test_contrans_serve_steers_each_openai_request_as_it_asks_with_two_tensor_parallel_workers(artifacts, hf, tmp_path):
+    """`contrans serve` with vllm serve's own flags (--api-key, tensor parallel 2 with one thread each: vLLM-CPU's
+    binding): the default steering is the HF path's; each request picks its own in vllm_xargs, also under 32-way
+    concurrency; what it cannot honour is a 400 in one line; nothing about the steering reaches an
+    unauthenticated client."""
     import openai
 
     if (os.cpu_count() or 1) < 2:
@@ -421,26 +460,85 @@ def test_contrans_serve_answers_openai_requests_steered_with_two_tensor_parallel
     port = free_port()
     command = [sys.executable, "-m", "lm_eval_contrans.cli", "serve", "--target", target, "--vector", artifact,
                "--alpha", str(ALPHA), "--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes",
-               str(64 << 20), "--tensor-parallel-size", "2", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1"]
+               str(64 << 20), "--tensor-parallel-size", "2", "--enforce-eager", "--port", str(port), "--host",
+               "127.0.0.1", "--api-key", "sesame"]
     with open(tmp_path / "serve.log", "w+") as log:
         server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                   env=users_environment(VLLM_CPU_OMP_THREADS_BIND="0|1"))
         try:
             wait_until_serving(server, port, log)
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sesame")
             texts = [client.completions.create(model=target, prompt=context, max_tokens=8, temperature=0,
                                                stop=["\n"]).choices[0].text for context in CONTEXTS]
             assert words(texts) == words(hf["llama", ALPHA]["generations"])
-            raw = client.completions.with_raw_response.create(model=target, prompt=CONTEXTS[0], max_tokens=1)
-            steering = json.loads(raw.headers["x-contrans-steering"])
-            assert steering == [{"concept": "sentiment12", "block": 3, "alpha": ALPHA, "alpha_unit": "residual"}]
-            with pytest.raises(openai.BadRequestError, match="per-request steering \\(alpha\\) is not supported"):
-                client.completions.create(model=target, prompt=CONTEXTS[0], max_tokens=1, extra_body={"alpha": 1.0})
+            unsteered = [client.completions.create(model=target, prompt=context, max_tokens=8, temperature=0, stop=["\n"],
+                                                   extra_body={"vllm_xargs": {"alpha": 0}}).choices[0].text
+                         for context in CONTEXTS]
+            assert words(unsteered) == words(hf["llama", 0.0]["generations"])
+            raw = client.completions.with_raw_response.create(model=target, prompt=CONTEXTS[0], max_tokens=1,
+                                                              extra_body={"vllm_xargs": {"alpha": 2.5}})
+            assert json.loads(raw.headers["x-contrans-steering"]) == [
+                {"concept": "sentiment12", "block": 3, "alpha": 2.5, "alpha_unit": "residual"}]
+            raw = client.completions.with_raw_response.create(model=target, prompt=CONTEXTS[0], max_tokens=1,
+                                                              extra_body={"vllm_xargs": {"alpha": 0}})
+            assert raw.headers["x-contrans-steering"] == "none"
+            for body, message in (({"alpha": 1.0}, "steering is asked in vllm_xargs \\(alpha given at the top level"),
+                                  ({"vllm_xargs": {"concept": "honesty"}}, "'honesty' is not loaded in this engine"),
+                                  ({"vllm_xargs": {"alpha": "inf"}}, "vllm_xargs.alpha: must be finite"),
+                                  ({"vllm_xargs": {"alpha": 1e6}}, "past the push limit"),
+                                  ({"vllm_xargs": {"positions": "al"}}, "positions: expected one of all, prompt"),
+                                  ({"vllm_xargs": {"concept": "x" * 5000}}, "a value of 5000 characters")):
+                with pytest.raises(openai.BadRequestError, match=message):
+                    client.completions.create(model=target, prompt=CONTEXTS[0], max_tokens=1, extra_body=body)
+            check_mixed_steering_under_concurrency(client, target, ["sentiment12"], list(CONTEXTS))
+            intruder = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
+                                              headers={"Content-Type": "application/json"},
+                                              data=json.dumps({"model": target, "prompt": "x", "alpha": 3}).encode())
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(intruder, timeout=30)
+            assert refused.value.code == 401 and "x-contrans-steering" not in refused.value.headers
+            assert "sentiment" not in refused.value.read().decode()
+            bank = client.get("/contrans/steering", cast_to=object)
+            assert [entry["name"] for entry in bank["entries"]] == ["sentiment12"] and bank["positions"] == "all"
+            check_killed_server_leaves_no_process(server)
         finally:
             server.terminate()
             server.wait(timeout=60)
         log.seek(0)
         assert log.read().count("contrans: steering LlamaForCausalLM at block(s) [3]") == 2  # one per worker
+
+
+def check_killed_server_leaves_no_process(server: subprocess.Popen) -> None:
+    """`kill -9` of `contrans serve` gives vLLM no chance to stop its engine and workers: they end with it."""
+    import psutil
+
+    started = psutil.Process(server.pid).children(recursive=True)
+    assert len(started) >= 3  # the engine core and two tensor-parallel workers
+    server.kill()
+    server.wait(timeout=30)
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [process.cmdline() for process in alive]
+
+
+@pytest.mark.cli
+def test_contrans_serve_refuses_a_taken_port_and_an_unsplittable_model_before_any_work(artifacts, tmp_path):
+    """`vllm serve` would fail on each only after the build (27 minutes with an empty cache on the packaged pair)."""
+    target, artifact = artifacts["llama"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags, message in ((["--port", str(port), "--host", "127.0.0.1"], f"contrans: error: port: {port} on 127.0.0.1: "),
+                               (["--tensor-parallel-size", "3", "--port", str(free_port())],
+                                "contrans: error: tensor_parallel_size: 3: .* has 2 attention heads, .* give one of 1, 2")):
+            command = [sys.executable, "-m", "lm_eval_contrans.cli", "serve", "--target", target, "--vector", artifact,
+                       *flags]
+            started = time.time()
+            result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                    env=users_environment())
+            assert result.returncode == 2 and time.time() - started < 60
+            lines = [line for line in result.stderr.splitlines() if line.startswith("contrans: error")]
+            assert len(lines) == 1 and __import__("re").match(message, lines[0]), result.stderr[-2000:]
 
 
 @pytest.mark.cli
@@ -500,3 +598,73 @@ def test_the_packaged_pair_scores_and_generates_as_the_hf_path(packaged_sentimen
     torch.testing.assert_close(results["vllm"]["task"], results["hf"]["task"], atol=2e-3, rtol=0)
     assert results["vllm"]["margin"] == pytest.approx(results["hf"]["margin"], abs=1e-3)
     assert results["vllm"]["generations"] == results["hf"]["generations"]
+
+
+@pytest.mark.real
+def test_the_packaged_pair_served_with_two_concepts_steers_each_concurrent_request_as_sent_alone(packaged_sentiment, tmp_path):
+    """The README's `contrans serve` with two concepts on the packaged pair, in vLLM's default compiled mode: each
+    concept built once before the server starts (sentiment read from the cache the session's build filled), and
+    32 concurrent `openai` requests with mixed steering each equal to the same request sent alone."""
+    import openai
+
+    from conftest import PACKAGED_PAIR, skip_without_the_packaged_pair
+
+    skip_without_the_packaged_pair()
+    _, artifact = packaged_sentiment
+    anchors = artifact.parent / "anchors.txt"  # the session's seeded subset: its states are in the cache
+    port = free_port()
+    command = [sys.executable, "-m", "lm_eval_contrans.cli", "serve", "--source", PACKAGED_PAIR[0], "--target",
+               PACKAGED_PAIR[1], "--concepts", "sentiment+happiness", "--alpha", "0", "--anchors", str(anchors),
+               "--dtype", "float32", "--max-model-len", "256", "--kv-cache-memory-bytes", str(256 << 20),
+               "--port", str(port), "--host", "127.0.0.1"]
+    with open(tmp_path / "serve.log", "w+") as log:
+        server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=users_environment())
+        try:
+            wait_until_serving(server, port, log, timeout=900)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+            bank = client.get("/contrans/steering", cast_to=object)
+            assert [entry["name"] for entry in bank["entries"]] == ["sentiment", "happiness"]
+            assert [entry["default_alpha"] for entry in bank["entries"]] == [0.0, 0.0]
+            prompts = ["The food at that restaurant was", "My week has been", "The letter from my brother said"]
+            check_mixed_steering_under_concurrency(client, PACKAGED_PAIR[1], ["sentiment", "happiness"], prompts)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        log.seek(0)
+        assert "enforce_eager=True" not in log.read()
+
+
+def test_compare_on_one_vllm_engine_gives_the_hf_compare_table(tiny_llama_dir, vllm_llama_dir, small_inputs, tmp_path,
+                                                               monkeypatch):
+    """`contrans compare --engine vllm`: base, each alpha and the controls in one engine, each row's requests steered
+    as the row asks; every row's figures are the HF compare's (the source and prompt rows run on HF in both)."""
+    from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
+    from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+    starts = []
+    original = ConTransVLLM.__init__
+
+    def counted(self, *args, **kwargs):
+        starts.append(kwargs.get("vector"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConTransVLLM, "__init__", counted)
+    concept, anchors = small_inputs
+    common = dict(source=str(tiny_llama_dir), target=str(vllm_llama_dir), concept=concept, tasks=["contrans_sentiment"],
+                  alphas=[2.0, 40.0], limit=8, batch_size=8, device="cpu", build_options={"anchors": anchors},
+                  model_args={"dtype": "float32"})
+    by_engine = {"hf": run_compare(ComparePlan(out=tmp_path / "hf", **common)),
+                 "vllm": run_compare(ComparePlan(out=tmp_path / "vllm", engine="vllm", **common, engine_args={
+                     "max_model_len": 256, "kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}))}
+    assert len(starts) == 1 and len(starts[0]) == 3  # one engine; its bank: the transplant and the two controls
+    names = [row.name for row in by_engine["hf"]]
+    assert names == [row.name for row in by_engine["vllm"]] and len(names) == 8  # the set has no instruction: no prompt row
+    margins = {}
+    for name, hf_row, vllm_row in zip(names, by_engine["hf"], by_engine["vllm"]):
+        hf_results, vllm_results = hf_row.results["contrans_sentiment"], vllm_row.results["contrans_sentiment"]
+        assert vllm_results["acc,none"] == hf_results["acc,none"], name
+        assert vllm_results["margin,none"] == pytest.approx(hf_results["margin,none"], abs=2e-3), name
+        margins[name] = hf_results["margin,none"]
+    # the rows differ by more than 5 times the tolerance: a row steered with another row's direction would be caught
+    assert abs(margins["+ ConTrans α=40"] - margins["base target"]) > 0.01
+    assert abs(margins["random vector α=40"] - margins["+ ConTrans α=40"]) > 0.01

@@ -52,6 +52,8 @@ class ComparePlan:
     extra_metrics: tuple[str, ...] = ("margin",)  # shown next to each task's main metric when reported
     build_options: dict = field(default_factory=dict)  # plan_build's recipe and its overrides
     evaluate: dict = field(default_factory=dict)  # lm-eval's evaluation options (grid.EvalSettings.evaluate)
+    engine: str = "hf"  # what evaluates the steered rows: hf, or one vLLM engine (grid.EvalSettings.engine)
+    engine_args: dict = field(default_factory=dict)  # the vLLM engine's args (lm-eval's --model vllm args)
 
 
 def _alpha_name(alpha: float) -> str:
@@ -143,11 +145,15 @@ def run_compare(plan: ComparePlan) -> list[Row]:
         ConTransError: an argument is wrong (named) or the output folder cannot be written.
     """
     check_limit(plan.limit)
+    if plan.engine == "vllm":
+        from lm_eval_contrans.vllm.checks import require_vllm
+
+        require_vllm("contrans compare --engine vllm")
     device = plan.device or default_device()
     settings = EvalSettings(tasks=list(plan.tasks), limit=plan.limit, batch_size=plan.batch_size, device=device,
                             model_args=dict(plan.model_args), task_metadata=dict(plan.task_metadata),
                             include_path=[str(Path(path).resolve()) for path in plan.include_path],
-                            evaluate=dict(plan.evaluate))
+                            evaluate=dict(plan.evaluate), engine=plan.engine, engine_args=dict(plan.engine_args))
     grid = Grid(plan.out, settings)
     grid.check_tasks(plan.tasks)  # before the build, as lm_eval checks them before it loads a model
     check_chat_templates(plan)

@@ -100,6 +100,10 @@ class EvalSettings:
     # lm-eval's evaluation options (simple_evaluate's num_fewshot, apply_chat_template, fewshot_as_multiturn,
     # gen_kwargs, system_instruction), as `lm_eval` takes them on its command line
     evaluate: dict = field(default_factory=dict)
+    # what evaluates the steered rows: "hf" (ConTransLM), or "vllm" (one vLLM engine holding every steered row's
+    # directions, each row's requests tagged with its steering; `model_args` are then lm-eval's VLLM's)
+    engine: str = "hf"
+    engine_args: dict = field(default_factory=dict)  # the vLLM engine's (lm-eval's --model vllm args)
 
     def limit_of(self, task: str):
         return self.limit.get(task) if isinstance(self.limit, dict) else self.limit
@@ -198,6 +202,8 @@ class Grid:
         alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
         described = {"kind": row.kind, "model": row.model, "steering": steering_key, "alpha": alpha, "prefix": row.prefix}
         del settings["evaluate"]
+        if settings["engine"] == "hf":  # named only for another engine, so rows saved before it existed keep their keys
+            del settings["engine"], settings["engine_args"]
         options = self.evaluate_options(row)
         if options:  # named only when given, so rows saved before the option existed keep their keys
             described["evaluate"] = options
@@ -210,6 +216,8 @@ class Grid:
         names = [slug(row.name) for row in rows]
         if len(set(names)) != len(names):
             raise ConTransError("rows", f"row names must differ: {sorted(n for n in names if names.count(n) > 1)}")
+        if self.settings.engine == "vllm":
+            self._bank = VLLMBank([row for row in rows if row.steered and row.transplant is not None], self)
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "rows").mkdir(exist_ok=True)
         (self.folder / "rows" / "index.json").write_text(json.dumps(names, indent=1))
@@ -282,6 +290,8 @@ class Grid:
         from lm_eval_contrans.loading import parse_model_spec, pretrained_path
         from lm_eval_contrans.scoring import FastScoringHFLM
 
+        if row.steered and self.settings.engine == "vllm":
+            return self._vllm_model(row, artifact)
         if row.steered:
             transplants = [] if artifact is None else load_steering(artifact, "transplant")
             alphas = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else (row.alpha or 0.0)
@@ -298,7 +308,59 @@ class Grid:
             return PromptBaselineLM(prefix=row.prefix, **model_args)
         return FastScoringHFLM(**model_args)
 
+    def _vllm_model(self, row: GridRow, artifact: Path | None):
+        """The grid's one vLLM engine (started for the first steered row), every request tagged with this row's
+        steering."""
+        from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
+
+        if self._target_lm is None or self._target_lm[0] != row.model:
+            self._release_target()
+            args = {"batch_size": self.settings.batch_size, **self.settings.model_args, **self.settings.engine_args}
+            self._target_lm = (row.model, ConTransVLLM(target=row.model, vector=self._bank.directions,
+                                                       alpha=[0.0] * len(self._bank.directions), per_request=True,
+                                                       **args))
+        self._target_lm[1].use_steering(self._bank.steering_of(row, artifact))
+        return self._target_lm[1]
+
     def _release_target(self) -> None:
         if self._target_lm is not None:
+            engine = getattr(self._target_lm[1], "model", None)
+            if hasattr(getattr(engine, "llm_engine", None), "engine_core"):  # a vLLM engine's processes and memory
+                engine.llm_engine.engine_core.shutdown()
             self._target_lm = None
             gc.collect()
+
+
+class VLLMBank:
+    """The directions of every steered row of a grid, once each (by what steers: `Direction.steering_key`), each
+    under a name of its own in the engine's bank; a row asks for its own by name, at its alphas."""
+
+    def __init__(self, rows: list[GridRow], grid: Grid) -> None:
+        self.directions: list[Direction] = []
+        self._names: dict[str, str] = {}  # steering key -> bank name
+        for row in rows:
+            for direction in self._row_directions(row, grid.artifact_path(row.transplant)[0]):
+                self._name_of(direction)
+
+    @staticmethod
+    def _row_directions(row: GridRow, artifact: Path) -> list[Direction]:
+        return directions_of(load_steering(artifact, "transplant"))
+
+    def _name_of(self, direction: Direction) -> str:
+        import dataclasses
+
+        key = content_key(direction.steering_key())
+        if key not in self._names:
+            taken = set(self._names.values())
+            name = direction.name if direction.name not in taken else f"{direction.name}#{len(self.directions)}"
+            self._names[key] = name
+            self.directions.append(dataclasses.replace(direction, name=name))
+        return self._names[key]
+
+    def steering_of(self, row: GridRow, artifact: Path | None) -> dict:
+        """The row's request steering: its directions by bank name, each at the row's alpha for it (0 for all: base)."""
+        if artifact is None:
+            return {"alpha": 0}
+        directions = self._row_directions(row, artifact)
+        alphas = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else [row.alpha or 0.0] * len(directions)
+        return {"concept": [self._name_of(direction) for direction in directions], "alpha": [float(a) for a in alphas]}

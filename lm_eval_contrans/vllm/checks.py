@@ -77,7 +77,47 @@ def _check_cpu_memory(engine_args: dict) -> None:
     fraction = float(engine_args.get("gpu_memory_utilization", default))
     memory = psutil.virtual_memory()
     if memory.total * fraction > memory.available:
+        fits = int(memory.available / memory.total * 0.9 * 100) / 100  # a tenth of what is free left to the model
+        advice = f"gpu_memory_utilization={fits:g} fits" if fits >= 0.05 else "too little is free for any share"
         raise ConTransError("gpu_memory_utilization", f"{fraction}: on a CPU, vLLM reserves this share of the "
                                                       f"machine's memory ({memory.total * fraction / 2**30:.1f} GiB), and "
-                                                      f"{memory.available / 2**30:.1f} GiB is free; give a smaller share "
-                                                      "(e.g. gpu_memory_utilization=0.5) or kv_cache_memory_bytes")
+                                                      f"{memory.available / 2**30:.1f} GiB is free; {advice}, or give "
+                                                      "kv_cache_memory_bytes (the KV cache's size in bytes)")
+
+
+def check_serve_arguments(target, vllm_arguments: list[str], option) -> None:
+    """What `vllm serve` would fail on only after the build: the port taken, a tensor-parallel size that does not
+    divide the model's attention heads.
+
+    Args:
+        target: the target's ModelSpec.
+        vllm_arguments: the flags passed on to `vllm serve`.
+        option: reads a flag's value from them (`serve._option`).
+    """
+    import socket
+
+    if option(vllm_arguments, "--uds") is None:
+        host, port = option(vllm_arguments, "--host") or "0.0.0.0", option(vllm_arguments, "--port") or "8000"
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as vLLM binds: a closed server's port is free
+            try:
+                probe.bind((host, int(port)))
+            except OSError as taken:
+                raise ConTransError("port", f"{port} on {host}: {taken.strerror} (another server on it?); give "
+                                            "--port with a free one") from None
+    size = option(vllm_arguments, "--tensor-parallel-size") or option(vllm_arguments, "-tp")
+    if size is not None:
+        _check_tensor_parallel(target, int(size))
+
+
+def _check_tensor_parallel(target, size: int) -> None:
+    from lm_eval_contrans.pipeline.depth import load_config
+
+    config = load_config(target)
+    text = getattr(config, "text_config", None) or config
+    heads = getattr(text, "num_attention_heads", None)
+    if isinstance(heads, int) and heads % size:
+        splits = [count for count in range(1, heads + 1) if heads % count == 0]
+        raise ConTransError("tensor_parallel_size", f"{size}: {target.name} has {heads} attention heads, which vLLM "
+                                                    f"splits evenly across its workers; give one of "
+                                                    f"{', '.join(map(str, splits))}")

@@ -46,8 +46,9 @@ class ConTransVLLM(VLLM):
     gpu_memory_utilization, max_model_len, dtype, enforce_eager, ...)."""
 
     def __init__(self, target: str | None = None, pretrained: str | None = None, dtype: str = "auto",
-                 **model_args) -> None:
+                 per_request: bool | str = False, **model_args) -> None:
         require_vllm("--model contrans-vllm")
+        self.request_steering: dict | None = None  # the steering every request is tagged with (`use_steering`)
         args = TransplantArgs.take(model_args, engine_arg_names())  # the rest is lm-eval's VLLM's (and vLLM's)
         refuse_what_vllm_cannot_do(args, model_args)
         self.positions = check_positions(args.positions)
@@ -61,14 +62,46 @@ class ConTransVLLM(VLLM):
                                            strict_name=as_bool(args.check_target_name, "check_target_name"))
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
-        # alpha 0 everywhere: no bank, so the engine is exactly `--model vllm`'s
-        self.steering = bank_entry(self.directions, self.alphas, self.positions, facts) if any(self.alphas) else None
+        # alpha 0 everywhere, and no request to steer otherwise: no bank, so the engine is exactly `--model vllm`'s
+        banked = any(self.alphas) or as_bool(per_request, "per_request")
+        self.steering = bank_entry(self.directions, self.alphas, self.positions, facts) if banked else None
         if self.steering:
             model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: self.steering}
             allow_plugin()
         super().__init__(pretrained=pretrained_path(target_spec), dtype=dtype, **target_spec.load_kwargs, **model_args)
         if self.steering and self.data_parallel_size <= 1:  # with data parallel, lm-eval starts each replica's engine per request batch
             check_steered(self.model, self.steering)
+
+    def use_steering(self, request_steering: dict | None) -> None:
+        """Tag every request from now on with this steering (the keys of `vllm_xargs`: concept, alpha, positions;
+        None: the engine's default), checked against the bank now. One engine then evaluates one steering after
+        another (`contrans compare --engine vllm`), each without a restart.
+
+        Raises:
+            ConTransError: the engine has no bank (give per_request=True), or the bank cannot honour the steering.
+        """
+        from lm_eval_contrans.vllm.crossing import bank_of
+        from lm_eval_contrans.vllm.request_steering import steering_of
+
+        if request_steering is not None:
+            if not self.steering:
+                raise ConTransError("per_request", "this engine was started unsteered (every alpha 0): give "
+                                                   "per_request=True to steer its requests")
+            steering_of(bank_of(self.steering), request_steering)
+        self.request_steering = request_steering
+
+    def _model_generate(self, requests, generate: bool = False, sampling_params=None):
+        if self.request_steering is None:
+            return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+        from vllm import SamplingParams
+
+        if not generate or sampling_params is None:  # lm-eval's own scoring parameters, tagged
+            sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+        tagged = [params.clone() for params in (sampling_params if isinstance(sampling_params, list)
+                                               else [sampling_params] * len(requests))]
+        for params in tagged:
+            params.extra_args = {**(params.extra_args or {}), **self.request_steering}
+        return super()._model_generate(requests, generate=True, sampling_params=tagged)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         return self._finite(super().loglikelihood(requests, disable_tqdm=disable_tqdm))

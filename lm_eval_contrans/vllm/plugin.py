@@ -32,6 +32,7 @@ COEFFICIENTS = "contrans_coefficients"
 REPORT_METHOD = "contrans_steering_report"
 NON_FINITE_METHOD = "contrans_non_finite_report"
 NON_FINITE_FLAG = "contrans_non_finite_logits"
+SERVER_VARIABLE = "CONTRANS_SERVE_PID"  # set by `contrans serve`: the processes vLLM starts end with the server
 logger = logging.getLogger("vllm.contrans")
 
 
@@ -46,8 +47,27 @@ def register() -> None:
     except ConTransError as untested:  # vLLM without us; our engines refuse to start with this line
         logger.warning("contrans: the steering plugin is not loaded: %s", untested)
         return
+    _end_with_the_server()
     _steer_workers()
     _check_requests()
+
+
+def _end_with_the_server() -> None:
+    """In a process `contrans serve`'s vLLM started (its engine core, each worker): end when the process that
+    started it ends, even by `kill -9`, which gives vLLM no chance to stop them (they would go on holding the
+    model's memory). Linux's parent-death signal; SIGTERM lets vLLM shut down as on Ctrl-C."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    server = os.environ.get(SERVER_VARIABLE)
+    if not server or str(os.getpid()) == server or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _steer_workers() -> None:
@@ -81,10 +101,12 @@ def _check_requests() -> None:
     process_inputs = InputProcessor.process_inputs
 
     def process_with_steering(self, request_id, prompt, params, *args, **kwargs):
+        from vllm import SamplingParams
+
         from lm_eval_contrans.vllm.crossing import CONFIG_KEY, bank_of
 
         entry = (self.vllm_config.additional_config or {}).get(CONFIG_KEY)
-        if not entry or getattr(params, "extra_args", False) is False:  # unsteered, or a pooling request
+        if not entry or not isinstance(params, SamplingParams):  # an unsteered engine, or a pooling request
             return process_inputs(self, request_id, prompt, params, *args, **kwargs)
         steering = checked_request_steering(bank_of(entry), params.extra_args)
         request = process_inputs(self, request_id, prompt, params, *args, **kwargs)

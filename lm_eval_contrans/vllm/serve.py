@@ -43,11 +43,13 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     from lm_eval_contrans.pipeline.recipe import as_bool
     from lm_eval_contrans.steering import check_positions
     from lm_eval_contrans.transplant_args import check_for_target, engine_target_spec, prepare_transplants, target_facts
-    from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do, require_vllm
+    from lm_eval_contrans.vllm.checks import check_serve_arguments, refuse_what_vllm_cannot_do, require_vllm
     from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, bank_entry
+    from lm_eval_contrans.vllm.plugin import SERVER_VARIABLE
 
     require_vllm("contrans serve")
     target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
+    check_serve_arguments(target, vllm_arguments, _option)
     memory = {name.removeprefix("--").replace("-", "_"): _option(vllm_arguments, name)
               for name in ("--gpu-memory-utilization", "--kv-cache-memory-bytes")}
     refuse_what_vllm_cannot_do(transplant, {name: value for name, value in memory.items() if value is not None})
@@ -66,6 +68,7 @@ def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[
     if _option(vllm_arguments, "--served-model-name") is None:
         command += ["--served-model-name", target.name]  # not the cache folder a GGUF was de-quantized into
     os.environ[BANK_VARIABLE] = json.dumps(entry["bank"])
+    os.environ[SERVER_VARIABLE] = str(os.getpid())  # the server keeps this process's id (`contrans serve` execs it)
     allow_plugin()
     return command
 
