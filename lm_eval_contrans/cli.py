@@ -94,6 +94,10 @@ def _add_compare(commands) -> None:
     compare.add_argument("--gen_kwargs", "--gen-kwargs", default=None, help="as for lm_eval, e.g. temperature=0,max_gen_toks=64")
     compare.add_argument("--system_instruction", "--system-instruction", default=None, help="as for lm_eval")
     compare.add_argument("--no-controls", action="store_true", help="skip the random, own-vector and prompt rows")
+    compare.add_argument("--random-directions", "--random_directions", type=int, default=8,
+                         help="random directions at each alpha (the band; 1: a single random row, seed --seed)")
+    compare.add_argument("--allow-large-band", action="store_true",
+                         help="run a band of more than 64 random directions (each is a row per alpha)")
     compare.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                          help="what evaluates the steered rows (base, each alpha, the controls): hf, or one vLLM "
                               "engine for all of them, each row's requests steered as it asks (docs/VLLM.md)")
@@ -200,6 +204,10 @@ def _check_before_work(args) -> None:
     if repeated is not None:  # each alpha is a row of the grid, named by it: found only after the build otherwise
         raise ConTransError("alphas", f"{repeated:g} is given twice ({' '.join(f'{a:g}' for a in alphas)}); each "
                                       "alpha makes one row of the table, so give each once")
+    if args.command == "compare":
+        from lm_eval_contrans.experiments.compare import check_random_directions
+
+        check_random_directions(args.random_directions, args.alphas, args.allow_large_band)
     if args.command in ("build", "port", "export"):  # after the numbers: a folder checked writable is made
         writable_output(args.out, "out")
     elif args.command in ("compare", "table") and args.out:
@@ -270,7 +278,6 @@ def _run_folder(args, rest) -> None:
 
 def _run_compare(args, rest) -> None:
     from lm_eval_contrans.experiments.compare import ComparePlan, run_compare
-    from lm_eval_contrans.experiments.report import markdown_table
 
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
@@ -285,9 +292,11 @@ def _run_compare(args, rest) -> None:
         include_path=args.include_path,
         extra_metrics=tuple(args.also_metrics), build_options=_recipe_options(args),
         evaluate={option: getattr(args, option) for option in EVALUATE_OPTIONS if getattr(args, option) is not None},
-        engine=args.engine, engine_args=_engine_args(args),
+        engine=args.engine, engine_args=_engine_args(args), random_directions=args.random_directions,
+        allow_large_band=args.allow_large_band,
     )
-    print(markdown_table(run_compare(plan), plan.extra_metrics))
+    run_compare(plan)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))  # the table, paired tests and verdicts
     print(f"wrote {Path(args.out) / 'table.md'}, table.csv, plots/ and rows/")
 
 
@@ -334,14 +343,15 @@ def _run_serve(args, rest) -> None:
 
 
 def _run_table(args, rest) -> None:
-    from lm_eval_contrans.experiments.report import markdown_table, rows_from_folder, write_report
+    from lm_eval_contrans.experiments.report import report_markdown, rows_from_folder, write_report
 
     rows = [row for folder in args.folders for row in rows_from_folder(Path(folder))]
     if not rows:
         raise ConTransError("folders", "no lm-eval results (results_*.json or row.json) found")
-    print(markdown_table(rows, tuple(args.also_metrics)))
-    if args.out:
-        write_report(rows, Path(args.out), extra_metrics=tuple(args.also_metrics))
+    if args.out:  # the table, paired tests and verdicts written there, and printed as written
+        print(write_report(rows, Path(args.out), extra_metrics=tuple(args.also_metrics)).read_text(encoding="utf-8"))
+    else:
+        print(report_markdown(rows, tuple(args.also_metrics)))
 
 
 COMMANDS = {"build": _run_build, "port": _run_port, "inspect": _run_inspect, "concepts": _run_concepts,

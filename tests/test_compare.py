@@ -22,7 +22,7 @@ def grid(tiny_llama_dir, tiny_gpt2_dir, tmp_path_factory):
     plan = ComparePlan(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment",
                        tasks=["contrans_sentiment", "contrans_facts"], alphas=[1.0, 40.0],
                        instruct=str(tiny_llama_dir), out=tmp_path_factory.mktemp("compare"), limit=4, batch_size=4,
-                       device="cpu")
+                       device="cpu", random_directions=1)  # one random row per alpha; the band: test_paired.py
     return plan, run_compare(plan)
 
 
@@ -31,16 +31,18 @@ def test_rows_and_columns(grid):
     assert [row.name for row in rows] == [
         "base target", "+ ConTrans α=1", "+ ConTrans α=40", "random vector α=1", "target's own vector α=1",
         "random vector α=40", "target's own vector α=40", "prompt baseline", "source", f"instruct ({plan.instruct})"]
-    table = (plan.out / "table.md").read_text()
+    table = (plan.out / "table.md").read_text().split("\n\n")[0]  # the main table; the paired tests follow
     header = table.splitlines()[0]
     # each task's main metric is the first of its YAML's metric_list: contrans_facts lists acc, then acc_norm
     assert "contrans_facts (acc) | contrans_sentiment (acc_norm) | contrans_sentiment (margin)" in header
     assert "heldout_r2" in header and "cos_to_own" in header
     assert len(table.splitlines()) == 2 + len(rows)
     csv_lines = (plan.out / "table.csv").read_text().splitlines()
-    assert csv_lines[0] == ("model,kind,alpha,contrans_facts/acc,contrans_facts/acc_stderr,contrans_sentiment/acc_norm,"
-                            "contrans_sentiment/acc_norm_stderr,contrans_sentiment/margin,"
-                            "contrans_sentiment/margin_stderr,cos_to_own,heldout_r2")
+    paired = ("vs_base,vs_base_low,vs_base_high,vs_base_p,vs_band,vs_band_low,vs_band_high,vs_band_p,in_band,band_low,"
+              "band_high").split(",")
+    assert csv_lines[0] == ",".join(["model", "kind", "alpha"] + [
+        f"{column}{suffix}" for column in ("contrans_facts/acc", "contrans_sentiment/acc_norm", "contrans_sentiment/margin")
+        for suffix in ("", "_stderr", *(f"/{name}" for name in paired))] + ["cos_to_own", "heldout_r2"])
     assert len(csv_lines) == 1 + len(rows)
     png = (plan.out / "plots" / "contrans_sentiment.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -174,7 +176,7 @@ def test_lm_evals_evaluation_options_reach_every_row_and_a_chat_model_reads_the_
     monkeypatch.setattr(lm_eval, "simple_evaluate", recording)
     plan = ComparePlan(source=str(source), target=str(target), concept=str(with_instruction), tasks=["contrans_tiny_choice"],
                        alphas=[60.0], out=tmp_path / "compare", limit=2, batch_size=4, device="cpu",
-                       include_path=[str(task_dir)], build_options={"anchors": anchors},
+                       include_path=[str(task_dir)], build_options={"anchors": anchors}, random_directions=1,
                        evaluate={"apply_chat_template": True, "num_fewshot": 1, "system_instruction": "Be brief."})
     rows = run_compare(plan)
     names = [row.name for row in rows]

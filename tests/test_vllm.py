@@ -652,7 +652,7 @@ def test_compare_on_one_vllm_engine_gives_the_hf_compare_table(tiny_llama_dir, v
     concept, anchors = small_inputs
     common = dict(source=str(tiny_llama_dir), target=str(vllm_llama_dir), concept=concept, tasks=["contrans_sentiment"],
                   alphas=[2.0, 40.0], limit=8, batch_size=8, device="cpu", build_options={"anchors": anchors},
-                  model_args={"dtype": "float32"})
+                  model_args={"dtype": "float32"}, random_directions=1)
     by_engine = {"hf": run_compare(ComparePlan(out=tmp_path / "hf", **common)),
                  "vllm": run_compare(ComparePlan(out=tmp_path / "vllm", engine="vllm", **common, engine_args={
                      "max_model_len": 256, "kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}))}

@@ -1,14 +1,16 @@
 """`contrans compare`: one grid of lm-eval runs, the table a user pastes into a paper.
 
-Rows: the base target; target + transplanted concept at each alpha; the two vector controls at
-each alpha (a seeded random vector of the same norm, the target's own concept vector); the prompt
+Rows: the base target; target + transplanted concept at each alpha; the vector controls at each
+alpha (a band of K seeded random vectors of the same norm, the target's own concept vector); the prompt
 baseline (the concept's instruction as a prefix, or as the system instruction under a chat template);
 the source; optionally an instruction-tuned target. Every row is evaluated with the same lm-eval
 options (few-shot count, chat template, generation arguments, system instruction). The rows run on
 the experiment grid (grid.py): each is stored with the key of every setting that determines it, so
 an interrupted comparison resumes, and one rerun with other settings runs again instead of reusing
 rows it does not match. The transplant is keyed the same way: a rerun with another recipe, layer or
-concept builds again.
+concept builds again. Each task's main metric (and the extra metrics) is kept per document, so that the
+report pairs every row with the base target and with the random band's mean (paired.py) and writes a
+verdict per column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from lm_eval_contrans.artifact import load_transplant, save_transplant
 from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.cache import content_key
+from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow, check_limit
@@ -54,10 +57,49 @@ class ComparePlan:
     evaluate: dict = field(default_factory=dict)  # lm-eval's evaluation options (grid.EvalSettings.evaluate)
     engine: str = "hf"  # what evaluates the steered rows: hf, or one vLLM engine (grid.EvalSettings.engine)
     engine_args: dict = field(default_factory=dict)  # the vLLM engine's args (lm-eval's --model vllm args)
+    random_directions: int = 8  # the random band: seeds seed, seed + 1, ... at each alpha (1: one random row)
+    allow_large_band: bool = False  # run a band above MAX_RANDOM_DIRECTIONS
+
+
+MAX_RANDOM_DIRECTIONS = 64  # above this a band is refused unless asked for: it costs that many rows per alpha
 
 
 def _alpha_name(alpha: float) -> str:
     return f"{alpha:g}"
+
+
+def check_random_directions(count: int, alphas: list[float], allow_large: bool = False) -> None:
+    """The random band's size, checked before any model loads: at least 1, and not so many that the grid runs
+    hundreds of rows unasked.
+
+    Args:
+        count: random directions per alpha.
+        alphas: the plan's alphas.
+        allow_large: run a band above `MAX_RANDOM_DIRECTIONS` all the same.
+
+    Raises:
+        ConTransError: the count is below 1, or large and not allowed.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConTransError("random_directions", f"{count!r}: give --random-directions 1 or more (1 is a single "
+                                                 "random row, 8 a band); --no-controls leaves the controls out")
+    if count > MAX_RANDOM_DIRECTIONS and not allow_large:
+        rows = count * len(alphas)
+        raise ConTransError("random_directions", f"{count} directions at {len(alphas)} alpha(s) run {rows} random rows, "
+                                                 f"each as long as a transplant row ({count}x the transplant rows' time); "
+                                                 "give --allow-large-band to run them, or fewer directions")
+
+
+def random_band(transplant: Transplant, plan: ComparePlan, own: Direction, alpha: float) -> list[GridRow]:
+    """The random directions at one alpha: seeds plan.seed, plan.seed + 1, ...; the first is named as the single random
+    row was, so a band reuses the row a one-direction compare saved (rows are stored by name, keyed by the vector)."""
+    rows = []
+    for seed in range(plan.seed, plan.seed + plan.random_directions):
+        random = random_control(transplant, seed)
+        name = f"random vector α={_alpha_name(alpha)}" + ("" if seed == plan.seed else f" (seed {seed})")
+        rows.append(GridRow(name, "random", plan.target, random, alpha,
+                            diagnostics={"cos_to_own": cosine(random.vector, own.vector)}))
+    return rows
 
 
 def _models(plan: ComparePlan) -> tuple[ModelSpec, ModelSpec]:
@@ -85,21 +127,19 @@ def compare_rows(plan: ComparePlan, transplant: Transplant, device: str) -> list
     concept = load_concept_set(plan.concept)
     diagnostics = {"heldout_r2": transplant.heldout_r2}
     rows = [GridRow("base target", "base", plan.target, alpha=0.0)]
-    own = random = None
+    own = None
     if plan.controls:
         from lm_eval_contrans.anchors import load_anchor_texts
 
         anchor_texts, _ = load_anchor_texts(transplant.anchors if transplant.anchors != "default" else None)
         own = own_control(transplant, target_own_vector(transplant, concept, anchor_texts, device=device,
                                                         target=_models(plan)[1]))
-        random = random_control(transplant, plan.seed)
         diagnostics["cos_to_own"] = cosine(transplant.vector, own.vector)
     rows += [GridRow(f"+ ConTrans α={_alpha_name(alpha)}", "contrans", plan.target, transplant, alpha,
                      diagnostics=dict(diagnostics)) for alpha in plan.alphas]
     if plan.controls:
         for alpha in plan.alphas:
-            rows.append(GridRow(f"random vector α={_alpha_name(alpha)}", "random", plan.target, random, alpha,
-                                diagnostics={"cos_to_own": cosine(random.vector, own.vector)}))
+            rows += random_band(transplant, plan, own, alpha)
             rows.append(GridRow(f"target's own vector α={_alpha_name(alpha)}", "own", plan.target, own, alpha))
         if concept.instruction and plan.evaluate.get("apply_chat_template"):
             # a prefix would stand before the chat template's own opening; the instruction goes where a chat model
@@ -144,6 +184,7 @@ def run_compare(plan: ComparePlan) -> list[Row]:
     Raises:
         ConTransError: an argument is wrong (named) or the output folder cannot be written.
     """
+    check_random_directions(plan.random_directions, plan.alphas, plan.allow_large_band)
     check_limit(plan.limit)
     if plan.engine == "vllm":
         from lm_eval_contrans.vllm.checks import require_vllm
@@ -153,11 +194,12 @@ def run_compare(plan: ComparePlan) -> list[Row]:
     settings = EvalSettings(tasks=list(plan.tasks), limit=plan.limit, batch_size=plan.batch_size, device=device,
                             model_args=dict(plan.model_args), task_metadata=dict(plan.task_metadata),
                             include_path=[str(Path(path).resolve()) for path in plan.include_path],
-                            evaluate=dict(plan.evaluate), engine=plan.engine, engine_args=dict(plan.engine_args))
+                            evaluate=dict(plan.evaluate), engine=plan.engine, engine_args=dict(plan.engine_args),
+                            paired_metrics=tuple(plan.extra_metrics))  # main metrics and these, per document
     grid = Grid(plan.out, settings)
     grid.check_tasks(plan.tasks)  # before the build, as lm_eval checks them before it loads a model
     check_chat_templates(plan)
     transplant = _built(plan, device)
     rows = grid.run(compare_rows(plan, transplant, device))
-    write_report(rows, Path(plan.out), extra_metrics=tuple(plan.extra_metrics))
+    write_report(rows, Path(plan.out), extra_metrics=tuple(plan.extra_metrics), concept=transplant.concept)
     return rows

@@ -20,6 +20,7 @@ import gc
 import hashlib
 import json
 import logging
+import numbers
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,24 @@ def check_limit(limit: int | float | dict | None, argument: str = "limit") -> No
         if value is not None and not float(value) > 0:
             raise ConTransError(argument, f"{float(value):g} evaluates no documents: give a count of documents (1 or "
                                           "more) or a fraction of each task between 0 and 1, or leave it out")
+
+
+def per_document_scores(samples: list[dict], metrics: Iterable[str]) -> dict:
+    """{metric: score of each document} from lm-eval's logged samples (in doc_id order), for the metrics that are a
+    number per document; a metric lm-eval scores on the whole task (a per-document tuple for BLEU, say) is left out.
+
+    Args:
+        samples: lm-eval's samples of one task, by doc_id.
+        metrics: the metrics wanted.
+
+    Returns:
+        The scores.
+    """
+    def number(value) -> bool:  # a Python or NumPy scalar (a 0-d array too), not a tuple or a string
+        return isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0
+
+    return {metric: [float(sample[metric]) for sample in samples] for metric in metrics
+            if samples and all(metric in sample and number(sample[metric]) for sample in samples)}
 
 
 def slug(name: str) -> str:
@@ -97,6 +116,9 @@ class EvalSettings:
     include_path: list[str] = field(default_factory=list)
     bootstrap_iters: int = 1000
     per_document: tuple[str, ...] = ()  # metrics to keep per document (by doc_id), for paired comparisons
+    # when set, each task's main metric and these metrics are kept per document too (`contrans compare`'s paired
+    # tests); left out of a row's key: it keeps more of a run and changes none of its results
+    paired_metrics: tuple[str, ...] | None = None
     # lm-eval's evaluation options (simple_evaluate's num_fewshot, apply_chat_template, fewshot_as_multiturn,
     # gen_kwargs, system_instruction), as `lm_eval` takes them on its command line
     evaluate: dict = field(default_factory=dict)
@@ -201,7 +223,7 @@ class Grid:
             settings["limit"] = {task: self.settings.limit_of(task) for task in settings["tasks"]}
         alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
         described = {"kind": row.kind, "model": row.model, "steering": steering_key, "alpha": alpha, "prefix": row.prefix}
-        del settings["evaluate"]
+        del settings["evaluate"], settings["paired_metrics"]
         if settings["engine"] == "hf":  # named only for another engine, so rows saved before it existed keep their keys
             del settings["engine"], settings["engine_args"]
         options = self.evaluate_options(row)
@@ -240,24 +262,29 @@ class Grid:
             except ConTransError as damaged:  # a run killed while writing it: the row is run again
                 logger.warning("%s; running row %r again", damaged, row.name)
                 saved = {}
-            if saved.pop("key", None) == key:
+            if saved.pop("key", None) == key and not self._lacks_documents(saved):
                 self.reused.append(row.name)
                 return Row(**saved)
-            logger.info("row %r was run with other settings; running it again", row.name)
+            logger.info("row %r was run with other settings or without per-document scores; running it again",
+                        row.name)
         started = time.perf_counter()
-        results, configs, documents = self._evaluate(row, path)
+        results, configs, documents, hashes = self._evaluate(row, path)
         self.seconds[row.name] = time.perf_counter() - started
         artifact = None if path is None else (path.relative_to(self.folder).as_posix()
                                               if path.is_relative_to(self.folder) else str(path))
         result = Row(row.name, results, row.kind, row.alpha, dict(row.diagnostics), main_metrics_of(configs), documents,
-                     artifact)
+                     artifact, hashes)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps({"results": results, "configs": configs}, indent=1,
                                                         default=str))
         stored.write_text(json.dumps({**result.to_json(), "key": key}, indent=1))
         return result
 
-    def _evaluate(self, row: GridRow, artifact: Path | None) -> tuple[dict, dict, dict]:
+    def _lacks_documents(self, saved: dict) -> bool:
+        """A saved row without the per-document scores these settings keep (saved before paired tests): run again."""
+        return self.settings.paired_metrics is not None and bool(saved.get("results")) and not saved.get("per_document")
+
+    def _evaluate(self, row: GridRow, artifact: Path | None) -> tuple[dict, dict, dict, dict]:
         import lm_eval
 
         lm = self._model(row, artifact)
@@ -265,21 +292,29 @@ class Grid:
         by_limit: dict = {}
         for task in tasks:
             by_limit.setdefault(self.settings.limit_of(task), []).append(task)
-        results, configs, documents = {}, {}, {}
-        wanted = self.settings.per_document
+        results, configs, documents, hashes = {}, {}, {}, {}
+        logged = bool(self.settings.per_document) or self.settings.paired_metrics is not None
         for limit, group in by_limit.items():
             with environment_described_once():
                 output = lm_eval.simple_evaluate(model=lm, tasks=sorted(group), task_manager=self.task_manager,
                                                  limit=limit, bootstrap_iters=self.settings.bootstrap_iters,
-                                                 log_samples=bool(wanted), verbosity="ERROR", **self.evaluate_options(row))
+                                                 log_samples=logged, verbosity="ERROR", **self.evaluate_options(row))
             results.update(output["results"])
             configs.update({task: {"metric_list": config.get("metric_list", [])}
                             for task, config in output.get("configs", {}).items()})
+            main = main_metrics_of(configs)
             for task, samples in (output.get("samples") or {}).items():
                 ordered = sorted(samples, key=lambda sample: sample["doc_id"])
-                documents[task] = {metric: [float(sample[metric]) for sample in ordered]
-                                   for metric in wanted if ordered and metric in ordered[0]}
-        return results, configs, documents
+                documents[task] = per_document_scores(ordered, self._kept_metrics(main.get(task)))
+                if self.settings.paired_metrics is not None:
+                    hashes[task] = content_key([[sample["doc_id"], sample.get("doc_hash")] for sample in ordered])
+        return results, configs, documents, hashes
+
+    def _kept_metrics(self, main: str | None) -> list[str]:
+        kept = list(self.settings.per_document)
+        if self.settings.paired_metrics is not None:
+            kept += [metric for metric in (main, *self.settings.paired_metrics) if metric and metric not in kept]
+        return kept
 
     def _hf_args(self) -> dict:
         return {"device": self.settings.device, "batch_size": self.settings.batch_size, **self.settings.model_args}

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.experiments.paired import (RESAMPLES, Analysis, RowTests, alpha_key, alpha_text, analyse, bands_of,
+                                                 format_p, format_test, verdicts)
 from lm_eval_contrans.paths import safe_name
 
 # For results without their task's config (a group's aggregate, an old file): the first of these present.
@@ -31,11 +33,12 @@ class Row:
     main_metrics: dict = field(default_factory=dict)  # task -> the first metric of its YAML
     per_document: dict = field(default_factory=dict)  # task -> metric -> score of each document, by doc_id
     artifact: str | None = None  # the steering vector's file, relative to the grid folder
+    document_hashes: dict = field(default_factory=dict)  # task -> digest of its documents: paired rows share it
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "alpha": self.alpha, "diagnostics": self.diagnostics,
                 "results": self.results, "main_metrics": self.main_metrics, "per_document": self.per_document,
-                "artifact": self.artifact}
+                "artifact": self.artifact, "document_hashes": self.document_hashes}
 
     def value(self, task: str, metric: str) -> float | None:
         """A metric's value in this row, None where the row lacks it."""
@@ -98,59 +101,202 @@ def columns_of(rows: list[Row], extra_metrics: tuple[str, ...] = ()) -> list[tup
 
 
 def markdown_table(rows: list[Row], extra_metrics: tuple[str, ...] = ()) -> str:
+    """The main table: a line per row, except the random directions at one alpha, which are one band line (mean and
+    spread) where there are several.
+
+    Args:
+        rows: the rows.
+        extra_metrics: metrics shown beside each task's main metric.
+
+    Returns:
+        Markdown.
+    """
     columns = columns_of(rows, extra_metrics)
     diagnostics = sorted({key for row in rows for key in row.diagnostics})
     header = ["model", *(f"{task} ({metric})" for task, metric in columns), *diagnostics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    shown = set()
     for row in rows:
+        if band_size(rows, row) > 1:
+            if alpha_key(row.alpha) not in shown:
+                shown.add(alpha_key(row.alpha))
+                lines.append(_band_line(rows, alpha_key(row.alpha), columns, len(diagnostics)))
+            continue
         cells = [row.name, *(_cell(*score(row, task, metric)[:2]) for task, metric in columns)]
         cells += [f"{row.diagnostics[key]:.3f}" if isinstance(row.diagnostics.get(key), float) else "" for key in diagnostics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[Row], path: Path, extra_metrics: tuple[str, ...] = ()) -> None:
+def band_size(rows: list[Row], row: Row) -> int:
+    """How many random directions share `row`'s alpha (0 unless `row` is one of them)."""
+    if row.kind != "random" or row.alpha is None:
+        return 0
+    return sum(other.kind == "random" and alpha_key(other.alpha) == alpha_key(row.alpha) for other in rows)
+
+
+def band_name(alpha, size: int) -> str:
+    return f"random band α={alpha_text(alpha)} ({size} directions)"
+
+
+def _band_line(rows: list[Row], alpha, columns: list[tuple[str, str]], blanks: int) -> str:
+    size = sum(row.kind == "random" and alpha_key(row.alpha) == alpha for row in rows)
+    cells = [band_name(alpha, size)]
+    for task, metric in columns:
+        band = bands_of(rows, task, metric).get(alpha)
+        cells.append("—" if band is None else f"{band.mean:.3f} [{band.spread[0]:.3f}–{band.spread[1]:.3f}]")
+    return "| " + " | ".join(cells + [""] * blanks) + " |"
+
+
+def paired_markdown(analysis: Analysis, lines: list[str]) -> str:
+    """The paired tests (a table per column) and the verdicts, as Markdown.
+
+    Args:
+        analysis: the paired tests (`paired.analyse`).
+        lines: the verdict lines (`paired.verdicts`).
+
+    Returns:
+        Markdown.
+    """
+    text = ["## Paired tests", "", PAIRED_METHOD, ""]
+    for (task, metric), entries in analysis.tests.items():
+        text += [f"### {task} ({metric})", ""]
+        note = analysis.notes.get((task, metric))
+        if note:
+            text += [note, ""]
+        if not note or any(entry.band for entry in entries):
+            text += ["| row | score | vs base target | p | vs random band's mean | p | in band |",
+                     "|---|---|---|---|---|---|---|"]
+            text += [_paired_line(entry) for entry in entries] + [""]
+        bands = analysis.bands.get((task, metric)) or {}
+        text += [f"Random band at α={alpha_text(alpha)}: mean {band.mean:.3f}, {band.spread_name} "
+                 f"{band.spread[0]:.3f}–{band.spread[1]:.3f} ({len(band.values)} directions)" for alpha, band in bands.items()]
+        text += [""] if bands else []
+    return "\n".join(text + ["## Verdicts", ""] + [f"- {line}" for line in lines]) + "\n"
+
+
+PAIRED_METHOD = ("Each row against the base target and against the mean of the random directions at its alpha, on the "
+                 "same documents: the mean per-document difference with its 95 % interval (paired bootstrap over "
+                 f"documents, {RESAMPLES:,} resamples, seeded) and the two-sided p-value of a paired permutation "
+                 "(sign-flip) test; the band's mean per document is the mean of its directions' scores of it.")
+
+
+def _paired_line(entry: RowTests) -> str:
+    value = "—" if entry.value is None else f"{entry.value:.3f}"
+    cells = [entry.row, value]
+    for test in (entry.vs_base, entry.vs_band):
+        cells += ["—", ""] if test is None else [format_test(test).replace("95 % CI ", ""), format_p(test.p_value)]
+    cells.append(entry.band.place(entry.value) if entry.band is not None and entry.value is not None else "")
+    return "| " + " | ".join(cells) + " |"
+
+
+def report_markdown(rows: list[Row], extra_metrics: tuple[str, ...] = (), concept: str | None = None,
+                    analysis: Analysis | None = None) -> str:
+    """The main table, then the paired tests and a verdict per column.
+
+    Args:
+        rows: the rows.
+        extra_metrics: metrics shown beside each task's main metric.
+        concept: the concept's name, to begin each verdict with.
+        analysis: the paired tests when already made (`paired.analyse`).
+
+    Returns:
+        Markdown.
+    """
+    if not any(row.kind == "base" for row in rows):  # lm-eval output folders: nothing to pair with
+        return markdown_table(rows, extra_metrics) + "\nNo paired tests: no base target row among these rows.\n"
+    analysis = analysis or analyse(rows, columns_of(rows, extra_metrics))
+    return markdown_table(rows, extra_metrics) + "\n" + paired_markdown(analysis, verdicts(analysis, concept))
+
+
+PAIRED_CSV = ("vs_base", "vs_base_low", "vs_base_high", "vs_base_p", "vs_band", "vs_band_low", "vs_band_high",
+              "vs_band_p", "in_band", "band_low", "band_high")
+
+
+def write_csv(rows: list[Row], path: Path, extra_metrics: tuple[str, ...] = (), analysis: Analysis | None = None) -> None:
+    """Every row (each random direction too), then a line per random band; per column the score, its standard error
+    and the paired tests (`PAIRED_CSV`).
+
+    Args:
+        rows: the rows.
+        path: the CSV file.
+        extra_metrics: metrics shown beside each task's main metric.
+        analysis: the paired tests when already made.
+    """
     columns = columns_of(rows, extra_metrics)
+    analysis = analysis or analyse(rows, columns)
     diagnostics = sorted({key for row in rows for key in row.diagnostics})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "kind", "alpha",
-                         *(f"{task}/{metric}{suffix}" for task, metric in columns for suffix in ("", "_stderr")),
+        writer.writerow(["model", "kind", "alpha", *(f"{task}/{metric}{suffix}" for task, metric in columns
+                                                     for suffix in ("", "_stderr", *(f"/{name}" for name in PAIRED_CSV))),
                          *diagnostics])
         for row in rows:
             cells = [row.name, row.kind, "" if row.alpha is None else row.alpha]
-            for task, wanted in columns:
-                value, stderr, _ = score(row, task, wanted)
-                cells += ["" if value is None else value, "" if stderr is None else stderr]
-            cells += [row.diagnostics.get(key, "") for key in diagnostics]
-            writer.writerow(cells)
+            for column in columns:
+                value, stderr, _ = score(row, *column)
+                cells += ["" if value is None else value, "" if stderr is None else stderr, *_paired_cells(analysis, column, row)]
+            writer.writerow(cells + [row.diagnostics.get(key, "") for key in diagnostics])
+        for alpha in dict.fromkeys(alpha_key(row.alpha) for row in rows if band_size(rows, row) > 1):
+            writer.writerow(_band_csv_line(rows, alpha, columns, analysis) + [""] * len(diagnostics))
 
 
-def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = None) -> None:
-    """Score vs alpha for the steered rows (one line per kind), other rows as horizontal lines."""
+def _paired_cells(analysis: Analysis, column: tuple[str, str], row: Row) -> list:
+    entry = next((entry for entry in analysis.tests.get(column, []) if entry.row == row.name), None)
+    cells = []
+    for test in (entry.vs_base, entry.vs_band) if entry is not None else (None, None):
+        cells += ["", "", "", ""] if test is None else [test.difference, test.low, test.high, test.p_value]
+    placed = entry is not None and entry.band is not None and entry.value is not None
+    return cells + [entry.band.place(entry.value) if placed else "", "", ""]
+
+
+def _band_csv_line(rows: list[Row], alpha, columns: list[tuple[str, str]], analysis: Analysis) -> list:
+    size = sum(row.kind == "random" and alpha_key(row.alpha) == alpha for row in rows)
+    cells = [band_name(alpha, size), "random band", alpha_text(alpha)]
+    for column in columns:
+        band = analysis.bands.get(column, {}).get(alpha)
+        cells += ["" if band is None else band.mean, ""] + [""] * (len(PAIRED_CSV) - 2)
+        cells += ["", ""] if band is None else list(band.spread)
+    return cells
+
+
+def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = None,
+              analysis: Analysis | None = None) -> None:
+    """Score vs alpha: the transplant and own-vector rows with their paired 95 % intervals against the base target as
+    error bars (lm-eval's standard errors where there is no paired test), the random band as a shaded range around its
+    mean, the other rows as horizontal lines.
+
+    Args:
+        rows: the rows.
+        task: the task plotted.
+        path: the PNG file.
+        metric_name: the metric (None: the task's main metric).
+        analysis: the paired tests (`paired.analyse`), when made.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric = metric_name or next((score(row, task)[2] for row in rows if score(row, task)[2]), None)
+    tests = {entry.row: entry.vs_base for entry in (analysis.tests.get((task, metric), []) if analysis else [])}
     figure, axes = plt.subplots(figsize=(6, 4))
-    metric = None
-    for kind, style in (("contrans", "o-"), ("random", "s--"), ("own", "^:")):
-        points = sorted((row.alpha, score(row, task, metric_name)) for row in rows if row.kind == kind
-                        and row.alpha is not None and score(row, task, metric_name)[0] is not None)
+    for kind, style, label in (("contrans", "o-", "target + ConTrans"), ("own", "^:", "target's own vector")):
+        points = sorted((row.alpha, score(row, task, metric)[:2], tests.get(row.name)) for row in rows
+                        if row.kind == kind and isinstance(row.alpha, (int, float))
+                        and score(row, task, metric)[0] is not None)
         if points:
-            alphas = [alpha for alpha, _ in points]
-            values = [value for _, (value, _, _) in points]
-            errors = [stderr or 0.0 for _, (_, stderr, _) in points]
-            axes.errorbar(alphas, values, yerr=errors, fmt=style, capsize=3,
-                          label={"contrans": "target + ConTrans", "random": "random vector, same norm",
-                                 "own": "target's own vector"}[kind])
-            metric = points[0][1][2]
+            # the paired interval of the difference, around the row's own score
+            errors = [[test.difference - test.low if test else stderr or 0.0 for _, (_, stderr), test in points],
+                      [test.high - test.difference if test else stderr or 0.0 for _, (_, stderr), test in points]]
+            paired = all(test for *_, test in points)
+            axes.errorbar([alpha for alpha, *_ in points], [value for _, (value, _), _ in points], yerr=errors, fmt=style,
+                          capsize=3, label=label + (" (paired 95 % CI vs base)" if paired else ""))
+    _plot_band(axes, rows, task, metric)
     for index, row in enumerate(row for row in rows if row.kind not in ("contrans", "random", "own")):
-        value, _, row_metric = score(row, task, metric_name)
+        value = score(row, task, metric)[0]
         if value is not None:
             axes.axhline(value, linestyle="--", color=f"C{(index + 3) % 10}", label=row.name)
-            metric = metric or row_metric
     axes.set_xlabel("alpha")
     axes.set_ylabel(metric or "score")
     axes.set_title(f"{task} ({metric})" if metric else task)
@@ -158,6 +304,25 @@ def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = 
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _plot_band(axes, rows: list[Row], task: str, metric: str | None) -> None:
+    """The random directions: one line with its standard errors where there is one per alpha, else the band's mean and
+    its spread shaded."""
+    bands = sorted((alpha, band) for alpha, band in bands_of(rows, task, metric).items() if isinstance(alpha, (int, float)))
+    if not bands:
+        return
+    alphas = [alpha for alpha, _ in bands]
+    if all(len(band.values) == 1 for _, band in bands):
+        errors = [score(next(row for row in rows if row.kind == "random" and row.alpha == alpha), task, metric)[1] or 0.0
+                  for alpha in alphas]
+        axes.errorbar(alphas, [band.mean for _, band in bands], yerr=errors, fmt="s--", capsize=3,
+                      label="random vector, same norm")
+        return
+    size = max(len(band.values) for _, band in bands)
+    axes.fill_between(alphas, [band.spread[0] for _, band in bands], [band.spread[1] for _, band in bands], alpha=0.2,
+                      color="C1", label=f"random band ({bands[0][1].spread_name}, {size} directions)")
+    axes.plot(alphas, [band.mean for _, band in bands], "s--", color="C1", label="random band mean")
 
 
 def read_json(path: Path, argument: str):
@@ -210,14 +375,28 @@ def rows_from_folder(folder: Path) -> list[Row]:
     return rows
 
 
-def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: tuple[str, ...] = ()) -> Path:
+def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: tuple[str, ...] = (),
+                 concept: str | None = None) -> Path:
+    """table.md (the table, the paired tests, the verdicts), table.csv and a plot per column, in `out`.
+
+    Args:
+        rows: the rows.
+        out: the folder.
+        plots: write the plots.
+        extra_metrics: metrics shown beside each task's main metric.
+        concept: the concept's name, to begin each verdict with.
+
+    Returns:
+        table.md's path.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(markdown_table(rows, extra_metrics), encoding="utf-8")
-    write_csv(rows, out / "table.csv", extra_metrics)
+    analysis = analyse(rows, columns_of(rows, extra_metrics))
+    (out / "table.md").write_text(report_markdown(rows, extra_metrics, concept, analysis), encoding="utf-8")
+    write_csv(rows, out / "table.csv", extra_metrics, analysis)
     if plots:
         (out / "plots").mkdir(exist_ok=True)
         for task, metric in columns_of(rows, extra_metrics):
             main = next((score(row, task)[2] for row in rows if score(row, task)[2]), None)
             suffix = "" if metric == main else f"_{metric}"
-            plot_task(rows, task, out / "plots" / f"{safe_name(task + suffix, 'task')}.png", metric)
+            plot_task(rows, task, out / "plots" / f"{safe_name(task + suffix, 'task')}.png", metric, analysis)
     return out / "table.md"
