@@ -46,7 +46,7 @@ def test_the_wheel_carries_every_task_concept_set_and_data_file_where_the_packag
 
 # the experiments package as it ships: what `contrans compare` runs on; the modules only the experiments in
 # bench/experiments use live there (bench/README.md)
-PRODUCT_EXPERIMENTS = {"__init__.py", "compare.py", "controls.py", "grid.py", "prompt_baseline.py", "report.py"}
+PRODUCT_EXPERIMENTS = {"__init__.py", "compare.py", "controls.py", "grid.py", "paired.py", "prompt_baseline.py", "report.py"}
 LAB_MODULES = ("experiment_data", "emotion_steering", "states", "map_levers", "contrast_rows", "_timing")
 
 

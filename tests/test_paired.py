@@ -314,3 +314,19 @@ def test_contrans_compare_prints_the_band_the_paired_tests_and_the_verdicts(band
     printed = capsys.readouterr().out
     assert printed.startswith((plan.out / "table.md").read_text())
     assert "random band α=1 (3 directions)" in printed and "## Verdicts" in printed
+
+
+def test_keeping_scores_per_document_leaves_row_keys_as_they_were_and_a_row_saved_without_them_runs_again(tmp_path):
+    """Saved rows (bench/results, users' compare folders) are found by key: asking for per-document scores must not
+    change it; a row saved before paired tests matches its key but lacks the scores, so it runs once more."""
+    from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
+
+    row = GridRow("+ ConTrans α=1", "contrans", "some/target", alpha=1.0)
+    settings = EvalSettings(tasks=["contrans_sentiment"], limit=4, per_document=("acc",))
+    plain, paired = Grid(tmp_path, settings), Grid(tmp_path, dataclasses.replace(settings, paired_metrics=("margin",)))
+    assert plain.row_key(row, "steering") == paired.row_key(row, "steering")
+    assert plain.row_key(row, "steering") != Grid(tmp_path, dataclasses.replace(settings, per_document=())).row_key(
+        row, "steering")  # per_document stays in the key, as the saved bench rows have it
+    saved = {"results": {"contrans_sentiment": {"acc,none": 1.0}}, "per_document": {}}
+    assert paired._lacks_documents(saved) and not plain._lacks_documents(saved)
+    assert not paired._lacks_documents({**saved, "per_document": {"contrans_sentiment": {}}})
