@@ -98,7 +98,7 @@ def test_the_verdict_says_when_the_transplant_is_not_told_from_random():
     band = Band((0.05, 0.4, 1.0))
     line = verdict("anger, emotion_anger (success)",
                    [entry(1, 0.2, base_test, PairedTest(-0.28, -0.5, 0.1, 0.3, 40, 0.15), band)])
-    assert line == ("anger, emotion_anger (success): not distinguishable from random (the band spans 0.050–1.000 "
+    assert line == ("anger, emotion_anger (success): not distinguishable from random (the band spans 0.050 to 1.000 "
                     "(min–max) at α 1; the transplant 0.200, above 1 of 3 random directions)")
     below = verdict("x", [entry(1, 0.0, base_test, PairedTest(-0.4, -0.6, -0.2, 0.001, 40, 0.1), band)])
     assert below.startswith("x: below random: at α 1 the transplant falls below the random band's mean by -0.4 (95 % "

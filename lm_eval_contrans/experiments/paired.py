@@ -345,7 +345,7 @@ def verdict(label: str, entries: list[RowTests]) -> str:
                 f"{against(BAND_MEAN, best.vs_band)}; "
                 f"{placement(best)}")
     low, high = best.band.spread
-    spans = f"the band spans {low:.3f}–{high:.3f} ({best.band.spread_name}) at {at}"
+    spans = f"the band spans {low:.3f} to {high:.3f} ({best.band.spread_name}) at {at}"
     if best.vs_band.distinguishable:
         return f"{label}: below random: at {at} the transplant {against(BAND_MEAN, best.vs_band)} ({spans})"
     return f"{label}: not distinguishable from random ({spans}; the transplant {best.value:.3f}, {placement(best)})"
