@@ -39,6 +39,8 @@ def steering_digest(lm: Any) -> str | None:
 
     described = {"directions": [direction.steering_key() for direction in lm.directions],
                  "alphas": [float(alpha) for alpha in lm.alphas], "positions": getattr(lm, "positions", "all")}
+    if getattr(lm, "request_steering", None) is not None:  # a vLLM engine whose requests are tagged (use_steering)
+        described["request"] = lm.request_steering
     return content_key(described)[:16]
 
 

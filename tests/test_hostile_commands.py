@@ -196,7 +196,10 @@ def test_the_response_cache_file_is_the_steerings_own(artifact, tiny_gpt2_dir, t
     digests.add(steering_digest(lm))
     lm.positions = "prompt"
     digests.add(steering_digest(lm))
-    assert len(digests) == 3 and None not in digests
+    lm.request_steering = {"alpha": 3}  # a vLLM engine's requests tagged with a steering of their own (use_steering)
+    digests.add(steering_digest(lm))
+    lm.request_steering = None
+    assert len(digests) == 4 and None not in digests
     with caplog.at_level(logging.INFO, logger="lm_eval.contrans"):
         cached = SteeringKeyedCachingLM(lm, str(tmp_path / "db_rank0.db"))
     assert cached.cache_db == str(tmp_path / f"db_rank0.steer-{steering_digest(lm)}.db")
@@ -295,7 +298,14 @@ def test_a_grid_resumes_past_a_truncated_row_file_by_running_the_row_again(tiny_
     first, = grid.run([row])
     stored = tmp_path / "grid" / "rows" / "base" / "row.json"
     stored.write_text(stored.read_text()[:40])
-    with caplog.at_level(logging.WARNING):
-        again, = grid.run([row])
+    # the package's logger stops propagating once a ConTransLM has run in this process (its lines go to lm-eval's
+    # handlers), so the capture is attached to the grid's logger itself
+    grid_logger = logging.getLogger("lm_eval_contrans.experiments.grid")
+    grid_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="lm_eval_contrans.experiments.grid"):
+            again, = grid.run([row])
+    finally:
+        grid_logger.removeHandler(caplog.handler)
     assert f"{stored}: not a readable JSON file" in caplog.text and grid.seconds  # run again, not read
     assert again.results == first.results and json.loads(stored.read_text())["key"]
