@@ -324,10 +324,10 @@ def test_a_cpu_memory_share_that_is_not_free_is_refused_before_the_build(tiny_ll
                      gpu_memory_utilization=0.999, dtype="float32")
     import re
 
-    import psutil
-
-    advised = float(re.search(r"gpu_memory_utilization=([0-9.]+) fits", str(refused.value)).group(1))
-    assert 0 < advised * psutil.virtual_memory().total < psutil.virtual_memory().available  # the advice would start
+    # the advice fits the memory the message says is free (read once: other processes change it meanwhile)
+    reserved, free, advised = map(float, re.search(r"memory \(([0-9.]+) GiB\), and ([0-9.]+) GiB is free; "
+                                                   r"gpu_memory_utilization=([0-9.]+) fits", str(refused.value)).groups())
+    assert 0 < advised * reserved / 0.999 < free
 
 
 def test_an_artifact_for_another_model_is_refused_before_the_engine_starts(artifacts):
@@ -535,7 +535,7 @@ def test_contrans_serve_refuses_a_taken_port_and_an_unsplittable_model_before_an
             started = time.time()
             result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                                     env=users_environment())
-            assert result.returncode == 2 and time.time() - started < 60
+            assert result.returncode == 2 and time.time() - started < 120  # no engine started (tiny: 30-60 s)
             lines = [line for line in result.stderr.splitlines() if line.startswith("contrans: error")]
             assert len(lines) == 1 and __import__("re").match(message, lines[0]), result.stderr[-2000:]
 
