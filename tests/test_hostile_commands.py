@@ -61,12 +61,15 @@ def logged_samples(output: Path) -> list[dict]:
 
 
 @pytest.mark.cli
-def test_use_cache_never_returns_another_steerings_answers(artifact, tiny_gpt2_dir, task_dir, tmp_path):
-    """alpha 2, then alpha -50, then alpha 2 again, all with one --use_cache: each run's numbers are its own steering's
-    (equal to an uncached run's), and the third reads the first's answers back."""
+def test_use_cache_never_returns_another_steerings_answers(artifact, tiny_gpt2_dir, task_dir, tmp_path, monkeypatch):
+    """alpha 2, then alpha -50, through the real command line with one --use_cache: each run's numbers are its own
+    steering's (equal to an uncached run's); then alpha 2 again (in this process: lm-eval's same simple_evaluate
+    path) reads the first run's answers back without a forward pass."""
+    from lm_eval_contrans.scoring import FastScoringHFLM
+
     database = tmp_path / "responses"
     found = {}
-    for run_index, alpha in enumerate((2, -50, 2)):
+    for run_index, alpha in enumerate((2, -50)):
         output = tmp_path / f"out{run_index}"
         result = run(lm_eval_command(f"target={tiny_gpt2_dir},vector={artifact},alpha={alpha}", task_dir, "--limit", "4",
                                      "--use_cache", str(database), "--log_samples", "--output_path", str(output)),
@@ -74,12 +77,19 @@ def test_use_cache_never_returns_another_steerings_answers(artifact, tiny_gpt2_d
         assert result.returncode == 0, result.stderr[-3000:]
         assert "--use_cache: responses of this steering are kept in" in result.stderr
         found[run_index] = loglikelihoods(logged_samples(output))
-        if run_index == 2:
-            assert "Cached requests: 8, Requests remaining: 0" in result.stderr
+    passes = []
+    real_call = FastScoringHFLM._model_call
+    monkeypatch.setattr(FastScoringHFLM, "_model_call", lambda self, *a, **k: passes.append(1) or real_call(self, *a, **k))
     uncached = {alpha: loglikelihoods(evaluate(f"target={tiny_gpt2_dir},vector={artifact},alpha={alpha}",
                                                ["contrans_tiny_choice"], model="contrans", include_path=str(task_dir),
                                                limit=4, batch_size=2)["samples"]["contrans_tiny_choice"])
                 for alpha in (2, -50)}
+    assert passes  # the count sees the forward passes of a run that reads no cache
+    passes.clear()
+    found[2] = loglikelihoods(evaluate(f"target={tiny_gpt2_dir},vector={artifact},alpha=2", ["contrans_tiny_choice"],
+                                       model="contrans", include_path=str(task_dir), limit=4, batch_size=2,
+                                       use_cache=str(database))["samples"]["contrans_tiny_choice"])
+    assert not passes  # every answer read from the first run's database
     assert uncached[2] != uncached[-50]
     for run_index, alpha in enumerate((2, -50, 2)):
         assert found[run_index].keys() == uncached[alpha].keys()
@@ -89,17 +99,16 @@ def test_use_cache_never_returns_another_steerings_answers(artifact, tiny_gpt2_d
 
 
 @pytest.mark.cli
-def test_lm_eval_refuses_limit_0_and_a_chat_template_the_target_lacks_before_any_build(
+def test_lm_eval_refuses_limit_0_before_any_build(
         tiny_llama_dir, tiny_gpt2_dir, small_inputs, task_dir, tmp_path):
     concept, anchors = small_inputs
     model_args = f"source={tiny_llama_dir},target={tiny_gpt2_dir},concept={concept},anchors={anchors}"
-    for extra, line in ((["--limit", "0"], "contrans: error: limit: 0 evaluates no documents"),
-                        (["--limit", "1", "--apply_chat_template"],
-                         f"contrans: error: apply_chat_template: the target {tiny_gpt2_dir} has no chat template")):
-        result = run(lm_eval_command(model_args, task_dir, *extra), tmp_path)
-        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-        assert result.stderr.strip().splitlines()[-1].startswith(line)
-        assert "Loading weights" not in result.stderr  # said before the build
+    # one command line: the chat-template refusal is the same check and the same one-line printing, tested in process
+    # (test_evaluation_options_that_fail_only_after_a_build_are_refused_first)
+    result = run(lm_eval_command(model_args, task_dir, "--limit", "0"), tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("contrans: error: limit: 0 evaluates no documents")
+    assert "Loading weights" not in result.stderr  # said before the build
 
 
 SLOW_MODEL_CALL = """
@@ -309,3 +318,35 @@ def test_a_grid_resumes_past_a_truncated_row_file_by_running_the_row_again(tiny_
         grid_logger.removeHandler(caplog.handler)
     assert f"{stored}: not a readable JSON file" in caplog.text and grid.seconds  # run again, not read
     assert again.results == first.results and json.loads(stored.read_text())["key"]
+
+
+def test_compare_builds_again_when_its_artifact_is_not_the_one_its_settings_made(tiny_llama_dir, tiny_gpt2_dir, task_dir,
+                                                                                 small_inputs, tmp_path, caplog):
+    """The comparison's transplant in its output folder is checked against the settings it was built with: another
+    concept's artifact copied over it (or a link) is built again, with a warning naming it, never steered with."""
+    import logging
+    import shutil
+
+    from lm_eval_contrans.artifact import load_transplant
+    from lm_eval_contrans.experiments.compare import ComparePlan, _built
+
+    concept, anchors = small_inputs
+    common = dict(tasks=["contrans_tiny_choice"], include_path=[str(task_dir)], device="cpu",
+                  build_options={"anchors": anchors})
+    plan = ComparePlan(str(tiny_llama_dir), str(tiny_gpt2_dir), concept, out=tmp_path / "a", **common)
+    other = ComparePlan(str(tiny_llama_dir), str(tiny_gpt2_dir), "honesty", out=tmp_path / "b", **common)
+    first, foreign = _built(plan, "cpu"), _built(other, "cpu")
+    path, = (tmp_path / "a" / "artifacts").glob("*.safetensors")
+    assert torch.equal(_built(plan, "cpu").vector, first.vector)  # read back, not built again
+    for swap in ("copy", "link"):
+        path.unlink()
+        foreign_file, = (tmp_path / "b" / "artifacts").glob("*.safetensors")
+        shutil.copy(foreign_file, path) if swap == "copy" else path.symlink_to(foreign_file)
+        with caplog.at_level(logging.WARNING, logger="lm_eval_contrans.experiments.compare"):
+            logging.getLogger("lm_eval_contrans.experiments.compare").addHandler(caplog.handler)
+            rebuilt = _built(plan, "cpu")
+            logging.getLogger("lm_eval_contrans.experiments.compare").removeHandler(caplog.handler)
+        assert f"{path} does not hold the transplant of this comparison's settings" in caplog.text, swap
+        assert torch.equal(rebuilt.vector, first.vector) and not torch.equal(rebuilt.vector, foreign.vector), swap
+        assert not path.is_symlink() and load_transplant(path).concept_hash == first.concept_hash
+        caplog.clear()

@@ -552,29 +552,44 @@ def test_lm_eval_cli_data_parallel_2_scores_as_one_process(artifacts, task_dir, 
     assert ray.returncode == 0, ray.stderr[-2000:]
     try:
         engine = ",".join(f"{key}={value}" for key, value in ENGINE.items() if key != "batch_size")
-        runs = {}
-        for name, model, args in (("vllm-dp2", "contrans-vllm", f"data_parallel_size=2,enforce_eager=True,{engine}"),
-                                  ("hf", "contrans", "dtype=float32")):
-            output = tmp_path / name
-            command = [str(Path(sys.executable).parent / "lm_eval"), "--model", model, "--model_args",
-                       f"target={target},vector={artifact},alpha={ALPHA},{args}", "--tasks", "contrans_tiny_choice",
-                       "--include_path", str(task_dir), "--log_samples", "--output_path", str(output)]
-            result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                                    env=users_environment(RAY_ADDRESS="auto"))
-            assert result.returncode == 0, result.stderr[-4000:]
-            samples = [json.loads(line) for line in next(output.rglob("samples_contrans_tiny_choice_*.jsonl")).open()]
-            runs[name] = torch.tensor([float(resp[0][0]) for sample in sorted(samples, key=lambda s: s["doc_id"])
-                                       for resp in sample["resps"]], dtype=torch.float64)
+        output = tmp_path / "vllm-dp2"
+        command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "contrans-vllm", "--model_args",
+                   f"target={target},vector={artifact},alpha={ALPHA},data_parallel_size=2,enforce_eager=True,{engine}",
+                   "--tasks", "contrans_tiny_choice", "--include_path", str(task_dir), "--log_samples", "--output_path",
+                   str(output)]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                                env=users_environment(RAY_ADDRESS="auto"))
+        assert result.returncode == 0, result.stderr[-4000:]
+        samples = [json.loads(line) for line in next(output.rglob("samples_contrans_tiny_choice_*.jsonl")).open()]
     finally:
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, env=users_environment())
-    assert len(runs["hf"]) >= 8
-    torch.testing.assert_close(runs["vllm-dp2"], runs["hf"], atol=2e-3, rtol=0)
+    dp2 = scores_of(samples)
+    # the reference: the HF path in this process (the same lm-eval task, one process)
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_contrans.lm_eval_model import ConTransLM
+
+    hf = lm_eval.simple_evaluate(model=ConTransLM(target=target, vector=artifact, alpha=ALPHA, dtype="float32",
+                                                  device="cpu", batch_size=8),
+                                 tasks=["contrans_tiny_choice"], task_manager=TaskManager(include_path=str(task_dir)),
+                                 log_samples=True, verbosity="ERROR")
+    reference = scores_of(hf["samples"]["contrans_tiny_choice"])
+    assert len(reference) >= 8
+    torch.testing.assert_close(dp2, reference, atol=2e-3, rtol=0)
+
+
+def scores_of(samples: list[dict]) -> torch.Tensor:
+    """Each document's loglikelihoods, in document order, from lm-eval's logged samples."""
+    return torch.tensor([float(resp[0][0]) for sample in sorted(samples, key=lambda s: s["doc_id"])
+                         for resp in sample["resps"]], dtype=torch.float64)
 
 
 @pytest.mark.real
 def test_the_packaged_pair_scores_and_generates_as_the_hf_path(packaged_sentiment):
-    """The README's vLLM job, in process: sentiment transplanted into the packaged Gemma, each of the shipped
-    task's 100 loglikelihoods as the HF path scores it, and greedy generations character for character."""
+    """The README's vLLM job, in process: sentiment transplanted into the packaged Gemma, each loglikelihood of the
+    shipped task's first 25 documents as the HF path scores it (50 requests; the README's run scored all 100 alike),
+    and greedy generations character for character."""
     import lm_eval
 
     from conftest import PACKAGED_PAIR, skip_without_the_packaged_pair
@@ -588,12 +603,13 @@ def test_the_packaged_pair_scores_and_generates_as_the_hf_path(packaged_sentimen
         lm = (ConTransLM(target=target, vector=str(artifact), alpha=1.0, device="cpu", batch_size=8) if name == "hf" else
               ConTransVLLM(target=target, vector=str(artifact), alpha=1.0, enforce_eager=True,
                            **{**ENGINE, "max_model_len": 512}))
-        evaluated = lm_eval.simple_evaluate(model=lm, tasks=["contrans_sentiment"], log_samples=True, verbosity="ERROR")
+        evaluated = lm_eval.simple_evaluate(model=lm, tasks=["contrans_sentiment"], limit=25, log_samples=True,
+                                            verbosity="ERROR")
         samples = sorted(evaluated["samples"]["contrans_sentiment"], key=lambda sample: sample["doc_id"])
         task = torch.tensor([float(resp[0][0]) for sample in samples for resp in sample["resps"]], dtype=torch.float64)
         results[name] = {"task": task, "margin": evaluated["results"]["contrans_sentiment"]["margin,none"],
                          "generations": measured(lm)["generations"]}
-    assert len(results["hf"]["task"]) == 100
+    assert len(results["hf"]["task"]) == 50
     torch.testing.assert_close(results["vllm"]["task"], results["hf"]["task"], atol=2e-3, rtol=0)
     assert results["vllm"]["margin"] == pytest.approx(results["hf"]["margin"], abs=1e-3)
     assert results["vllm"]["generations"] == results["hf"]["generations"]

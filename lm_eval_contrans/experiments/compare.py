@@ -15,6 +15,7 @@ verdict per column.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,20 @@ def _built(plan: ComparePlan, device: str) -> Transplant:
                        "build": {name: value for name, value in sorted(plan.build_options.items()) if value is not None},
                        "dtype": plan.model_args.get("dtype")})
     path = Path(plan.out) / "artifacts" / f"{safe_name(concept.name, 'concept')}-{key[:12]}.safetensors"
-    if not path.exists():
-        save_transplant(build_transplant(*_models(plan), concept, device=device, **plan.build_options), path)
+    if path.exists() or path.is_symlink():
+        try:
+            stored = load_transplant(path) if not path.is_symlink() else None
+        except ConTransError as damaged:
+            logger.warning("%s; building the transplant again", damaged)
+            stored = None
+        if stored is not None and stored.extra.get("compare_key") == key:
+            return stored
+        logger.warning("%s does not hold the transplant of this comparison's settings (another file copied over it, "
+                       "a link, or one written before it recorded them); building it again", path)
+        path.unlink()
+    built = build_transplant(*_models(plan), concept, device=device, **plan.build_options)
+    built = dataclasses.replace(built, extra={**built.extra, "compare_key": key})  # what a rerun checks it against
+    save_transplant(built, path)
     return load_transplant(path)
 
 
