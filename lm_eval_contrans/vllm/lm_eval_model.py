@@ -118,8 +118,10 @@ class ConTransVLLM(VLLM):
         log-probabilities and samples from whatever logits it has), so the workers are asked: each flags the
         broken outputs it saw."""
         if self.steering and self.data_parallel_size <= 1 and any(self.model.collective_rpc(NON_FINITE_METHOD)):
+            steered = (describe_steering(self.directions, self.alphas) if self.request_steering is None
+                       else f"the requests' steering {self.request_steering}")
             raise ConTransError("alpha", "the steered model's outputs are not finite (NaN or inf), or constant at a "
-                                         f"position, with {describe_steering(self.directions, self.alphas)}: lower alpha")
+                                         f"position, with {steered}: lower alpha")
         return results
 
     def get_model_info(self) -> dict:
