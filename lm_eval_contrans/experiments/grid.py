@@ -373,13 +373,15 @@ class VLLMBank:
     def __init__(self, rows: list[GridRow], grid: Grid) -> None:
         self.directions: list[Direction] = []
         self._names: dict[str, str] = {}  # steering key -> bank name
+        self._read: dict[Path, list[Direction]] = {}  # artifact -> its directions, each file read once
         for row in rows:
-            for direction in self._row_directions(row, grid.artifact_path(row.transplant)[0]):
+            for direction in self._row_directions(grid.artifact_path(row.transplant)[0]):
                 self._name_of(direction)
 
-    @staticmethod
-    def _row_directions(row: GridRow, artifact: Path) -> list[Direction]:
-        return directions_of(load_steering(artifact, "transplant"))
+    def _row_directions(self, artifact: Path) -> list[Direction]:
+        if artifact not in self._read:
+            self._read[artifact] = directions_of(load_steering(artifact, "transplant"))
+        return self._read[artifact]
 
     def _name_of(self, direction: Direction) -> str:
         import dataclasses
@@ -396,6 +398,6 @@ class VLLMBank:
         """The row's request steering: its directions by bank name, each at the row's alpha for it (0 for all: base)."""
         if artifact is None:
             return {"alpha": 0}
-        directions = self._row_directions(row, artifact)
+        directions = self._row_directions(artifact)
         alphas = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else [row.alpha or 0.0] * len(directions)
         return {"concept": [self._name_of(direction) for direction in directions], "alpha": [float(a) for a in alphas]}
