@@ -305,9 +305,22 @@ def _engine_args(args) -> dict:
         return {}
     if args.engine != "vllm":
         raise ConTransError("engine_args", "these are the vLLM engine's: give --engine vllm too")
+    import difflib
+
     from lm_eval.utils import simple_parse_args_string
 
-    return simple_parse_args_string(args.engine_args)
+    from lm_eval_contrans.vllm.checks import require_vllm
+
+    require_vllm("contrans compare --engine vllm")
+    from lm_eval_contrans.vllm.lm_eval_model import engine_arg_names
+
+    parsed, known = simple_parse_args_string(args.engine_args), engine_arg_names()
+    for name in parsed:  # before the build: the engine would refuse it only when it starts
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            raise ConTransError("engine_args", f"{name}: not an arg of lm-eval's --model vllm or vLLM's engine"
+                                               + (f"; did you mean {near[0]}?" if near else ""))
+    return parsed
 
 
 def _run_export(args, rest) -> None:

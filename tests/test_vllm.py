@@ -683,3 +683,14 @@ def test_compare_on_one_vllm_engine_gives_the_hf_compare_table(tiny_llama_dir, v
     # the rows differ by more than 5 times the tolerance: a row steered with another row's direction would be caught
     assert abs(margins["+ ConTrans α=40"] - margins["base target"]) > 0.01
     assert abs(margins["random vector α=40"] - margins["+ ConTrans α=40"]) > 0.01
+
+
+def test_compare_refuses_an_engine_arg_vllm_does_not_take_before_the_build():
+    import argparse
+
+    from lm_eval_contrans.cli import _engine_args
+    from lm_eval_contrans.errors import ConTransError
+
+    assert _engine_args(argparse.Namespace(engine="vllm", engine_args="max_model_len=256")) == {"max_model_len": 256}
+    with pytest.raises(ConTransError, match="^engine_args: max_model_lenght: not an arg .*did you mean max_model_len"):
+        _engine_args(argparse.Namespace(engine="vllm", engine_args="max_model_lenght=256"))

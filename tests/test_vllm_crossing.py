@@ -255,3 +255,12 @@ def test_broken_final_states_are_flagged_for_the_driver(broken):
     model.compute_logits(torch.cat([states, torch.tensor([broken])]))  # the hidden states it is given
     model.compute_logits(states)  # a later sound batch does not clear it
     assert non_finite_report(worker) is True
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_port_that_is_no_port_is_refused_before_any_work(port):
+    from lm_eval_contrans.vllm.checks import check_serve_arguments
+    from lm_eval_contrans.vllm.serve import _option
+
+    with pytest.raises(ConTransError, match=f"^port: '{port}': a port is a whole number from 1 to 65535"):
+        check_serve_arguments(SimpleNamespace(name="tiny"), ["--port", port], _option)

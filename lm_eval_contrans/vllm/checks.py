@@ -98,6 +98,8 @@ def check_serve_arguments(target, vllm_arguments: list[str], option) -> None:
 
     if option(vllm_arguments, "--uds") is None:
         host, port = option(vllm_arguments, "--host") or "0.0.0.0", option(vllm_arguments, "--port") or "8000"
+        if not (str(port).isdigit() and 0 < int(port) < 65536):
+            raise ConTransError("port", f"{port!r}: a port is a whole number from 1 to 65535")
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as vLLM binds: a closed server's port is free
             try:
