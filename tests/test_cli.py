@@ -247,7 +247,7 @@ def test_contrans_compare_runs_the_users_own_tasks(tiny_llama_dir, tiny_gpt2_dir
                   "--device", "cpu", "--out", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     table = (out / "table.md").read_text().split("\n\n")[0].splitlines()  # the main table; paired tests follow
-    assert table[0] == "| model | contrans_tiny_choice (acc) | heldout_r2 |"
+    assert table[0] == "| model | kind | contrans_tiny_choice (acc) | heldout_r2 |"
     assert [line.split(" | ")[0] for line in table[2:]] == ["| base target", "| + ConTrans α=60", "| source"]
     rows = {json.loads((out / "rows" / name / "row.json").read_text())["name"]: name
             for name in json.loads((out / "rows" / "index.json").read_text())}

@@ -37,10 +37,13 @@ def test_rows_and_columns(grid):
     assert "contrans_facts (acc) | contrans_sentiment (acc_norm) | contrans_sentiment (margin)" in header
     assert "heldout_r2" in header and "cos_to_own" in header
     assert len(table.splitlines()) == 2 + len(rows)
+    assert "| source | instruction-tuned source | " in table  # the kinds in words, the instruction-tuned rows named
+    assert f"| instruct ({plan.instruct}) | instruction-tuned target | " in table
+    assert (plan.out / "gap_closed.csv").read_text().startswith("task,metric,transplant,alpha,reference,")
     csv_lines = (plan.out / "table.csv").read_text().splitlines()
     paired = ("vs_base,vs_base_low,vs_base_high,vs_base_p,vs_band,vs_band_low,vs_band_high,vs_band_p,in_band,band_low,"
               "band_high").split(",")
-    assert csv_lines[0] == ",".join(["model", "kind", "alpha"] + [
+    assert csv_lines[0] == ",".join(["model", "kind", "kind_label", "alpha"] + [
         f"{column}{suffix}" for column in ("contrans_facts/acc", "contrans_sentiment/acc_norm", "contrans_sentiment/margin")
         for suffix in ("", "_stderr", *(f"/{name}" for name in paired))] + ["cos_to_own", "heldout_r2"])
     assert len(csv_lines) == 1 + len(rows)
@@ -219,7 +222,7 @@ def test_table_of_lm_eval_output_from_model_contrans(tiny_llama_dir, tiny_gpt2_d
     assert rows[0].diagnostics["heldout_r2"] == lm.transplant.heldout_r2
     assert rows[0].main_metrics == {"contrans_facts": "acc"}
     acc = output["results"]["contrans_facts"]["acc,none"]
-    assert markdown_table(rows).splitlines()[0] == "| model | contrans_facts (acc) | heldout_r2 |"
+    assert markdown_table(rows).splitlines()[0] == "| model | kind | contrans_facts (acc) | heldout_r2 |"
     assert f"| {acc:.3f} ± " in markdown_table(rows).splitlines()[2]
 
 

@@ -330,3 +330,114 @@ def test_keeping_scores_per_document_leaves_row_keys_as_they_were_and_a_row_save
     saved = {"results": {"contrans_sentiment": {"acc,none": 1.0}}, "per_document": {}}
     assert paired._lacks_documents(saved) and not plain._lacks_documents(saved)
     assert not paired._lacks_documents({**saved, "per_document": {"contrans_sentiment": {}}})
+
+
+def gap_rows(base: np.ndarray, transplant: np.ndarray, source: np.ndarray, instruct: np.ndarray | None = None) -> list[Row]:
+    """A compare's rows on one column: base, a transplant, one random direction, the source, the --instruct row."""
+    rows = [grid_row("base target", "base", 0.0, list(base)), grid_row("+ ConTrans α=1", "contrans", 1.0, list(transplant)),
+            grid_row("random vector α=1", "random", 1.0, list(base)), grid_row("source", "source", None, list(source))]
+    return rows + ([grid_row("instruct (org/target-it)", "instruct", None, list(instruct))] if instruct is not None else [])
+
+
+def test_a_transplant_closing_half_the_gap_to_the_instruction_tuned_row_gets_an_interval_around_50_percent():
+    from lm_eval_contrans.experiments.paired import closed_share, format_share
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(0, 3, 80)
+    gap = 1.0 + rng.normal(0, 0.5, 80)
+    test, share = closed_share(list(base + gap / 2), list(base + gap), list(base))  # exactly half on every document
+    assert test.distinguishable and share == pytest.approx((0.5, 0.5, 0.5))
+    noise = rng.normal(0, 0.3, 80)
+    _, (closed, low, high) = closed_share(list(base + gap / 2 + noise - noise.mean()), list(base + gap), list(base))
+    assert closed == pytest.approx(0.5) and 0.35 < low < 0.5 < high < 0.65
+    assert format_share((closed, low, high)) == f"50 % (95 % CI {100 * low:.0f} to {100 * high:.0f} %)"
+    covered = 0
+    for seed in range(40):  # the population's share is one half: the interval covers it in about 95 % of samples
+        draw = np.random.default_rng(100 + seed)
+        base, gap = draw.normal(0, 3, 80), 1.0 + draw.normal(0, 0.5, 80)
+        _, (_, low, high) = closed_share(list(base + 0.5 + draw.normal(0, 0.5, 80)), list(base + gap), list(base),
+                                         seed=seed)
+        covered += low <= 0.5 <= high
+    assert covered >= 34
+
+
+def test_the_table_and_verdict_say_what_the_transplant_closes_and_where_there_is_no_gap():
+    rng = np.random.default_rng(3)
+    base, gap = rng.normal(0, 3, 80), 1.0 + rng.normal(0, 0.5, 80)
+    level = base + np.tile([0.5, -0.5], 40)  # the --instruct row: as far above base as below, a gap of 0
+    rows = gap_rows(base, base + gap / 2, base + gap, level)
+    analysis = analyse(rows, [("t", "acc")])
+    half, none = analysis.gaps["t", "acc"]
+    assert (half.reference, half.share[0]) == ("source", pytest.approx(0.5))
+    assert none.share is None and none.gap.difference == 0.0
+    assert none.note.startswith("no gap to close: the instruction-tuned target is not distinguishable from base (+0.0")
+    text = report_markdown(rows, concept="sentiment")
+    assert "| source | instruction-tuned source | " in text and "| instruct (org/target-it) | instruction-tuned target | " in text
+    assert "| + ConTrans α=1 | transplant | " in text and "| base target | base | " in text
+    assert "| + ConTrans α=1 | source (instruction-tuned source) | +1.0" in text and "| 50 % (95 % CI " in text
+    no_gap_line, = [line for line in text.splitlines() if line.startswith("| + ConTrans α=1 | instruct (org/target-it)")]
+    assert no_gap_line.endswith("| no gap to close |") and "%" not in no_gap_line
+    verdict_line = text.split("## Verdicts\n\n")[1]
+    assert "; at α 1 it closes 50 % (95 % CI " in verdict_line
+    assert "%) of the gap between base and the instruction-tuned source; the instruction-tuned target is not " \
+           "distinguishable from base: no gap to close\n" in verdict_line
+
+
+def test_the_verdicts_gap_is_the_chosen_alphas_and_rows_that_cannot_be_paired_say_so():
+    rng = np.random.default_rng(4)
+    base, gap = rng.normal(0, 3, 40), 2.0 + rng.normal(0, 0.5, 40)
+    rows = gap_rows(base, base + gap / 4, base + gap)
+    rows.insert(2, grid_row("+ ConTrans α=5", "contrans", 5.0, list(base + gap * 0.75)))
+    rows.insert(3, grid_row("random vector α=5", "random", 5.0, list(base)))
+    line, = verdicts(analyse(rows, [("t", "acc")]))
+    assert line.startswith("t (acc): the transplant at α 5 ") and "; at α 5 it closes 75 % (95 % CI " in line
+    # the source scored without per-document scores (an lm-eval run tabulated beside the grid): said, not paired
+    rows[-1] = Row("source", {"t": {"acc,none": 0.9}}, "source", main_metrics={"t": "acc"})
+    text = report_markdown(rows)
+    assert "| + ConTrans α=1 | source (instruction-tuned source) | — |  | source: no per-document scores of t (acc): " \
+           "no gap closed |" in text
+    # rows scored on other documents: the column's note, no gap
+    rows[-1] = grid_row("source", "source", None, [1.0] * 8)
+    assert ("### t (acc): the gap to the instruction-tuned rows\n\nt: the rows were scored on different documents "
+            in report_markdown(rows))
+    assert verdicts(analyse(rows, [("t", "acc")]))[0].startswith("t (acc): no verdict (t: the rows were scored")
+
+
+def save_folder(folder, rows: list[Row]) -> None:
+    """Rows as `contrans compare` saves them: rows/index.json and a row.json per row."""
+    from lm_eval_contrans.paths import safe_name
+
+    (folder / "rows").mkdir(parents=True)
+    (folder / "rows" / "index.json").write_text(json.dumps([safe_name(row.name) for row in rows]))
+    for row in rows:
+        (folder / "rows" / safe_name(row.name)).mkdir()
+        (folder / "rows" / safe_name(row.name) / "row.json").write_text(json.dumps(row.to_json()))
+
+
+def test_contrans_table_reports_the_gap_closed_and_tabulates_folders_without_instruction_tuned_rows(tmp_path, capsys):
+    from lm_eval_contrans.cli import main
+
+    rng = np.random.default_rng(5)
+    base, gap = rng.normal(0, 3, 60), 1.0 + rng.normal(0, 0.5, 60)
+    save_folder(tmp_path / "grid", gap_rows(base, base + gap / 2, base + gap, base + gap * 2))
+    assert main(["table", str(tmp_path / "grid"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "## The gap to the instruction-tuned rows" in printed and "| instruction-tuned target |" in printed
+    assert "of the gap between base and the instruction-tuned source; at α 1 it closes 25 % (95 % CI " in printed
+    with open(tmp_path / "out" / "gap_closed.csv", newline="") as handle:
+        lines = list(csv.DictReader(handle))
+    assert [(line["reference"], line["reference_kind"]) for line in lines] == [
+        ("source", "source"), ("instruct (org/target-it)", "instruct")]
+    assert [float(line["closed"]) for line in lines] == pytest.approx([0.5, 0.25])
+    assert float(lines[0]["closed_low"]) < 0.5 < float(lines[0]["closed_high"]) and lines[0]["note"] == ""
+    with open(tmp_path / "out" / "table.csv", newline="") as handle:
+        table = {line["model"]: line for line in csv.DictReader(handle)}
+    assert (table["source"]["kind"], table["source"]["kind_label"]) == ("source", "instruction-tuned source")
+    # a folder saved before the instruction-tuned rows were paired: no source, no per-document scores
+    old = [Row("base target", {"t": {"acc,none": 0.5}}, "base", 0.0), Row("+ ConTrans α=1", {"t": {"acc,none": 0.7}},
+                                                                          "contrans", 1.0)]
+    save_folder(tmp_path / "old", old)
+    assert main(["table", str(tmp_path / "old"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "| + ConTrans α=1 | transplant | 0.700 |" in printed and "instruction-tuned" not in printed
+    assert not (tmp_path / "out" / "gap_closed.csv").exists()  # the first table's, gone with its rows

@@ -4,6 +4,8 @@ and with the random band per document, not through lm-eval's unpaired standard e
 - `paired_test`: the mean per-document difference, a 95 % interval from a seeded paired bootstrap over documents and
   a two-sided p-value from a paired permutation (sign-flip) test;
 - `Band`: the random directions at one alpha (mean, spread, where a row falls in it);
+- `closed_share`: the share of the gap between the base target and an instruction-tuned row that a transplant closes,
+  with its interval from the same paired bootstrap;
 - `analyse`: every such test of a list of rows (`report.Row`), with a note where a test cannot be made (no
   per-document scores, rows scored on different documents), and `verdict`, a line per concept and column written
   from those numbers.
@@ -11,6 +13,7 @@ and with the random band per document, not through lm-eval's unpaired standard e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +24,9 @@ LEVEL = 0.95
 PERCENTILE_BAND_FROM = 10  # from this many random directions the spread is the 10-90 % range, not min-max
 _CHUNK = 2_000_000  # resampled document indices held at once
 BAND_MEAN = "the random band's mean"
+# The rows a transplant is measured against as aligned models: in ConTrans the source is by definition the small
+# instruction-tuned model the concept comes from; `--instruct` adds the target's own instruction-tuned sibling.
+INSTRUCTION_TUNED = {"source": "instruction-tuned source", "instruct": "instruction-tuned target"}
 
 
 @dataclass(frozen=True)
@@ -54,15 +60,22 @@ def bootstrap_interval(differences: np.ndarray | list[float], *, resamples: int 
         (low, high).
     """
     values = np.asarray(differences, dtype=np.float64)
-    rng = np.random.default_rng(seed)
     means = np.empty(resamples)
-    step = max(1, _CHUNK // len(values))
-    for start in range(0, resamples, step):
-        count = min(step, resamples - start)
-        means[start:start + count] = values[rng.integers(0, len(values), size=(count, len(values)))].mean(axis=1)
+    for start, indices in resampled(len(values), resamples, seed):
+        means[start:start + len(indices)] = values[indices].mean(axis=1)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def resampled(documents: int, resamples: int = RESAMPLES, seed: int = 0):
+    """The bootstrap's resamples of document indices, in chunks: (first resample's number, indices of shape
+    (resamples in the chunk, documents)). A seed gives the same resamples to every statistic of one set of documents,
+    so a ratio's resamples are the very ones its denominator's interval was read from."""
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK // documents)
+    for start in range(0, resamples, step):
+        yield start, rng.integers(0, documents, size=(min(step, resamples - start), documents))
 
 
 def sign_flip_p_value(differences: np.ndarray | list[float], *, resamples: int = RESAMPLES, seed: int = 0) -> float:
@@ -196,11 +209,27 @@ class RowTests:
 @dataclass
 class Analysis:
     """Every paired test of a list of rows: `tests[(task, metric)]` in row order, `bands[(task, metric)][alpha]`,
-    `notes[(task, metric)]`: why a column has no paired test."""
+    `notes[(task, metric)]`: why a column has no paired test, `gaps[(task, metric)]`: the `GapClosed` of each
+    transplant row and instruction-tuned row."""
 
     tests: dict = field(default_factory=dict)
     bands: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
+    gaps: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GapClosed:
+    """How much of the gap between the base target and an instruction-tuned row (`reference`) a transplant row closes
+    on one column; `share` is None where `note` says why there is no ratio."""
+
+    row: str
+    alpha: float | tuple | None
+    reference: str
+    reference_kind: str  # a key of INSTRUCTION_TUNED
+    gap: PairedTest | None = None  # the reference against the base target
+    share: tuple[float, float, float] | None = None  # (closed, low, high): fractions of the gap
+    note: str | None = None
 
 
 def alpha_key(alpha: float | list | tuple | None) -> float | tuple | None:
@@ -284,6 +313,101 @@ def tested_row(row, rows: list, base, bands: dict, task: str, metric: str, paire
     return RowTests(row.name, row.kind, alpha, score(row, task, metric)[0], vs_base, vs_band, band)
 
 
+def closed_share(scores: list[float], reference: list[float], base: list[float], *,
+                 seed: int = 0) -> tuple[PairedTest, tuple[float, float, float] | None]:
+    """The share of the gap between `base` and `reference` that `scores` closes: mean(scores - base) /
+    mean(reference - base), all three on the same documents in the same order.
+
+    The rule: a gap is there to close only when its own paired test tells it from zero (`PairedTest.distinguishable`:
+    its 95 % interval excludes 0 and the permutation p is below 0.05); otherwise the ratio divides by noise and no
+    share is given. A gap told from zero but small is kept: its wide interval says how little it settles (no absolute
+    threshold: metrics differ in scale). The share's interval is the percentile interval of the ratio over the bootstrap's resamples,
+    documents drawn jointly for the three rows: the very resamples the gap's interval was read from, so at most
+    2.5 % of them put the gap on the other side of 0 and the interval is finite.
+
+    Args:
+        scores: the transplant row's per-document scores.
+        reference: the instruction-tuned row's.
+        base: the base target's.
+        seed: seed of the bootstrap and of the gap's permutation test.
+
+    Returns:
+        (the gap's paired test, (share, low, high) as fractions of the gap, or None: no gap to close).
+
+    Raises:
+        ValueError: the lists differ in length or are empty.
+    """
+    gap = paired_test(reference, base, seed=seed)
+    if len(scores) != len(base):
+        raise ValueError(f"paired scores need the same documents: {len(scores)} against {len(base)}")
+    if not gap.distinguishable:
+        return gap, None
+    base_scores = np.asarray(base, dtype=np.float64)
+    closed = np.asarray(scores, dtype=np.float64) - base_scores
+    gaps = np.asarray(reference, dtype=np.float64) - base_scores
+    ratios = np.empty(RESAMPLES)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample whose gap is exactly 0 lies in a tail
+        for start, indices in resampled(len(gaps), RESAMPLES, seed):
+            ratios[start:start + len(indices)] = closed[indices].mean(axis=1) / gaps[indices].mean(axis=1)
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = np.nanpercentile(ratios, [tail, 100 - tail])
+    return gap, (float(closed.mean() / gaps.mean()), float(low), float(high))
+
+
+def column_gaps(rows: list, base, task: str, metric: str) -> list[GapClosed]:
+    """Each transplant row (kind "contrans") against each instruction-tuned row that has a score on the column
+    (a column `unpairable` lets through: every per-document score is of the same documents).
+
+    Args:
+        rows: the table's rows.
+        base: the base target's row.
+        task: the column's task.
+        metric: its metric.
+
+    Returns:
+        A `GapClosed` per (instruction-tuned row, transplant row), in row order.
+    """
+    from lm_eval_contrans.experiments.report import score
+
+    def scored(kinds) -> list:
+        return [row for row in rows if row.kind in kinds and score(row, task, metric)[0] is not None]
+
+    gaps = []
+    for reference in scored(INSTRUCTION_TUNED):
+        for row in scored(("contrans",)):
+            entry = GapClosed(row.name, alpha_key(row.alpha), reference.name, reference.kind)
+            missing = [other.name for other in (row, reference) if documents_of(other, task, metric) is None]
+            if missing:
+                gaps.append(dataclasses.replace(entry, note=f"{' and '.join(missing)}: no per-document scores of "
+                                                            f"{task} ({metric}): no gap closed"))
+                continue
+            gap, share = closed_share(documents_of(row, task, metric), documents_of(reference, task, metric),
+                                      documents_of(base, task, metric))
+            gaps.append(dataclasses.replace(entry, gap=gap, share=share, note=None if share else no_gap(reference.kind,
+                                                                                                       gap)))
+    return gaps
+
+
+def no_gap(kind: str, gap: PairedTest) -> str:
+    """'no gap to close: the instruction-tuned target is not distinguishable from base (+0.01 (95 % CI ...))'."""
+    return f"no gap to close: the {INSTRUCTION_TUNED[kind]} {against('base', gap)}"
+
+
+def format_share(share: tuple[float, float, float]) -> str:
+    """'42 % (95 % CI 30 to 55 %)': to whole percents unless the interval is narrower than a few.
+
+    Args:
+        share: (closed, low, high) as fractions of the gap.
+
+    Returns:
+        The text.
+    """
+    closed, low, high = (100 * value for value in share)
+    spread = (high - low) / 4  # about a standard error
+    places = min(2, max(0, -math.floor(math.log10(spread)))) if spread > 1e-9 else 0  # float noise of a point: 0
+    return f"{closed:.{places}f} % (95 % CI {low:.{places}f} to {high:.{places}f} %)"
+
+
 def analyse(rows: list, columns: list[tuple[str, str]]) -> Analysis:
     """Every paired test of the table: each row other than the base target and the random rows, on each column,
     against the base target and against the random band at its alpha.
@@ -305,6 +429,7 @@ def analyse(rows: list, columns: list[tuple[str, str]]) -> Analysis:
             analysis.notes[column] = reason
         analysis.tests[column] = [tested_row(row, rows, base, analysis.bands[column], task, metric, reason is None)
                                   for row in rows if row is not base and row.kind != "random"]
+        analysis.gaps[column] = [] if reason else column_gaps(rows, base, task, metric)
     return analysis
 
 
@@ -320,6 +445,27 @@ def placement(entry: RowTests) -> str:
     return entry.band.place(entry.value, " random direction" + ("s" if len(entry.band.values) > 1 else ""))
 
 
+def chosen(entries: list[RowTests]) -> RowTests | None:
+    """The transplant row a verdict is about: the one whose interval against the random band's mean lies highest, or,
+    with no band, against the base target; None where no row has a paired test."""
+    tested = [entry for entry in entries if entry.vs_base is not None]
+    banded = [entry for entry in tested if entry.vs_band is not None and entry.value is not None]
+    if banded:
+        return max(banded, key=lambda entry: entry.vs_band.low)
+    return max(tested, key=lambda entry: entry.vs_base.low) if tested else None
+
+
+def closing(entry: RowTests, gaps: list[GapClosed]) -> str:
+    """What the verdict's transplant row closes of each instruction-tuned row's gap: '; at α 1 it closes 42 % (95 % CI
+    30 to 55 %) of the gap between base and the instruction-tuned source', or that there is no gap to close."""
+    clauses = []
+    for gap in (gap for gap in gaps if gap.row == entry.row and gap.gap is not None):
+        label = INSTRUCTION_TUNED[gap.reference_kind]
+        clauses.append(f"at α {alpha_text(entry.alpha)} it closes {format_share(gap.share)} of the gap between base "
+                       f"and the {label}" if gap.share else f"the {label} is not distinguishable from base: no gap to close")
+    return "".join(f"; {clause}" for clause in clauses)
+
+
 def verdict(label: str, entries: list[RowTests]) -> str:
     """The verdict on one concept and column, from the transplant rows' paired tests (`entries`, one per alpha):
     the alpha that beats the random band's mean most surely, or why the transplant is not told from random.
@@ -331,14 +477,11 @@ def verdict(label: str, entries: list[RowTests]) -> str:
     Returns:
         One line.
     """
-    tested = [entry for entry in entries if entry.vs_base is not None]
-    if not tested:
+    best = chosen(entries)
+    if best is None:
         return f"{label}: no paired test"
-    banded = [entry for entry in tested if entry.vs_band is not None and entry.value is not None]
-    if not banded:
-        best = max(tested, key=lambda entry: entry.vs_base.low)
+    if best.vs_band is None or best.value is None:
         return f"{label}: the transplant at α {alpha_text(best.alpha)} {against('base', best.vs_base)}; no random band"
-    best = max(banded, key=lambda entry: entry.vs_band.low)
     at = f"α {alpha_text(best.alpha)}"
     if best.vs_band.distinguishable and best.vs_band.difference > 0:
         return (f"{label}: the transplant at {at} {against('base', best.vs_base)} and "
@@ -352,7 +495,8 @@ def verdict(label: str, entries: list[RowTests]) -> str:
 
 
 def verdicts(analysis: Analysis, concept: str | None = None) -> list[str]:
-    """A verdict line per column on the transplant rows (kind "contrans"), or the note on why there is none.
+    """A verdict line per column on the transplant rows (kind "contrans"), or the note on why there is none; the
+    verdict's row is followed by the share it closes of each instruction-tuned row's gap to base.
 
     Args:
         analysis: the table's paired tests.
@@ -368,5 +512,7 @@ def verdicts(analysis: Analysis, concept: str | None = None) -> list[str]:
         if not transplants:
             continue
         note = analysis.notes.get((task, metric))
-        lines.append(f"{label}: no verdict ({note})" if note else verdict(label, transplants))
+        best = None if note else chosen(transplants)
+        gaps = closing(best, analysis.gaps.get((task, metric), [])) if best else ""
+        lines.append(f"{label}: no verdict ({note})" if note else verdict(label, transplants) + gaps)
     return lines

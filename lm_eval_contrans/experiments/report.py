@@ -15,12 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.experiments.paired import (RESAMPLES, Analysis, RowTests, alpha_key, alpha_text, analyse, bands_of,
-                                                 format_p, format_test, verdicts)
+from lm_eval_contrans.experiments.paired import (INSTRUCTION_TUNED, RESAMPLES, Analysis, GapClosed, RowTests, alpha_key,
+                                                 alpha_text, analyse, bands_of, format_p, format_share, format_test,
+                                                 verdicts)
 from lm_eval_contrans.paths import safe_name
 
 # For results without their task's config (a group's aggregate, an old file): the first of these present.
 FALLBACK_METRICS = ("acc_norm", "acc", "exact_match", "f1", "mc2", "word_perplexity")
+# What a reader of a paper calls each kind of row; the CSV's `kind` column keeps the short names for programs.
+KIND_LABELS = {"base": "base", "contrans": "transplant", "random": "control: random direction",
+               "own": "control: target's own vector", "prompt": "prompt baseline", **INSTRUCTION_TUNED}
+BAND_LABEL = "control: random band"
 
 
 @dataclass
@@ -113,7 +118,8 @@ def markdown_table(rows: list[Row], extra_metrics: tuple[str, ...] = ()) -> str:
     """
     columns = columns_of(rows, extra_metrics)
     diagnostics = sorted({key for row in rows for key in row.diagnostics})
-    header = ["model", *(f"{task} ({metric})" for task, metric in columns), *diagnostics]
+    kinds = any(row.kind in KIND_LABELS for row in rows)  # lm-eval output folders: rows of no known kind
+    header = ["model", *(["kind"] if kinds else []), *(f"{task} ({metric})" for task, metric in columns), *diagnostics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     shown = set()
     for row in rows:
@@ -122,7 +128,8 @@ def markdown_table(rows: list[Row], extra_metrics: tuple[str, ...] = ()) -> str:
                 shown.add(alpha_key(row.alpha))
                 lines.append(_band_line(rows, alpha_key(row.alpha), columns, len(diagnostics)))
             continue
-        cells = [row.name, *(_cell(*score(row, task, metric)[:2]) for task, metric in columns)]
+        cells = [row.name, *([KIND_LABELS.get(row.kind, "")] if kinds else []),
+                 *(_cell(*score(row, task, metric)[:2]) for task, metric in columns)]
         cells += [f"{row.diagnostics[key]:.3f}" if isinstance(row.diagnostics.get(key), float) else "" for key in diagnostics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -141,7 +148,7 @@ def band_name(alpha, size: int) -> str:
 
 def _band_line(rows: list[Row], alpha, columns: list[tuple[str, str]], blanks: int) -> str:
     size = sum(row.kind == "random" and alpha_key(row.alpha) == alpha for row in rows)
-    cells = [band_name(alpha, size)]
+    cells = [band_name(alpha, size), BAND_LABEL]
     for task, metric in columns:
         band = bands_of(rows, task, metric).get(alpha)
         cells.append("—" if band is None else f"{band.mean:.3f} [{band.spread[0]:.3f}–{band.spread[1]:.3f}]")
@@ -149,7 +156,7 @@ def _band_line(rows: list[Row], alpha, columns: list[tuple[str, str]], blanks: i
 
 
 def paired_markdown(analysis: Analysis, lines: list[str]) -> str:
-    """The paired tests (a table per column) and the verdicts, as Markdown.
+    """The paired tests (a table per column), the gaps to the instruction-tuned rows and the verdicts, as Markdown.
 
     Args:
         analysis: the paired tests (`paired.analyse`).
@@ -172,13 +179,50 @@ def paired_markdown(analysis: Analysis, lines: list[str]) -> str:
         text += [f"Random band at α={alpha_text(alpha)}: mean {band.mean:.3f}, {band.spread_name} "
                  f"{band.spread[0]:.3f}–{band.spread[1]:.3f} ({len(band.values)} directions)" for alpha, band in bands.items()]
         text += [""] if bands else []
-    return "\n".join(text + ["## Verdicts", ""] + [f"- {line}" for line in lines]) + "\n"
+    return "\n".join(text + gap_markdown(analysis) + ["## Verdicts", ""] + [f"- {line}" for line in lines]) + "\n"
 
 
 PAIRED_METHOD = ("Each row against the base target and against the mean of the random directions at its alpha, on the "
                  "same documents: the mean per-document difference with its 95 % interval (paired bootstrap over "
                  f"documents, {RESAMPLES:,} resamples, seeded) and the two-sided p-value of a paired permutation "
                  "(sign-flip) test; the band's mean per document is the mean of its directions' scores of it.")
+
+
+GAP_METHOD = ("Each transplant row against each instruction-tuned row, on the same documents: the source (in ConTrans the "
+              "aligned model the concept comes from) and `--instruct` (the target's instruction-tuned sibling). The "
+              "share of the gap between the base target and that row which the transplant closes, mean(transplant − "
+              "base) / mean(instruction-tuned − base), with the 95 % interval of that ratio over the paired "
+              "bootstrap's resamples (documents drawn jointly). A gap its own paired test does not tell from zero "
+              "(its interval holds 0, or p ≥ 0.05) has no ratio: \"no gap to close\".")
+
+
+def gap_columns(analysis: Analysis) -> list[tuple[tuple[str, str], list[GapClosed], str | None]]:
+    """(column, its `GapClosed`s, the note on why it has none) for each column holding a transplant row and an
+    instruction-tuned row."""
+    found = []
+    for column, entries in analysis.tests.items():
+        kinds = {entry.kind for entry in entries if entry.value is not None}
+        if "contrans" in kinds and kinds & set(INSTRUCTION_TUNED):
+            found.append((column, analysis.gaps.get(column, []), analysis.notes.get(column)))
+    return found
+
+
+def gap_markdown(analysis: Analysis) -> list[str]:
+    """The gaps to the instruction-tuned rows, a table per column, as Markdown lines (none without such rows)."""
+    text = []
+    for (task, metric), gaps, note in gap_columns(analysis):
+        text += [f"### {task} ({metric}): the gap to the instruction-tuned rows", ""]
+        if note or not gaps:
+            text += [f"{note or 'no paired test'}: no gap closed", ""]
+            continue
+        text += ["| transplant | instruction-tuned row | gap (row − base) | p | closes of the gap |", "|---|---|---|---|---|"]
+        for gap in gaps:
+            test = ["—", ""] if gap.gap is None else [format_test(gap.gap).replace("95 % CI ", ""), format_p(gap.gap.p_value)]
+            closed = format_share(gap.share) if gap.share else "no gap to close" if gap.gap else gap.note
+            text.append(f"| {gap.row} | {gap.reference} ({INSTRUCTION_TUNED[gap.reference_kind]}) | "
+                        f"{' | '.join(test)} | {closed} |")
+        text += [""]
+    return ["## The gap to the instruction-tuned rows", "", GAP_METHOD, "", *text] if text else []
 
 
 def _paired_line(entry: RowTests) -> str:
@@ -228,17 +272,50 @@ def write_csv(rows: list[Row], path: Path, extra_metrics: tuple[str, ...] = (), 
     diagnostics = sorted({key for row in rows for key in row.diagnostics})
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "kind", "alpha", *(f"{task}/{metric}{suffix}" for task, metric in columns
+        writer.writerow(["model", "kind", "kind_label", "alpha", *(f"{task}/{metric}{suffix}" for task, metric in columns
                                                      for suffix in ("", "_stderr", *(f"/{name}" for name in PAIRED_CSV))),
                          *diagnostics])
         for row in rows:
-            cells = [row.name, row.kind, "" if row.alpha is None else row.alpha]
+            cells = [row.name, row.kind, KIND_LABELS.get(row.kind, ""), "" if row.alpha is None else row.alpha]
             for column in columns:
                 value, stderr, _ = score(row, *column)
                 cells += ["" if value is None else value, "" if stderr is None else stderr, *_paired_cells(analysis, column, row)]
             writer.writerow(cells + [row.diagnostics.get(key, "") for key in diagnostics])
         for alpha in dict.fromkeys(alpha_key(row.alpha) for row in rows if band_size(rows, row) > 1):
             writer.writerow(_band_csv_line(rows, alpha, columns, analysis) + [""] * len(diagnostics))
+
+
+GAP_CSV = ("task", "metric", "transplant", "alpha", "reference", "reference_kind", "gap", "gap_low", "gap_high", "gap_p",
+           "closed", "closed_low", "closed_high", "note")
+
+
+def write_gap_csv(analysis: Analysis, path: Path) -> bool:
+    """The gaps to the instruction-tuned rows, a line per (column, instruction-tuned row, transplant row): the gap's
+    paired test and the share closed as a fraction (`closed`, `closed_low`, `closed_high`; empty with a `note` where
+    there is none); a column with no paired test is one line with its note. Not written without such rows.
+
+    Args:
+        analysis: the paired tests.
+        path: the CSV file.
+
+    Returns:
+        Whether it was written.
+    """
+    found = gap_columns(analysis)
+    if not found:
+        return False
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(GAP_CSV)
+        for (task, metric), gaps, note in found:
+            if note or not gaps:
+                writer.writerow([task, metric, *[""] * (len(GAP_CSV) - 3), f"{note or 'no paired test'}: no gap closed"])
+            for gap in [] if note else gaps:
+                test = ["", "", "", ""] if gap.gap is None else [gap.gap.difference, gap.gap.low, gap.gap.high,
+                                                                 gap.gap.p_value]
+                writer.writerow([task, metric, gap.row, "" if gap.alpha is None else alpha_text(gap.alpha), gap.reference,
+                                 gap.reference_kind, *test, *(gap.share or ("", "", "")), gap.note or ""])
+    return True
 
 
 def _paired_cells(analysis: Analysis, column: tuple[str, str], row: Row) -> list:
@@ -252,7 +329,7 @@ def _paired_cells(analysis: Analysis, column: tuple[str, str], row: Row) -> list
 
 def _band_csv_line(rows: list[Row], alpha, columns: list[tuple[str, str]], analysis: Analysis) -> list:
     size = sum(row.kind == "random" and alpha_key(row.alpha) == alpha for row in rows)
-    cells = [band_name(alpha, size), "random band", alpha_text(alpha)]
+    cells = [band_name(alpha, size), "random band", BAND_LABEL, alpha_text(alpha)]
     for column in columns:
         band = analysis.bands.get(column, {}).get(alpha)
         cells += ["" if band is None else band.mean, ""] + [""] * (len(PAIRED_CSV) - 2)
@@ -296,7 +373,8 @@ def plot_task(rows: list[Row], task: str, path: Path, metric_name: str | None = 
     for index, row in enumerate(row for row in rows if row.kind not in ("contrans", "random", "own")):
         value = score(row, task, metric)[0]
         if value is not None:
-            axes.axhline(value, linestyle="--", color=f"C{(index + 3) % 10}", label=row.name)
+            label = row.name + (f" ({INSTRUCTION_TUNED[row.kind]})" if row.kind in INSTRUCTION_TUNED else "")
+            axes.axhline(value, linestyle="--", color=f"C{(index + 3) % 10}", label=label)
     axes.set_xlabel("alpha")
     axes.set_ylabel(metric or "score")
     axes.set_title(f"{task} ({metric})" if metric else task)
@@ -377,7 +455,8 @@ def rows_from_folder(folder: Path) -> list[Row]:
 
 def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: tuple[str, ...] = (),
                  concept: str | None = None) -> Path:
-    """table.md (the table, the paired tests, the verdicts), table.csv and a plot per column, in `out`.
+    """table.md (the table, the paired tests, the gaps to the instruction-tuned rows, the verdicts), table.csv,
+    gap_closed.csv (where the table has a transplant and an instruction-tuned row) and a plot per column, in `out`.
 
     Args:
         rows: the rows.
@@ -393,6 +472,8 @@ def write_report(rows: list[Row], out: Path, plots: bool = True, extra_metrics: 
     analysis = analyse(rows, columns_of(rows, extra_metrics))
     (out / "table.md").write_text(report_markdown(rows, extra_metrics, concept, analysis), encoding="utf-8")
     write_csv(rows, out / "table.csv", extra_metrics, analysis)
+    if not write_gap_csv(analysis, out / "gap_closed.csv"):
+        (out / "gap_closed.csv").unlink(missing_ok=True)  # a rerun's, not a table of other rows
     if plots:
         (out / "plots").mkdir(exist_ok=True)
         for task, metric in columns_of(rows, extra_metrics):
