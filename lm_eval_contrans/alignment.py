@@ -3,12 +3,8 @@
 Fitted on paired states of the same anchor texts in both models (one row per anchor text, or one
 per pair of tokens that end at the same character: see `anchors.matched_token_pairs`).
 
-Methods (`map=`):
-- "lstsq": least squares. With `center=False` on last-token states this is the reference recipe.
-- "ridge": least squares with an L2 penalty `ridge * mean(diag(X^T X))`, i.e. relative to the
-  typical squared state norm, so the same value means the same across models; `ridge="auto"` picks
-  the value with the best held-out R^2 from RIDGE_GRID.
-- "procrustes": whiten both sides, then the closest orthogonal map between the whitened states.
+The methods (`map=`, `--map`) are the entries of `map_methods.MAP_METHODS`; their fits are here (`fit_*`),
+each reading the paired rows of one fit through a `FitRows`.
 
 `center=True` fits on states minus their anchor means. A concept vector is a *difference* of
 states, so the map must carry deviations, not the large shared offset of every state (Gemma's
@@ -21,14 +17,15 @@ Quality is held-out R^2: fit on the anchor texts of a seeded 80 % split, score o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.map_methods import MAP_METHODS, settled_method
 
 HOLDOUT_FRACTION = 0.2
-MAP_METHODS = ("lstsq", "ridge", "procrustes")
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -97,30 +94,77 @@ def _whitener(covariance: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tens
     return vectors @ torch.diag(values.rsqrt()) @ vectors.T, vectors @ torch.diag(values.sqrt()) @ vectors.T
 
 
-def _solve_moments(m: _Moments, method: str, ridge: float, center: bool):
-    """(W, source mean, target mean) from the sums: the normal equations, or Procrustes after whitening."""
+Part = Literal["train", "all"]  # the 80 % training split (scored on the rest), or every row (the final map)
+Solution = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # float64 (W, source mean, target mean)
+
+
+@dataclass
+class FitRows:
+    """The paired rows of one fit and its held-out split, as a method's fit (`MapMethod.fit`) reads them: the rows
+    of a part, or their sums, computed once and shared by every solve on them (the final fit, each ridge of the
+    grid). A fit returns float64 (W, source mean, target mean) from the part's rows alone; the ridge it is given
+    is 0 unless its method takes one (`MapMethod.with_ridge`)."""
+
+    source: torch.Tensor
+    target: torch.Tensor
+    train: torch.Tensor
+    test: torch.Tensor
+    _sums: dict = field(default_factory=dict, repr=False)
+
+    def rows(self, part: Part) -> torch.Tensor:
+        """The row indices of a part."""
+        return self.train if part == "train" else torch.arange(self.source.shape[0])
+
+    def moments(self, part: Part, with_target_target: bool = False) -> _Moments:
+        """The float64 sums over a part's rows. All rows' sums are the training sums plus the held-out ones:
+        one pass over the states."""
+        key = (part, with_target_target)
+        if key not in self._sums:
+            if part == "train":
+                self._sums[key] = _moments(self.source, self.target, self.train, with_target_target)
+            else:
+                self._sums[key] = _sum_moments(self.moments("train", with_target_target),
+                                               _moments(self.source, self.target, self.test, with_target_target))
+        return self._sums[key]
+
+
+def _centred(m: _Moments, center: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(source mean, target mean, XᵀX, XᵀY), the products about the means when centred (zero means when not)."""
     source_mean = m.source_sum / m.count if center else torch.zeros_like(m.source_sum)
     target_mean = m.target_sum / m.count if center else torch.zeros_like(m.target_sum)
-    source_source = m.source_source - m.count * torch.outer(source_mean, source_mean)
-    source_target = m.source_target - m.count * torch.outer(source_mean, target_mean)
-    if method == "procrustes":
-        target_target = m.target_target - m.count * torch.outer(target_mean, target_mean)
-        source_whitener, _ = _whitener(source_source / m.count)
-        target_whitener, target_colourer = _whitener(target_target / m.count)
-        u, _, vt = torch.linalg.svd(source_whitener @ (source_target / m.count) @ target_whitener, full_matrices=False)
-        return source_whitener @ (u @ vt) @ target_colourer, source_mean, target_mean
-    gram = source_source.clone()
+    return (source_mean, target_mean, m.source_source - m.count * torch.outer(source_mean, source_mean),
+            m.source_target - m.count * torch.outer(source_mean, target_mean))
+
+
+def fit_ridge(rows: FitRows, part: Part, ridge: float, center: bool) -> Solution:
+    """Least squares from the sums, with an L2 penalty `ridge * mean(diag(XᵀX))`: relative to the typical squared
+    state norm, so the same value means the same across models."""
+    source_mean, target_mean, gram, source_target = _centred(rows.moments(part), center)
     gram.diagonal().add_(max(ridge, 1e-9) * gram.diagonal().mean())  # plain lstsq: a vanishing ridge for stability
     return torch.linalg.solve(gram, source_target), source_mean, target_mean
 
 
-def _solve_rows(source: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, center: bool):
-    """Least squares on the rows themselves (the SVD solver), for near-square problems."""
-    x, y = source[rows].double(), target[rows].double()
-    source_mean = x.mean(0) if center else torch.zeros(x.shape[1], dtype=torch.float64)
-    target_mean = y.mean(0) if center else torch.zeros(y.shape[1], dtype=torch.float64)
-    weight = torch.linalg.lstsq(x - source_mean, y - target_mean, driver="gelsd").solution
-    return weight, source_mean, target_mean
+def fit_least_squares(rows: FitRows, part: Part, ridge: float, center: bool) -> Solution:
+    """Plain least squares: the SVD solver on the rows themselves for near-square problems (under 4 rows a source
+    dimension), else the normal equations."""
+    count, source_dim = rows.source.shape
+    if count < 4 * source_dim:
+        x, y = rows.source[rows.rows(part)].double(), rows.target[rows.rows(part)].double()
+        source_mean = x.mean(0) if center else torch.zeros(x.shape[1], dtype=torch.float64)
+        target_mean = y.mean(0) if center else torch.zeros(y.shape[1], dtype=torch.float64)
+        return torch.linalg.lstsq(x - source_mean, y - target_mean, driver="gelsd").solution, source_mean, target_mean
+    return fit_ridge(rows, part, ridge, center)
+
+
+def fit_procrustes(rows: FitRows, part: Part, ridge: float, center: bool) -> Solution:
+    """Whiten both sides, then the closest orthogonal map between the whitened states (coloured back to the target)."""
+    m = rows.moments(part, with_target_target=True)
+    source_mean, target_mean, source_source, source_target = _centred(m, center)
+    target_target = m.target_target - m.count * torch.outer(target_mean, target_mean)
+    source_whitener, _ = _whitener(source_source / m.count)
+    target_whitener, target_colourer = _whitener(target_target / m.count)
+    u, _, vt = torch.linalg.svd(source_whitener @ (source_target / m.count) @ target_whitener, full_matrices=False)
+    return source_whitener @ (u @ vt) @ target_colourer, source_mean, target_mean
 
 
 def _heldout_r2(source, target, rows, weight, source_mean, target_mean) -> float:
@@ -141,28 +185,10 @@ def r_squared(predicted: torch.Tensor, actual: torch.Tensor) -> float:
     return float(1.0 - residual / total)
 
 
-def check_ridge(ridge) -> float | str:
-    if ridge == "auto":
-        return "auto"
-    try:
-        value = float(ridge)
-    except (TypeError, ValueError):
-        raise ConTransError("ridge", f"expected a number or 'auto', got {ridge!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ConTransError("ridge", f"must be a finite number >= 0 or 'auto', got {ridge!r}")
-    return value
-
-
-def check_map_method(method: str) -> str:
-    if method not in MAP_METHODS:
-        raise ConTransError("map", f"expected one of {', '.join(MAP_METHODS)}, got {method!r}")
-    return method
-
-
 def check_anchor_count(count: int, source_dim: int, ridge: float | str, method: str = "lstsq") -> None:
-    """Plain least squares needs an over-determined fit: at least `source_dim` rows in the 80 % split."""
+    """An over-determined method (plain least squares) needs at least `source_dim` rows in the 80 % split."""
     train = count - max(1, round(count * HOLDOUT_FRACTION))
-    if method == "lstsq" and ridge in (0, 0.0) and train < source_dim:
+    if MAP_METHODS[method].overdetermined and ridge in (0, 0.0) and train < source_dim:
         needed = math.ceil(source_dim / (1 - HOLDOUT_FRACTION))
         raise ConTransError(
             "anchors",
@@ -182,16 +208,6 @@ def heldout_split(groups: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, to
     return torch.nonzero(~test_mask).flatten(), torch.nonzero(test_mask).flatten()
 
 
-def settled_method(method: str, ridge: float | str) -> tuple[str, float | str]:
-    """(method, ridge), checked: a ridge value given with the default method means a ridge fit."""
-    method, ridge = check_map_method(method), check_ridge(ridge)
-    if ridge not in (0, 0.0):
-        if method == "procrustes":
-            raise ConTransError("ridge", "applies to map=lstsq or map=ridge, not to map=procrustes")
-        method = "ridge"
-    return method, ridge
-
-
 def fit_linear_map(
     source_states: torch.Tensor,
     target_states: torch.Tensor,
@@ -206,7 +222,7 @@ def fit_linear_map(
 
     Args:
         source_states, target_states: paired rows, [anchors, source width] and [anchors, target width].
-        method: "lstsq", "ridge" or "procrustes".
+        method: a name in MAP_METHODS ("lstsq", "ridge", "procrustes").
         ridge: > 0 adds `ridge × mean(diag XᵀX)` to the normal equations; "auto" picks it on held-out R².
         center: fit on mean-centred states (the means are kept in the map).
         groups: each row's anchor text (None: a text a row); held-out rows are whole texts, so tokens
@@ -224,23 +240,11 @@ def fit_linear_map(
     count, source_dim = source_states.shape
     groups = torch.arange(count) if groups is None else groups
     check_anchor_count(count, source_dim, ridge, method)
-    train, test = heldout_split(groups, seed)
-    near_square = method == "lstsq" and ridge in (0, 0.0) and count < 4 * source_dim
-
-    if near_square:
-        def fit(part: str, penalty: float):
-            return _solve_rows(source_states, target_states, train if part == "train" else torch.arange(count), center)
-    else:
-        # one pass over the states: the sums over all rows are the training sums plus the held-out
-        # ones, and every ridge value of the grid is solved from the same training sums
-        sums = {"train": _moments(source_states, target_states, train, method == "procrustes")}
-        sums["all"] = _sum_moments(sums["train"], _moments(source_states, target_states, test, method == "procrustes"))
-
-        def fit(part: str, penalty: float):
-            return _solve_moments(sums[part], method, penalty, center)
+    rows = FitRows(source_states, target_states, *heldout_split(groups, seed))
+    fit = MAP_METHODS[method].fitter()
 
     def heldout(penalty: float) -> float:
-        return _heldout_r2(source_states, target_states, test, *fit("train", penalty))
+        return _heldout_r2(source_states, target_states, rows.test, *fit(rows, "train", penalty, center))
 
     if ridge == "auto":
         scores = {value: heldout(value) for value in RIDGE_GRID}
@@ -248,7 +252,7 @@ def fit_linear_map(
         heldout_r2 = scores[ridge]
     else:
         heldout_r2 = heldout(float(ridge))
-    weight, source_mean, target_mean = fit("all", float(ridge))
+    weight, source_mean, target_mean = fit(rows, "all", float(ridge), center)
     weight = weight.float()
     return LinearMap(weight=weight, source_mean=source_mean.float(), target_mean=target_mean.float(),
                      heldout_r2=heldout_r2, method=method, ridge=float(ridge), center=bool(center))

@@ -161,6 +161,8 @@ def _recipe_arguments(parser: argparse.ArgumentParser,
                       source_layer_help: str = "block index, depth fraction, or auto (the recipe's default); one per concept as x+y",
                       target_layer_help: str = "block index, depth fraction, or auto (default 0.75); one per concept as x+y",
                       ) -> None:
+    from lm_eval_contrans.map_methods import MAP_METHODS, map_help
+
     parser.add_argument("--recipe", default="default", choices=["default", "reference"],
                         help="default: dense anchors, centred fit, source block by R^2, alpha in residual units; "
                              "reference: the paper's recipe")
@@ -168,7 +170,7 @@ def _recipe_arguments(parser: argparse.ArgumentParser,
     parser.add_argument("--target-layer", default=None, help=target_layer_help)
     parser.add_argument("--anchors", default=None, help="anchor corpus: .jsonl/.json/.csv/.tsv, or one text per line (default: shipped corpus)")
     parser.add_argument("--anchor-tokens", default=None, choices=["dense", "last"])
-    parser.add_argument("--map", default=None, choices=["lstsq", "ridge", "procrustes"])
+    parser.add_argument("--map", default=None, choices=list(MAP_METHODS), help=map_help())
     parser.add_argument("--ridge", default=None, help="relative L2 penalty, or auto (best held-out R^2)")
     parser.add_argument("--center", default=None, choices=["true", "false"])
     parser.add_argument("--alpha-unit", default=None, choices=["residual", "raw"])

@@ -134,7 +134,7 @@ class TransplantArgs:
     target_layer: int | float | str | None = None
     anchors: str | None = None
     anchor_tokens: str | None = None
-    map: str | None = None  # lstsq | ridge | procrustes
+    map: str | None = None  # a name in map_methods.MAP_METHODS, checked with the recipe before any model loads
     ridge: float | str | None = None
     center: bool | str | None = None
     alpha_unit: str | None = None

@@ -12,6 +12,7 @@ import logging
 import torch
 
 from lm_eval_contrans.alignment import fit_linear_map
+from lm_eval_contrans.map_methods import MAP_METHODS
 from lm_eval_contrans.anchors import anchors_hash, matched_token_pairs
 from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.concepts import ConceptSet
@@ -38,22 +39,27 @@ _FITS: dict = {}  # fitted maps by the cache keys of the states they fit, shared
 FITS_KEPT = 256  # one auto target sweep fits ~70 maps; each holds a source x target matrix
 
 
+def fit_key(recipe: Recipe, source_key, target_key) -> tuple | None:
+    """What names a fit in `_FITS`: the method, the recipe fields its fit is given, and the cache keys of the
+    states (which pin model, block, dtype, corpus and token pairing); None for states held only in memory."""
+    if source_key is None or target_key is None:
+        return None
+    return recipe.map_method, *MAP_METHODS[recipe.map_method].options(recipe).values(), source_key, target_key
+
+
 def fit_maps(source: ConceptStates, target: TargetAnchorStates, recipe: Recipe) -> tuple[dict, torch.Tensor]:
     """({source block: map fitted there}, the target rows they were fitted to)."""
     source_index, target_index, groups = paired_indices(source, target)
     target_rows = target.anchor_states[target_index]
     fits = {}
     for layer in source.layers:
-        # the map does not depend on the concept: several concepts on the same states share one fit.
-        # States are named by their cache keys (which pin model, block, dtype, corpus and token pairing);
-        # states held only in memory are not remembered.
-        named = source.anchor_key(layer), target.key
-        key = None if None in named else (recipe.map_method, recipe.ridge, recipe.center, *named)
+        # the map does not depend on the concept: several concepts on the same states share one fit
+        key = fit_key(recipe, source.anchor_key(layer), target.key)
         if key in _FITS:
             fits[layer] = _FITS[key]
             continue
         fits[layer] = fit_linear_map(source.anchor_states[layer][source_index], target_rows, method=recipe.map_method,
-                                     ridge=recipe.ridge, center=recipe.center, groups=groups)
+                                     groups=groups, **MAP_METHODS[recipe.map_method].options(recipe))
         if key is not None:
             if len(_FITS) >= FITS_KEPT:
                 _FITS.pop(next(iter(_FITS)))

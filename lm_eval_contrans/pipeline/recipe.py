@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from lm_eval_contrans.alignment import check_map_method, check_ridge
+from lm_eval_contrans.map_methods import check_ridge, settled_method
 from lm_eval_contrans.anchors import check_anchor_tokens
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, read_only_tokenizer
@@ -35,7 +35,7 @@ class Recipe:
     """How the transplant is made (everything but the models, concept and layers)."""
 
     anchor_tokens: str = "dense"  # "dense": every token pair ending at the same character; "last": last tokens
-    map_method: str = "lstsq"
+    map_method: str = "lstsq"  # a name in map_methods.MAP_METHODS
     ridge: float | str = 0.0
     center: bool = True
     alpha_unit: str = "residual"  # alpha 1 = ALPHA_UNIT_FRACTION of the target block's median residual norm
@@ -44,7 +44,7 @@ class Recipe:
 
     def checked(self) -> Recipe:
         check_anchor_tokens(self.anchor_tokens)
-        check_map_method(self.map_method)
+        settled_method(self.map_method, self.ridge)  # a ridge the method refuses, before any model loads
         check_alpha_unit(self.alpha_unit)
         return replace(self, ridge=check_ridge(self.ridge), center=as_bool(self.center, "center"))
 
