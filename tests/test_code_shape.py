@@ -40,3 +40,41 @@ def test_every_public_function_documents_its_args_and_what_it_returns():
         if missing:
             undocumented.append(f"{name} lacks {', '.join(missing)}")
     assert undocumented == []
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that `path` imports when it is imported (function-level imports are lazy: left out)."""
+    imported = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    return imported & modules
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """Each module builds on the ones below it (a package's `__init__` re-exporting its submodules is above them):
+    a cycle would make the import order decide which names exist."""
+    paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {name: _top_level_imports(path, set(paths)) - {name} for name, path in paths.items()}
+    done: set[str] = set()
+
+    def cycle_from(name: str, stack: list[str]) -> list[str] | None:
+        if name in stack:
+            return stack[stack.index(name):] + [name]
+        if name in done:
+            return None
+        for imported in sorted(graph[name]):
+            if found := cycle_from(imported, [*stack, name]):
+                return found
+        done.add(name)
+        return None
+
+    cycles = [" -> ".join(found) for name in sorted(graph) if (found := cycle_from(name, []))]
+    assert cycles == [], cycles[0] if cycles else ""

@@ -276,7 +276,7 @@ def test_leftovers_of_killed_writes_are_removed_by_the_next_run_that_takes_the_l
 
 def test_a_damaged_entry_is_made_again_once_with_a_warning_naming_it(tmp_path, monkeypatch, caplog):
     from lm_eval_contrans.cache import _entry_path, cached_dir, cached_tensor
-    from lm_eval_contrans.loading import _loadable_folder
+    from lm_eval_contrans.loading.gguf_files import _loadable_folder
 
     monkeypatch.setenv("CONTRANS_CACHE", str(tmp_path))
     made = []

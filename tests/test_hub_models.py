@@ -44,10 +44,10 @@ def offline_hub(hub_cache, monkeypatch) -> Path:
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    loading._hub_commit.cache_clear()
+    loading.hub._hub_commit.cache_clear()
     loading.release_read_only_tokenizers()
     yield hub_cache
-    loading._hub_commit.cache_clear()
+    loading.hub._hub_commit.cache_clear()
     loading.release_read_only_tokenizers()
 
 
@@ -204,6 +204,6 @@ def test_a_revision_or_model_that_is_not_there_is_named_in_one_line(offline_hub,
         def answering(*args, error=error, **kwargs):
             raise error
         monkeypatch.setattr("huggingface_hub.hf_hub_download", answering)
-        loading._hub_commit.cache_clear()
+        loading.hub._hub_commit.cache_clear()
         with pytest.raises(ConTransError, match=expected):
             model_identity(parse_model_spec("org/model@v9", "target"))

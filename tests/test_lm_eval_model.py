@@ -417,7 +417,7 @@ def test_no_read_only_tokenizer_is_held_while_the_target_loads(tiny_llama_dir, t
     create_model = HFLM._create_model
 
     def spying_create_model(self, *args, **kwargs):
-        held.append(loading._tokenizer.cache_info().currsize)
+        held.append(loading.tokenizer_cache._tokenizer.cache_info().currsize)
         return create_model(self, *args, **kwargs)
 
     monkeypatch.setattr(HFLM, "_create_model", spying_create_model)
@@ -426,7 +426,7 @@ def test_no_read_only_tokenizer_is_held_while_the_target_loads(tiny_llama_dir, t
     load_model = build.load_model
 
     def spying_load_model(*args, **kwargs):
-        held.append(loading._tokenizer.cache_info().currsize)
+        held.append(loading.tokenizer_cache._tokenizer.cache_info().currsize)
         return load_model(*args, **kwargs)
 
     monkeypatch.setattr(build, "load_model", spying_load_model)

@@ -133,7 +133,7 @@ def test_tokenizer_without_offsets_falls_back_to_last_token_anchors(tiny_llama_d
                                                                     monkeypatch, caplog):
     from transformers import AutoTokenizer
 
-    from lm_eval_contrans.loading import _tokenizer
+    from lm_eval_contrans.loading.tokenizer_cache import _tokenizer
     from lm_eval_contrans.pipeline import build_transplant
 
     concept, anchors = small_inputs

@@ -1,5 +1,5 @@
 """GGUF loading: first load (de-quantize + cache) vs second load of the same file; and the first load
-with each file's metadata parsed once (`loading.gguf_parsed_once`, the default) vs parsed afresh for
+with each file's metadata parsed once (`loading.gguf_files.gguf_parsed_once`, the default) vs parsed afresh for
 the config, the tokenizer and the weights, as transformers does alone.
 
 Targets: the second load >= 5x faster than the first (issue 5); parsing once shortens the first load
@@ -32,7 +32,7 @@ def first_and_second_load(name: str) -> tuple[float, float]:
 def main() -> None:
     import argparse
 
-    from lm_eval_contrans import loading
+    from lm_eval_contrans.loading import gguf_files  # where dequantized_gguf_folder looks gguf_parsed_once up
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_json_argument(parser)
@@ -41,12 +41,12 @@ def main() -> None:
     document = {}
     for name in (SOURCE, TARGET):
         once_first, second = first_and_second_load(name)
-        parse_once = loading.gguf_parsed_once
-        loading.gguf_parsed_once = contextlib.nullcontext
+        parse_once = gguf_files.gguf_parsed_once
+        gguf_files.gguf_parsed_once = contextlib.nullcontext
         try:
             afresh_first, _ = first_and_second_load(name)
         finally:
-            loading.gguf_parsed_once = parse_once
+            gguf_files.gguf_parsed_once = parse_once
         print(f"{name}: first load {once_first:.1f} s (metadata parsed once) vs {afresh_first:.1f} s (parsed "
               f"afresh each time): RATIO {afresh_first / once_first:.2f}x; second load {second:.2f} s: "
               f"RATIO first / second = {once_first / second:.1f}  (target >= 5)")
