@@ -5,6 +5,8 @@ by the plain-Python pipeline at construction and applied by `steering.steer` aro
 pass (`_model_call` serves loglikelihood and loglikelihood_rolling, `_model_generate` serves
 generate_until). Loglikelihood requests take FastScoringHFLM's shortcuts (scoring.py): only scored
 positions go through the output layer, and on a CPU a shared context runs once (share_context).
+Several steerings at one block can be scored together (`use_lanes`, lanes.py): the blocks before it run
+once for all of them; `contrans compare` scores its consecutive steered rows so.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from lm_eval.models.huggingface import HFLM
 
 from lm_eval_contrans.artifact import save_transplants
 from lm_eval_contrans.blocks import use_block_path
+from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.direction import Direction
+from lm_eval_contrans.lanes import BROKEN, lane_vectors, lanes_work, score_lanes
 from lm_eval_contrans.loading import (
     evaluation_device, pretrained_path, release_read_only_tokenizers,
 )
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
-from lm_eval_contrans.steering import check_positions, stop_if_not_finite
+from lm_eval_contrans.steering import check_positions, not_finite, stop_if_not_finite
 from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.transplant_args import (
     Steering, TransplantArgs, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare_transplants,
@@ -78,6 +82,8 @@ class ConTransLM(FastScoringHFLM):
             use_block_path(self.model, args.block_path, "block_path")
         self._target_name = target_spec.name
         self._check_target_name = as_bool(args.check_target_name, "check_target_name")
+        self._lanes: list[tuple[list[Direction], list[float]]] = []  # use_lanes
+        self._answers: dict[str, dict] = {}  # each lane's steering digest -> {(context, continuation): answer}
         self.use_transplants(prepared.finish(self.model, self.tokenizer), prepared.alphas)
         if args.save_vector:
             save_transplants(self.transplants, args.save_vector, "save_vector")
@@ -95,9 +101,64 @@ class ConTransLM(FastScoringHFLM):
         after checking each against the loaded target: one load of the target serves a whole grid of vectors."""
         transplants = [transplants] if isinstance(transplants, (Transplant, Direction)) else list(transplants)
         alphas = alphas_for(alphas, len(transplants))
-        self.directions = check_for_target(transplants, alphas, target=self._target_name,
-                                           facts=target_facts(None, self.model), strict_name=self._check_target_name)
+        self.directions = self._checked(transplants, alphas)
         self.transplants, self.alphas = transplants, alphas
+        self._steering_digest = steering_digest(self.directions, alphas)
+
+    def use_lanes(self, steerings: list[tuple[Steering | list[Steering], float | str | list]]) -> None:
+        """Score these steerings (transplants, alphas) together from now on, the one in use (`use_transplants`)
+        among them: a loglikelihood request is answered for every one of them in passes that run the blocks
+        before their common block once (lanes.py), and the others' answers are kept until each is in use.
+        Where they do not all steer one block, positions is not "all", or this model's blocks cannot share a
+        pass (`lanes.lanes_work`), each is scored alone, as without lanes; [] ends them."""
+        lanes = {}
+        for transplants, alphas in steerings:
+            transplants = [transplants] if isinstance(transplants, (Transplant, Direction)) else list(transplants)
+            alphas = alphas_for(alphas, len(transplants))
+            directions = self._checked(transplants, alphas)
+            lanes.setdefault(steering_digest(directions, alphas), (directions, alphas))
+        if list(lanes) != list(self._answers):
+            self._lanes, self._answers = list(lanes.values()), {digest: {} for digest in lanes}
+
+    def _checked(self, transplants: list[Steering], alphas: list[float]) -> list[Direction]:
+        return check_for_target(transplants, alphas, target=self._target_name, facts=target_facts(None, self.model),
+                                strict_name=self._check_target_name)
+
+    def _lane_block(self) -> int | None:
+        """The block every lane steers, where the steering in use is scored in lanes; else None."""
+        if len(self._lanes) < 2 or self._steering_digest not in self._answers or self.positions != "all" \
+                or not self.shortcuts or self.backend != "causal":
+            return None
+        blocks = {direction.block for directions, alphas in self._lanes
+                  for direction, alpha in zip(directions, alphas) if alpha != 0.0}
+        if len(blocks) != 1 or not lanes_work(self.model, next(iter(blocks))):
+            return None
+        return next(iter(blocks))
+
+    def _score_full_passes(self, requests, disable_tqdm: bool, override_bs: int | None) -> list[tuple[float, bool]]:
+        block = self._lane_block()
+        if block is None:
+            return super()._score_full_passes(requests, disable_tqdm, override_bs)
+        keys = [(tuple(context), tuple(continuation)) for _, context, continuation in requests]
+        missing = {key: index for index, key in enumerate(keys) if key not in self._answers[self._steering_digest]}
+        if missing:
+            wanting = [digest for digest, answers in self._answers.items() if any(key not in answers for key in missing)]
+            lanes = dict(zip(self._answers, self._lanes))
+            rows = self.batch_size if isinstance(self.batch_size, int) else override_bs or self._detect_batch_size(
+                [max(requests, key=lambda request: len(request[1]) + len(request[2]))])
+            scored = score_lanes(self, [requests[index] for index in missing.values()], block,
+                                 [lane_vectors(*lanes[digest]) for digest in wanting], rows, disable_tqdm)
+            for digest, answers in zip(wanting, scored, strict=True):
+                self._answers[digest].update(zip(missing, answers, strict=True))
+        own = self._answers[self._steering_digest]
+        results = []
+        for (strings, _, _), key in zip(requests, keys, strict=True):
+            if own[key] is BROKEN:
+                raise not_finite(describe_steering(self.directions, self.alphas))
+            if strings is not None:  # as HFLM: loglikelihood_rolling's windows are cached per document instead
+                self.cache_hook.add_partial("loglikelihood", strings, own[key])
+            results.append(own[key])
+        return results
 
     # One concept is the common case: `transplant` / `alpha` read it (use_transplants changes it).
     @property
@@ -135,3 +196,9 @@ class ConTransLM(FastScoringHFLM):
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "contrans": transplant_info(self.transplants, self.alphas, self.positions)}
+
+
+def steering_digest(directions: list[Direction], alphas: list[float]) -> str:
+    """What identifies a steering's answers: each direction's steering key with its alpha."""
+    return content_key({"steering": [[direction.steering_key(), float(alpha)] for direction, alpha in
+                                     zip(directions, alphas, strict=True)]})

@@ -85,14 +85,7 @@ class FastScoringHFLM(HFLM):
         rest = [index for index in range(len(requests)) if index not in in_groups]
         results: list = [None] * len(requests)
         if rest:
-            # HFLM scores only continuation tokens; knowing the longest one lets _model_call project
-            # just the positions that hold them (see _scored_window).
-            self._longest_continuation = max(len(requests[index][2]) for index in rest)
-            try:
-                scored = super()._loglikelihood_tokens([requests[index] for index in rest],
-                                                       disable_tqdm=disable_tqdm, override_bs=override_bs)
-            finally:
-                self._longest_continuation = None
+            scored = self._score_full_passes([requests[index] for index in rest], disable_tqdm, override_bs)
             for index, answer in zip(rest, scored, strict=True):
                 results[index] = answer
         progress = tqdm(total=len(in_groups), desc="Scoring choices of shared contexts",
@@ -110,6 +103,16 @@ class FastScoringHFLM(HFLM):
             progress.update(len(indices))
         progress.close()
         return results
+
+    def _score_full_passes(self, requests, disable_tqdm: bool, override_bs: int | None) -> list[tuple[float, bool]]:
+        """Requests scored in full passes (not sharing a context): HFLM's batches, with the scored window."""
+        # HFLM scores only continuation tokens; knowing the longest one lets _model_call project
+        # just the positions that hold them (see _scored_window).
+        self._longest_continuation = max(len(continuation) for _, _, continuation in requests)
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            self._longest_continuation = None
 
     def _shared_context_groups(self, requests) -> list[list[int]]:
         """Groups of requests worth scoring with one pass over their common context.
@@ -164,9 +167,11 @@ class FastScoringHFLM(HFLM):
         window = padded_length - int(lengths.min()) + longest
         return window if window < padded_length else None
 
-    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None, around=None) -> torch.Tensor:
+        """HFLM's, with the scored window; `around`: the context entered around the pass instead of
+        `_around_forward()` (the lanes of a shared pass, lanes.py)."""
         window = self._scored_window(inps) if attn_mask is None and labels is None else None
-        with self._around_forward(), ExitStack() as stack:
+        with around if around is not None else self._around_forward(), ExitStack() as stack:
             if window is not None:
                 def keep_last_logits(module, args, kwargs):
                     return args, {**kwargs, "logits_to_keep": window}

@@ -178,6 +178,12 @@ def broken_outputs(states: torch.Tensor) -> bool:
     return states.shape[-1] > 1 and bool((states.amax(dim=-1) == states.amin(dim=-1)).any())
 
 
+def not_finite(steered: str) -> ConTransError:
+    """The error of a steered pass whose outputs are broken (`broken_outputs`), naming what steered it."""
+    return ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf), or constant at a "
+                                  f"position, with {steered}: lower alpha")
+
+
 @contextmanager
 def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator[None]:
     """Within the block, a forward pass of `model` whose final hidden states hold NaN or inf stops with an error
@@ -188,11 +194,19 @@ def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator
     (bench/perf/eval_overhead.py). A pass in which the output layer is not called as a module (a model that
     multiplies by its embedding matrix itself) gets its logits checked instead.
     """
-    def check(states) -> None:
-        if isinstance(states, torch.Tensor) and broken_outputs(states):
-            raise ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf), or constant at a "
-                                         f"position, with {steered()}: lower alpha")
+    def check(states: torch.Tensor) -> None:
+        if broken_outputs(states):
+            raise not_finite(steered())
 
+    with watch_final_states(model, check):
+        yield
+
+
+@contextmanager
+def watch_final_states(model: nn.Module, check: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Within the block, `check` is given each forward pass's input of the output layer (or, where the output layer
+    is not called as a module, its logits): what `stop_if_not_finite` checks, and the lanes of a shared pass
+    (lanes.py) check each lane's rows of."""
     head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
     head_called = [False]
 
@@ -201,11 +215,13 @@ def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator
 
     def check_head_input(module: nn.Module, args) -> None:
         head_called[0] = True
-        check(args[0] if args else None)
+        if args and isinstance(args[0], torch.Tensor):
+            check(args[0])
 
     def check_logits_unless_checked(module: nn.Module, inputs, output) -> None:
-        if not head_called[0]:
-            check(getattr(output, "logits", None))
+        logits = getattr(output, "logits", None)
+        if not head_called[0] and isinstance(logits, torch.Tensor):
+            check(logits)
 
     with ExitStack() as hooks:
         hooks.callback(model.register_forward_pre_hook(start_pass).remove)

@@ -4,7 +4,9 @@ Every kind of experiment in this project is a list of `GridRow`s run by one `Gri
 compare`, and the scripts in bench/experiments. The grid
 
 - scores every row the same way (FastScoringHFLM and its subclasses, the same batch size);
-- loads the target once for all of its consecutive steered rows (`ConTransLM.use_transplants`);
+- loads the target once for all of its consecutive steered rows (`ConTransLM.use_transplants`), and scores
+  those that steer one block (or nothing: the base target) together (`ConTransLM.use_lanes`): the blocks
+  before that block run once for all of them, only the later blocks and the output layer once per row;
 - writes each row's results as soon as it finishes, under `rows/<name>/`, with the key of every
   setting that determines them (the row's model, what it steers with (`Direction.steering_key`: block,
   vector, alpha unit; not how the vector was made), alpha, prefix and tasks;
@@ -37,6 +39,7 @@ from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.report import Row, main_metrics_of, read_json
 from lm_eval_contrans.paths import safe_name
 from lm_eval_contrans.transplant import Steering, Transplant, directions_of
+from lm_eval_contrans.transplant_args import alphas_for
 
 logger = logging.getLogger(__name__)
 STEERED_KINDS = ("base", "contrans", "random", "own", "shuffled")  # rows on the (steered) target
@@ -126,6 +129,9 @@ class EvalSettings:
     # directions, each row's requests tagged with its steering; `model_args` are then lm-eval's VLLM's)
     engine: str = "hf"
     engine_args: dict = field(default_factory=dict)  # the vLLM engine's (lm-eval's --model vllm args)
+    # HF: consecutive steered rows at one block scored together (ConTransLM.use_lanes); left out of a row's key:
+    # it moves a row's numbers by rounding only (float32: ~1e-6)
+    share_passes: bool = True
 
     def limit_of(self, task: str):
         return self.limit.get(task) if isinstance(self.limit, dict) else self.limit
@@ -166,6 +172,7 @@ class Grid:
         self.lm_eval_version = lm_eval.__version__
         self._task_manager = None
         self._target_lm = None  # (model name, ConTransLM) kept across consecutive steered rows
+        self._lanes: dict[str, list] = {}  # row name -> the steerings scored with its own (`_lane_groups`)
         # what the last `run` did, so a script's reported time says which rows it paid for
         self.seconds: dict[str, float] = {}  # row name -> seconds to evaluate it (load included)
         self.reused: list[str] = []  # rows read back from the folder
@@ -223,7 +230,7 @@ class Grid:
             settings["limit"] = {task: self.settings.limit_of(task) for task in settings["tasks"]}
         alpha = list(row.alpha) if isinstance(row.alpha, (list, tuple)) else row.alpha
         described = {"kind": row.kind, "model": row.model, "steering": steering_key, "alpha": alpha, "prefix": row.prefix}
-        del settings["evaluate"], settings["paired_metrics"]
+        del settings["evaluate"], settings["paired_metrics"], settings["share_passes"]
         if settings["engine"] == "hf":  # named only for another engine, so rows saved before it existed keep their keys
             del settings["engine"], settings["engine_args"]
         options = self.evaluate_options(row)
@@ -245,14 +252,17 @@ class Grid:
         (self.folder / "rows" / "index.json").write_text(json.dumps(names, indent=1))
         done = []
         self.seconds, self.reused = {}, []
+        plans = [self._plan(row, self.folder / "rows" / name) for row, name in zip(rows, names)]
+        self._lanes = self._lane_groups(rows, plans) if self.settings.engine == "hf" and self.settings.share_passes else {}
         try:
-            for row, name in tqdm(list(zip(rows, names)), desc="grid rows", unit="row"):
-                done.append(self._row(row, self.folder / "rows" / name))
+            for row, name, plan in tqdm(list(zip(rows, names, plans)), desc="grid rows", unit="row"):
+                done.append(self._row(row, self.folder / "rows" / name, plan))
         finally:
             self._release_target()
         return done
 
-    def _row(self, row: GridRow, folder: Path) -> Row:
+    def _plan(self, row: GridRow, folder: Path) -> tuple[Path | None, str, Row | None]:
+        """(artifact, key, saved row where its key matches) of a row."""
         path, steering = self.artifact_path(row.transplant) if row.transplant is not None else (None, None)
         key = self.row_key(row, steering)
         stored = folder / "row.json"
@@ -263,10 +273,41 @@ class Grid:
                 logger.warning("%s; running row %r again", damaged, row.name)
                 saved = {}
             if saved.pop("key", None) == key and not self._lacks_documents(saved):
-                self.reused.append(row.name)
-                return Row(**saved)
+                return path, key, Row(**saved)
             logger.info("row %r was run with other settings or without per-document scores; running it again",
                         row.name)
+        return path, key, None
+
+    def _lane_groups(self, rows: list[GridRow], plans: list[tuple]) -> dict[str, list]:
+        """{row name: the steerings (transplants, alphas) scored together with its own}: runs of consecutive steered
+        rows still to evaluate (rows read back load nothing) on one target, with the same tasks and evaluation
+        options, whose directions all steer one block (the base target's row steers none)."""
+        runs, current = [], None
+        for row, (path, _, saved) in zip(rows, plans, strict=True):
+            if saved is not None:
+                continue
+            if not row.steered:
+                current = None  # another model loads in between
+                continue
+            transplants = [] if path is None else load_steering(path, "transplant")
+            alphas = alphas_for(list(row.alpha) if isinstance(row.alpha, (list, tuple)) else (row.alpha or 0.0),
+                                len(transplants))
+            blocks = {direction.block for direction, alpha in zip(directions_of(transplants), alphas) if alpha != 0.0}
+            same = (row.model, sorted(row.tasks or self.settings.tasks),
+                    json.dumps(self.evaluate_options(row), sort_keys=True, default=str))
+            if current is None or current["same"] != same or len(current["blocks"] | blocks) > 1:
+                current = {"same": same, "blocks": set(), "rows": []}
+                runs.append(current)
+            current["blocks"] |= blocks
+            current["rows"].append((row.name, (transplants, alphas)))
+        return {name: [steering for _, steering in run["rows"]] for run in runs if len(run["rows"]) > 1
+                for name, _ in run["rows"]}
+
+    def _row(self, row: GridRow, folder: Path, plan: tuple[Path | None, str, Row | None]) -> Row:
+        path, key, saved = plan
+        if saved is not None:
+            self.reused.append(row.name)
+            return saved
         started = time.perf_counter()
         results, configs, documents, hashes = self._evaluate(row, path)
         self.seconds[row.name] = time.perf_counter() - started
@@ -277,7 +318,7 @@ class Grid:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps({"results": results, "configs": configs}, indent=1,
                                                         default=str))
-        stored.write_text(json.dumps({**result.to_json(), "key": key}, indent=1))
+        (folder / "row.json").write_text(json.dumps({**result.to_json(), "key": key}, indent=1))
         return result
 
     def _lacks_documents(self, saved: dict) -> bool:
@@ -335,6 +376,7 @@ class Grid:
                 self._target_lm = (row.model, ConTransLM.from_transplants(row.model, transplants, alphas,
                                                                          **self._hf_args()))
             self._target_lm[1].use_transplants(transplants, alphas)
+            self._target_lm[1].use_lanes(self._lanes.get(row.name, []))
             return self._target_lm[1]
         self._release_target()  # another model is loaded next: free the target first
         spec = parse_model_spec(row.model, "model")
