@@ -35,6 +35,7 @@ _LAZY = {
     "port_vector": "lm_eval_contrans.pipeline",
     "read_vector": "lm_eval_contrans.vectors",
     "Recipe": "lm_eval_contrans.pipeline",
+    "SteeringRequest": "lm_eval_contrans.request",
     "steer": "lm_eval_contrans.steering",
     "concept_vector": "lm_eval_contrans.extract",
     "fit_linear_map": "lm_eval_contrans.alignment",

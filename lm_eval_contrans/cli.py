@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lm_eval_contrans.errors import ConTransError
+from lm_eval_contrans.request import add_arguments
 
 if TYPE_CHECKING:
     from lm_eval_contrans.loading import ModelSpec
@@ -46,9 +47,9 @@ def _add_port(commands) -> None:
     port.add_argument("--source", required=True, help=f"the model the vector was made for: {MODEL_HELP}")
     port.add_argument("--target", required=True, help=f"target model: {MODEL_HELP}")
     port.add_argument("--out", required=True, help="where to write the artifact (.safetensors)")
-    _build_arguments(port, source_layer_help="the block a file that names no block was made at (index, negative "
-                                             "from the end, or depth fraction)",
-                     target_layer_help="one target block for every block of the file (default: the same relative depth)")
+    _build_arguments(port, source_layer="the block a file that names no block was made at (index, negative from the "
+                                         "end, or depth fraction)",
+                     target_layer="one target block for every block of the file (default: the same relative depth)")
 
 
 def _add_inspect(commands) -> None:
@@ -74,7 +75,7 @@ def _add_compare(commands) -> None:
     compare.add_argument("--concept", default="sentiment")
     compare.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     compare.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 5.0])
-    _recipe_arguments(compare)
+    add_arguments(compare, "recipe")
     compare.add_argument("--instruct", default=None, help="an instruction-tuned target to add as a row")
     compare.add_argument("--out", default="contrans_compare", help="output folder (resumable)")
     compare.add_argument("--limit", type=float, default=None)
@@ -136,8 +137,8 @@ def _add_serve(commands) -> None:
                                                       "unit (0: unsteered by default); one per concept as a+b")
     serve.add_argument("--positions", default="all", choices=["all", "prompt", "generated"],
                        help="where the vector is added for a request that names none")
-    _recipe_arguments(serve)
-    serve.add_argument("--build-batch-size", default="auto", help="texts per batch of the build passes, or auto")
+    add_arguments(serve, "recipe")
+    add_arguments(serve, "build")
     _trust_argument(serve)
 
 
@@ -148,32 +149,14 @@ def _add_table(commands) -> None:
     table.add_argument("--also-metrics", nargs="*", default=["margin"])
 
 
-def _build_arguments(parser: argparse.ArgumentParser, **layer_help: str) -> None:
-    """What `build` and `port` share: the recipe, the precision and place of the passes, and trust."""
-    _recipe_arguments(parser, **layer_help)
+def _build_arguments(parser: argparse.ArgumentParser, **help: str) -> None:
+    """What `build` and `port` share: the recipe (`help`: a command's own help for one of its flags), the
+    precision and place of the passes, and trust."""
+    add_arguments(parser, "recipe", help=help)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", default="auto", help="texts per batch, or auto (token budget)")
+    add_arguments(parser, "build", also={"build_batch_size": ("--batch-size",)})
     _trust_argument(parser)
-
-
-def _recipe_arguments(parser: argparse.ArgumentParser,
-                      source_layer_help: str = "block index, depth fraction, or auto (the recipe's default); one per concept as x+y",
-                      target_layer_help: str = "block index, depth fraction, or auto (default 0.75); one per concept as x+y",
-                      ) -> None:
-    from lm_eval_contrans.map_methods import MAP_METHODS, map_help
-
-    parser.add_argument("--recipe", default="default", choices=["default", "reference"],
-                        help="default: dense anchors, centred fit, source block by R^2, alpha in residual units; "
-                             "reference: the paper's recipe")
-    parser.add_argument("--source-layer", default=None, help=source_layer_help)
-    parser.add_argument("--target-layer", default=None, help=target_layer_help)
-    parser.add_argument("--anchors", default=None, help="anchor corpus: .jsonl/.json/.csv/.tsv, or one text per line (default: shipped corpus)")
-    parser.add_argument("--anchor-tokens", default=None, choices=["dense", "last"])
-    parser.add_argument("--map", default=None, choices=list(MAP_METHODS), help=map_help())
-    parser.add_argument("--ridge", default=None, help="relative L2 penalty, or auto (best held-out R^2)")
-    parser.add_argument("--center", default=None, choices=["true", "false"])
-    parser.add_argument("--alpha-unit", default=None, choices=["residual", "raw"])
 
 
 def _trust_argument(command: argparse.ArgumentParser) -> None:
@@ -188,9 +171,10 @@ def _models(args) -> tuple[ModelSpec, ModelSpec]:
 
 
 def _recipe_options(args) -> dict:
-    return dict(recipe=args.recipe, source_layer=args.source_layer, target_layer=args.target_layer,
-                anchors=args.anchors, anchor_tokens=args.anchor_tokens, map_method=args.map, ridge=args.ridge,
-                center=args.center, alpha_unit=args.alpha_unit)
+    """The recipe flags as the Python API's keyword arguments (`contrans compare`'s build, and its key)."""
+    from lm_eval_contrans.request import options
+
+    return {option.python or option.name: getattr(args, option.name) for option in options() if option.group == "recipe"}
 
 
 def _check_before_work(args) -> None:
@@ -217,19 +201,23 @@ def _check_before_work(args) -> None:
 
 
 def _run_build(args, rest) -> None:
-    from lm_eval_contrans.pipeline import build_transplants
+    from lm_eval_contrans.pipeline.build import build_request
+    from lm_eval_contrans.request import SteeringRequest
 
+    source, target = _models(args)
     # several concepts (a+b) share one load of each model and one artifact
-    transplants = build_transplants(*_models(args), args.concept, **_recipe_options(args), dtype=args.dtype,
-                                    device=args.device, batch_size=args.batch_size)
-    _save_and_describe(transplants, args.out, "")
+    request = SteeringRequest.from_namespace(args, source=source, target=target)
+    _save_and_describe(build_request(request, dtype=args.dtype, device=args.device), args.out, "")
 
 
 def _run_port(args, rest) -> None:
-    from lm_eval_contrans.pipeline import port_vector
+    from lm_eval_contrans.pipeline.build import build_request
+    from lm_eval_contrans.request import SteeringRequest
 
-    transplants = port_vector(*_models(args), args.vector, **_recipe_options(args), dtype=args.dtype,
-                              device=args.device, batch_size=args.batch_size)
+    source, target = _models(args)
+    # `port --vector` is the source's vector, ported (vector= is one made for the target)
+    request = SteeringRequest.from_namespace(args, source=source, target=target, vector=None, source_vector=args.vector)
+    transplants = build_request(request, dtype=args.dtype, device=args.device)
     _save_and_describe(transplants, args.out, f" ({len(transplants)} block(s))")
 
 
@@ -343,16 +331,10 @@ def _run_export(args, rest) -> None:
 
 
 def _run_serve(args, rest) -> None:
-    from lm_eval_contrans.transplant_args import TransplantArgs
+    from lm_eval_contrans.request import SteeringRequest
     from lm_eval_contrans.vllm.serve import serve_command
 
-    transplant = TransplantArgs(
-        source=args.source, concept=args.concept, alpha=args.alpha, recipe=args.recipe,
-        source_layer=args.source_layer, target_layer=args.target_layer, anchors=args.anchors,
-        anchor_tokens=args.anchor_tokens, map=args.map, ridge=args.ridge, center=args.center,
-        alpha_unit=args.alpha_unit, vector=args.vector, source_vector=args.source_vector,
-        build_batch_size=args.build_batch_size, positions=args.positions)
-    command = serve_command(args.target, transplant, rest, trust_remote_code=args.trust_remote_code)
+    command = serve_command(SteeringRequest.from_namespace(args), rest, trust_remote_code=args.trust_remote_code)
     print("contrans serve: " + " ".join(command[2:]), file=sys.stderr, flush=True)
     os.execv(command[0], command)
 

@@ -19,7 +19,6 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_contrans.artifact import save_transplants
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.direction import Direction
@@ -29,11 +28,12 @@ from lm_eval_contrans.loading import (
 )
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
-from lm_eval_contrans.steering import check_positions, not_finite, stop_if_not_finite
+from lm_eval_contrans.request import SteeringRequest
+from lm_eval_contrans.steering import not_finite, stop_if_not_finite
 from lm_eval_contrans.transplant import Transplant
 from lm_eval_contrans.transplant_args import (
-    Steering, TransplantArgs, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare_transplants,
-    target_facts, target_name, transplant_info,
+    Steering, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare, target_facts, target_name,
+    transplant_info,
 )
 
 # A child of lm-eval's logger, so the build diagnostics appear with lm-eval's own log lines.
@@ -53,41 +53,39 @@ def _show_package_logs_with_lm_evals() -> None:
 
 @register_model("contrans")
 class ConTransLM(FastScoringHFLM):
-    """Model args: `target` (alias `pretrained`), `share_context`, and the transplant's (`TransplantArgs`:
+    """Model args: `target` (alias `pretrained`), `share_context`, and the steering's (`SteeringRequest`:
     source, concept, alpha, layers, recipe fields, vector files, positions, ...); every other arg goes to
     HFLM unchanged. Several concepts at once: concept=a+b, with alpha, source_layer and target_layer
     either one value for all or `x+y`, one per concept."""
 
     def __init__(self, target: str | None = None, pretrained: str | None = None, device: str | None = None,
                  share_context: bool | str = "auto", **model_args) -> None:
-        args = TransplantArgs.take(model_args, tuple(inspect.signature(HFLM.__init__).parameters))  # the rest is HFLM's
-        target = target_name(target, pretrained)
+        request = SteeringRequest.from_model_args(model_args, tuple(inspect.signature(HFLM.__init__).parameters),
+                                                  target=target_name(target, pretrained))  # the rest is HFLM's
         _show_package_logs_with_lm_evals()
-        self.positions = check_positions(args.positions)
+        self.positions = request.positions
         check_share_context(share_context)  # before the source is loaded, not after
-        target_spec = engine_target_spec(target, args.block_path, model_args)
+        target_spec = engine_target_spec(request.target, request.block_path, model_args)
         build_device = evaluation_device(device)
         if as_bool(model_args.get("parallelize", False), "parallelize") and not torch.cuda.is_available():
             # HFLM would offload every weight to disk and put inputs on "cuda"; with no GPU there is
             # nothing to shard across
             logger.warning("parallelize=True: no GPU on this machine, so the model is loaded whole on the CPU")
             model_args["parallelize"] = False
-        prepared = prepare_transplants(target_spec, args, dtype=model_args.get("dtype", "float32"), device=build_device)
+        prepared = prepare(request, target_spec, dtype=model_args.get("dtype", "float32"), device=build_device)
         release_read_only_tokenizers()  # HFLM loads the target's own; a second copy would sit beside it
 
         # the device resolved as HFLM would (its own fallback needs a string: simple_evaluate may pass None)
         super().__init__(pretrained=pretrained_path(target_spec), device=build_device, share_context=share_context,
                          **target_spec.load_kwargs, **model_args)
-        if args.block_path:
-            use_block_path(self.model, args.block_path, "block_path")
+        if request.block_path:
+            use_block_path(self.model, request.block_path, "block_path")
         self._target_name = target_spec.name
-        self._check_target_name = as_bool(args.check_target_name, "check_target_name")
+        self._check_target_name = request.check_target_name
         self._lanes: list[tuple[list[Direction], list[float]]] = []  # use_lanes
         self._answers: dict[str, dict] = {}  # each lane's steering digest -> {(context, continuation): answer}
-        self.use_transplants(prepared.finish(self.model, self.tokenizer), prepared.alphas)
-        if args.save_vector:
-            save_transplants(self.transplants, args.save_vector, "save_vector")
-            logger.info("saved transplant to %s", args.save_vector)
+        ready = prepared.ready(self.model, self.tokenizer)  # checked against the loaded target, saved where asked
+        self.use_transplants(ready.transplants, ready.alphas)
 
     @classmethod
     def from_transplants(cls, target: str, transplants: Steering | list[Steering], alpha: float | str | list = 1.0,

@@ -1,30 +1,28 @@
-"""The transplant's model args, read once for every engine: `--model contrans` (HFLM),
-`--model contrans-vllm` and `contrans serve`.
+"""The service every engine steers through (`--model contrans` (HFLM), `--model contrans-vllm`, `contrans serve`):
+a `SteeringRequest` (request.py) in, what to steer with out.
 
-Getting the transplants is two steps around the load of the target: `prepare_transplants` checks the
-args and does everything that needs no target (reads a file, or plans a build and records the
-source, which is then freed); `Prepared.finish` completes it against the target: lm-eval's loaded
-model, or, for an engine that loads the target itself, the cache or a load of its own.
+Getting it is two steps around the load of the target: `prepare` does everything that needs no target (reads a
+file, or plans a build and records the source, which is then freed); `Prepared.ready` completes it against the
+target (lm-eval's loaded model, or, for an engine that loads the target itself, the cache or a load of its own),
+checks it there and saves it where asked: directions, alphas, positions and the provenance for the results.
+Each engine is left with what differs: HF's hooks, vLLM's hand-off of a bank.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import math
 from dataclasses import dataclass
 
-from lm_eval_contrans.artifact import is_transplant_file, load_steering
+from lm_eval_contrans.artifact import is_transplant_file, load_steering, save_transplants
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
 from lm_eval_contrans.paths import writable_output
 from lm_eval_contrans.pipeline.recipe import as_bool
-from lm_eval_contrans.pipeline.build import (
-    BuildPlan, concept_count, finish_build, per_concept, plan_build, plan_port, record_sources,
-)
-from lm_eval_contrans.steering import check_alpha, check_alpha_unit
+from lm_eval_contrans.pipeline.build import BuildPlan, finish_build, plan_request, record_sources
+from lm_eval_contrans.request import SteeringRequest, parse_alphas, spread
 from lm_eval_contrans.transplant import Steering, Transplant, check_against_target, directions_of
 from lm_eval_contrans.vectors import ForeignVector, read_vector, target_directions
 
@@ -32,8 +30,9 @@ logger = logging.getLogger(__name__)
 
 
 def alphas_for(alpha, count: int) -> list[float]:
-    """One alpha for every transplant, or one each (`a+b`, or a list)."""
-    return [check_alpha(value) for value in per_concept(alpha, count, "alpha")]
+    """One alpha for every transplant, or one each (`a+b`, or a list): the Python boundary of
+    `ConTransLM.use_transplants`, read as `SteeringRequest` reads `alpha`."""
+    return spread(parse_alphas(alpha), count, "alpha")
 
 
 def read_steering_file(vector, block=None, argument: str = "vector") -> list[Steering] | ForeignVector:
@@ -64,10 +63,28 @@ def is_artifact_path(path) -> bool:
     return is_transplant_file(path)
 
 
+@dataclass(frozen=True)
+class Ready:
+    """What an engine steers with: the transplants (or bare directions) checked against the target, their
+    directions, one alpha each, where they are added, and the target's facts they were checked against."""
+
+    transplants: list[Steering]
+    directions: list[Direction]
+    alphas: list[float]
+    positions: str
+    facts: dict
+
+    def info(self) -> dict:
+        """The provenance lm-eval's results record (`config.model_info`)."""
+        return transplant_info(self.transplants, self.alphas, self.positions)
+
+
 @dataclass
 class Prepared:
-    """Transplants asked for, ready up to what needs the target: `finish` completes them."""
+    """A request's transplants, ready up to what needs the target: `finish` completes them, `ready` checks them
+    against the target and saves them where asked."""
 
+    request: SteeringRequest
     target: ModelSpec
     alphas: list[float]
     plan: BuildPlan | None = None  # a concept build or a port: its source side is recorded in `sources`
@@ -84,6 +101,18 @@ class Prepared:
             facts = target_facts(self.target, model)
             return target_directions(self.foreign, hidden_size=facts["hidden_size"], num_layers=facts["num_layers"])
         return self.transplants
+
+    def ready(self, model=None, tokenizer=None) -> Ready:
+        """`finish`, then what every engine does with it: check it against the target (`model`, or its config
+        where the engine loads it itself) and save it to `save_vector`."""
+        given = self.finish(model, tokenizer)
+        facts = target_facts(self.target, model)
+        directions = check_for_target(given, self.alphas, target=self.target.name, facts=facts,
+                                      strict_name=self.request.check_target_name)
+        if self.request.save_vector:
+            save_transplants(given, self.request.save_vector, "save_vector")
+            logger.info("saved transplant to %s", self.request.save_vector)
+        return Ready(given, directions, list(self.alphas), self.request.positions, facts)
 
 
 def engine_target_spec(target: str, block_path: str | None, engine_args: dict) -> ModelSpec:
@@ -121,63 +150,6 @@ def target_facts(target: ModelSpec, model=None) -> dict:
     return facts
 
 
-@dataclass
-class TransplantArgs:
-    """The model args that say what steers the target (README: "Model args"); the engine's own args
-    (HFLM's or vLLM's) are everything else."""
-
-    source: str | None = None  # the aligned model a concept is refined in (or a source_vector was made for)
-    concept: str | list = "sentiment"  # shipped name or concept-set file; several as a+b
-    alpha: float | str | list = 1.0  # one for all, or one per transplant (a+b)
-    recipe: str | None = None  # default | reference; the fields below override it
-    source_layer: int | float | str | None = None
-    target_layer: int | float | str | None = None
-    anchors: str | None = None
-    anchor_tokens: str | None = None
-    map: str | None = None  # a name in map_methods.MAP_METHODS, checked with the recipe before any model loads
-    ridge: float | str | None = None
-    center: bool | str | None = None
-    alpha_unit: str | None = None
-    vector: object = None  # an artifact or another tool's vector file for the target (from Python: Transplants)
-    source_vector: str | None = None  # another tool's vector file for the source, ported through the map
-    save_vector: str | None = None
-    build_batch_size: int | str = "auto"
-    source_dtype: str | None = None
-    check_target_name: bool | str = True
-    positions: str = "all"
-    block_path: str | None = None
-    source_block_path: str | None = None
-
-    @classmethod
-    def take(cls, model_args: dict, engine_names: tuple[str, ...] = ()) -> TransplantArgs:
-        """The transplant's args, removed from `model_args` (what is left belongs to the engine). A left-over
-        arg that is a near miss of one of ours (`alpah`) is refused before anything loads: the engine would
-        take it, and fail only after the build or not at all. `engine_names`: the engine's own args."""
-        names = [field.name for field in dataclasses.fields(cls)]
-        for given in model_args:
-            refuse_spaced_name(given)
-            if given in names or given in engine_names:
-                continue
-            near = difflib.get_close_matches(given, names, n=1, cutoff=0.8)
-            if near:
-                raise ConTransError(given, f"unknown model arg; did you mean {near[0]}? The transplant's args: "
-                                           f"{', '.join(names)} (every other arg is the engine's)")
-        taken = cls(**{name: model_args.pop(name) for name in names if name in model_args})
-        if taken.save_vector:  # before the build, not after it
-            writable_output(taken.save_vector, "save_vector")
-        return taken
-
-
-def refuse_spaced_name(given: str) -> None:
-    """Refuse a model arg name with spaces around it (`--model_args a=1, vector=x`): lm-eval's parsers split at
-    commas and keep each name as written, so no engine would take ' vector', and a near-miss guess would only
-    confuse. The value's spaces are lm-eval's to strip (it reads ' 2' as 2)."""
-    if isinstance(given, str) and given != given.strip():
-        raise ConTransError(given.strip() or repr(given), f"{given!r} has spaces around its name (a space after a "
-                                                          "comma in --model_args?), which lm-eval keeps, so no model "
-                                                          f"arg takes it; write {given.strip()}=... with no space")
-
-
 def target_name(target: str | None, pretrained: str | None) -> str:
     """The model to steer: `target`, or lm-eval's usual `pretrained` for it."""
     if target is not None and pretrained is not None and target != pretrained:
@@ -188,57 +160,56 @@ def target_name(target: str | None, pretrained: str | None) -> str:
     return target
 
 
-def prepare_transplants(target: ModelSpec, args: TransplantArgs, *, dtype: str = "float32",
-                        device: str | None = None) -> Prepared:
-    """Check the transplant args and do what needs no target: read `vector=`, or plan the build (a concept,
-    or `source_vector=` ported) and record the source, freed before the target loads."""
-    if args.vector is None and args.source is None:
+def prepare(request: SteeringRequest, target: ModelSpec, *, dtype: str = "float32",
+            device: str | None = None) -> Prepared:
+    """Do what the request needs before the target loads: read `vector=`, or plan the build (its concepts, or
+    `source_vector=` ported) and record the source, freed before the target loads. `target`: as the engine
+    loads it (`engine_target_spec`)."""
+    if request.save_vector:  # before the build, not after it
+        writable_output(request.save_vector, "save_vector")
+    if request.vector is None and request.source is None:
         raise ConTransError("source", "give source=<model> to build the transplant, or vector=<artifact.safetensors> to load one")
-    if args.vector is not None:
-        if args.source_vector is not None:  # one would be dropped, the steering not the one asked for
+    if request.vector is not None:
+        if request.source_vector is not None:  # one would be dropped, the steering not the one asked for
             raise ConTransError("source_vector", "give vector= (steering the target as it is) or source_vector= "
                                                  "(another tool's vector for the source, ported through the map), "
                                                  "not both")
-        return _prepare_given(target, args)
+        return _prepare_given(request, target)
     # trust_remote_code=True: the user trusts the code of both models they named
-    source = parse_model_spec(args.source, "source", block_path=args.source_block_path,
+    source = parse_model_spec(request.source, "source", block_path=request.source_block_path,
                               trust_remote_code=target.trust_remote_code)
-    options = dict(recipe=args.recipe, anchors=args.anchors, anchor_tokens=args.anchor_tokens, map_method=args.map,
-                   ridge=args.ridge, center=args.center, alpha_unit=args.alpha_unit, dtype=dtype,
-                   source_dtype=args.source_dtype, device=device, batch_size=args.build_batch_size)
-    if args.source_vector is not None:  # another tool's vector for the source, ported through the map
-        plan = plan_port(source, target, args.source_vector, source_layer=args.source_layer,
-                         target_layer=args.target_layer, **options)
-        alphas = alphas_for(args.alpha, len(plan.concepts))
+    request = dataclasses.replace(request, source=source, target=target)
+    if request.source_vector is not None:  # another tool's vector for the source, ported through the map
+        plan = plan_request(request, dtype=dtype, device=device)
+        alphas = request.per_concept("alpha", len(plan.concepts))
     else:
-        concept = args.concept
-        alphas = alphas_for(args.alpha, concept_count(concept))  # before any model loads
-        plan = plan_build(source, target, concept, source_layer=args.source_layer, target_layer=args.target_layer,
-                          **options)
-    return Prepared(target=target, alphas=alphas, plan=plan, sources=record_sources(plan))
+        alphas = request.per_concept("alpha", len(request.concept))  # before any model loads
+        plan = plan_request(request, dtype=dtype, device=device)
+    return Prepared(request=request, target=target, alphas=alphas, plan=plan, sources=record_sources(plan))
 
 
-def _prepare_given(target: ModelSpec, args: TransplantArgs) -> Prepared:
-    given = read_steering_file(args.vector, args.target_layer, "vector")
-    alpha, alpha_unit = args.alpha, args.alpha_unit
-    if args.source is not None:
-        logger.warning("vector= given: the source model %s is not loaded", args.source)
+def _prepare_given(request: SteeringRequest, target: ModelSpec) -> Prepared:
+    block = request.per_concept("target_layer", 1)[0]  # places a bare tensor
+    given = read_steering_file(request.vector, block, "vector")
+    if request.source is not None:
+        logger.warning("vector= given: the source model %s is not loaded", request.source)
     if isinstance(given, ForeignVector):  # made for the target itself by another tool
-        if args.save_vector:
+        if request.save_vector:
             raise ConTransError("save_vector", f"{given.file} was made for the target by another tool: nothing is "
                                                "built from it, so there is no artifact to save (the file steers as it is)")
-        if alpha_unit not in (None, "raw"):
+        if request.alpha_unit not in (None, "raw"):
             raise ConTransError("alpha_unit", "a vector made for the target by another tool steers in its own "
                                               "units (alpha_unit=raw); port it with source= and source_vector= "
                                               "for residual units")
-        return Prepared(target=target, alphas=alphas_for(alpha, len(given.directions)), foreign=given)
-    if args.save_vector and any(isinstance(item, Direction) for item in given):
+        return Prepared(request=request, target=target, alphas=request.per_concept("alpha", len(given.directions)),
+                        foreign=given)
+    if request.save_vector and any(isinstance(item, Direction) for item in given):
         raise ConTransError("save_vector", "a bare Direction is not a fitted transplant: there is no artifact to save")
-    if alpha_unit is not None:
-        unit = check_alpha_unit(alpha_unit)
+    if request.alpha_unit is not None:
+        unit = request.alpha_unit
         given = [item.with_steering(alpha_unit=unit) if isinstance(item, Transplant) else dataclasses.replace(item, alpha_unit=unit)
                  for item in given]
-    return Prepared(target=target, alphas=alphas_for(alpha, len(given)), transplants=given)
+    return Prepared(request=request, target=target, alphas=request.per_concept("alpha", len(given)), transplants=given)
 
 
 def transplant_info(given: list[Steering], alphas: list[float], positions: str) -> dict:

@@ -398,20 +398,21 @@ def test_a_concept_given_twice_at_the_same_blocks_is_refused_before_any_model_lo
     # at two blocks it is a choice, and planned
     plan = plan_build(str(tiny_llama_dir), str(tiny_gpt2_dir), f"{concept}+{concept}", anchors=anchors,
                       source_layer=1, target_layer="1+2")
-    assert plan.target_layers == ["1", "2"]
+    assert plan.target_layers == [1, 2]  # read at the request boundary: the plan sees numbers
 
 
 def test_a_concept_file_whose_name_holds_a_plus_is_read_whole(tmp_path, tiny_llama_dir, tiny_gpt2_dir, small_inputs,
                                                               no_model_loads):
     from lm_eval_contrans.concepts import split_concepts
     from lm_eval_contrans.pipeline.build import concept_sets
+    from lm_eval_contrans.request import parse_concepts
 
     pairs = [(f"It was good {i}.", f"It was bad {i}.") for i in range(6)]
     plus = _pairs_file(tmp_path / "a+b.jsonl", pairs)
     assert split_concepts(str(plus)) == [str(plus)]
     assert split_concepts(f"{plus}+sentiment") == [str(plus), "sentiment"]
     assert split_concepts("honesty + toxicity") == ["honesty", "toxicity"]
-    assert [len(concept) for concept in concept_sets(f"sentiment+{plus}")][1] == 6
+    assert [len(concept) for concept in concept_sets(parse_concepts(f"sentiment+{plus}"))][1] == 6
     # one concept, so one alpha: two are refused as for any single concept
     with pytest.raises(ConTransError, match="^alpha: 2 values .* for 1 concepts"):
         ConTransLM(**{**adapter_args(tiny_llama_dir, tiny_gpt2_dir, small_inputs), "concept": str(plus), "alpha": "1+2"})
@@ -420,7 +421,7 @@ def test_a_concept_file_whose_name_holds_a_plus_is_read_whole(tmp_path, tiny_lla
                                             f"not a file. Shipped concepts: .* \\('\\+' splits concepts: "
                                             f"'{re.escape(missing)}' was read as '{folder}/c' and 'd.jsonl'; a file "
                                             "whose name holds '\\+' is read whole where it exists\\)$"):
-        concept_sets(missing)
+        parse_concepts(missing)  # at the request boundary, before anything is read
 
 
 @pytest.mark.parametrize("positive, negative, shown", [

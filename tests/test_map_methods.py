@@ -60,7 +60,8 @@ def test_a_registered_map_method_builds_from_the_cli_and_from_the_model_args(sca
     from lm_eval_contrans.artifact import load_transplant
     from lm_eval_contrans.cli import main
     from lm_eval_contrans.loading import parse_model_spec
-    from lm_eval_contrans.transplant_args import TransplantArgs, prepare_transplants
+    from lm_eval_contrans.request import SteeringRequest
+    from lm_eval_contrans.transplant_args import prepare
 
     concept, anchors = small_inputs
     out = tmp_path / "scaled.safetensors"
@@ -71,9 +72,9 @@ def test_a_registered_map_method_builds_from_the_cli_and_from_the_model_args(sca
     torch.testing.assert_close(built.vector, built.source_vector @ built.map_weight)
 
     target = parse_model_spec(str(tiny_gpt2_dir), "target")
-    args = TransplantArgs.take({"source": str(tiny_llama_dir), "concept": concept, "anchors": anchors,
-                                "map": scaled_identity, "center": "false"})
-    steering = prepare_transplants(target, args, device="cpu").finish()[0]
+    request = SteeringRequest.from_model_args({"source": str(tiny_llama_dir), "concept": concept, "anchors": anchors,
+                                               "map": scaled_identity, "center": "false"})
+    steering = prepare(request, target, device="cpu").finish()[0]
     assert steering.map_method == scaled_identity and not steering.center and scaled_identity_weight(steering.map_weight)
 
 

@@ -11,9 +11,11 @@ concept. `build_transplants` is the three in a row: what `contrans build`, the P
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -21,9 +23,7 @@ from lm_eval_contrans.alignment import check_anchor_count
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.blocks import resolve_layer
 from lm_eval_contrans.transplant import Transplant
-from lm_eval_contrans.concepts import (
-    ARGUMENT, ConceptSet, concept_path, load_concept_set, split_concepts, unknown_concept,
-)
+from lm_eval_contrans.concepts import ARGUMENT, ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, parse_model_spec, release_read_only_tokenizers,
@@ -34,48 +34,25 @@ from lm_eval_contrans.pipeline.depth import (
     target_block,
 )
 from lm_eval_contrans.pipeline.fit import make_transplant, warn_if_worse_than_the_mean
-from lm_eval_contrans.pipeline.inputs import check_batch_size, check_build_texts
-from lm_eval_contrans.pipeline.recipe import Recipe, make_recipe, settle_anchor_tokens
+from lm_eval_contrans.pipeline.inputs import check_build_texts
+from lm_eval_contrans.pipeline.recipe import Recipe, settle_anchor_tokens
 from lm_eval_contrans.pipeline.states import ConceptStates, StateRequest, record_concept_states, target_anchor_states_at
 from lm_eval_contrans.pipeline.target_layer import choose_target_layers
 from lm_eval_contrans.vectors import ForeignVector, ImportedDirection, read_vector
 
+if TYPE_CHECKING:
+    from lm_eval_contrans.request import SteeringRequest
+
 logger = logging.getLogger(__name__)
 
 
-def per_concept(value, count: int, argument: str) -> list:
-    """`a+b` (or [a, b]) -> [a, b]; a single value applies to every concept."""
-    if isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = str(value).split("+") if isinstance(value, str) and "+" in value else [value]
-    if len(parts) == 1:
-        return parts * count
-    if len(parts) != count:
-        raise ConTransError(argument, f"{len(parts)} values ({value!r}) for {count} concepts; give one, or one per concept")
-    return [part.strip() if isinstance(part, str) else part for part in parts]
-
-
-def concept_sets(concepts: str | Path | ConceptSet | list) -> list[ConceptSet | ImportedDirection]:
-    """Concept sets from `a+b` (a file whose name holds '+' is one: `concepts.split_concepts`), a list, a path
-    or a ConceptSet (imported directions pass through)."""
-    given = concepts if isinstance(concepts, str) and "+" in concepts else None
-    if given is not None:
-        concepts = split_concepts(given)
-        for name in concepts:  # before any is read, with what the '+' did
-            if concept_path(name) is None:
-                raise unknown_concept(name, given)
-    if not isinstance(concepts, (list, tuple)):
-        concepts = [concepts]
-    return [concept if isinstance(concept, (ConceptSet, ImportedDirection)) else
-            load_concept_set(str(concept).strip() if isinstance(concept, str) else concept) for concept in concepts]
-
-
-def concept_count(concepts) -> int:
-    """How many concepts a `concept` arg names (`a+b`: two, unless a file's name holds the '+'), none read yet."""
-    if isinstance(concepts, (list, tuple)):
-        return len(concepts)
-    return len(split_concepts(concepts)) if isinstance(concepts, str) else 1
+def concept_sets(concepts: tuple) -> list[ConceptSet | ImportedDirection]:
+    """The concepts a request names, read: shipped names and files loaded (ConceptSets and imported directions
+    pass through). Parsed already (`request.parse_concepts`): a string here would be read letter by letter."""
+    if not isinstance(concepts, (tuple, list)):
+        raise TypeError(f"concepts: expected the parsed tuple, got {concepts!r} (request.parse_concepts reads it)")
+    return [concept if isinstance(concept, (ConceptSet, ImportedDirection)) else load_concept_set(concept)
+            for concept in concepts]
 
 
 def refuse_repeated_concepts(sets: list, layers: dict[str, list]) -> None:
@@ -118,49 +95,53 @@ class BuildPlan:
         return relative_depth(target_block(self.target_layers[position], self.target_num_layers), self.target_num_layers)
 
 
-def plan_build(
-    source: str | ModelSpec, target: str | ModelSpec, concepts: str | Path | ConceptSet | list = "sentiment", *,
-    recipe: str | Recipe | None = None, source_layer=None, target_layer=None, anchors: str | Path | None = None,
-    anchor_tokens: str | None = None, map_method: str | None = None, ridge: float | str | None = None,
-    center: bool | str | None = None, alpha_unit: str | None = None, dtype: str = "float32",
-    source_dtype: str | None = None, device: str | None = None, batch_size: int | str = "auto",
-    source_block_path: str | None = None, block_path: str | None = None,
-) -> BuildPlan:
+def plan_build(source: str | ModelSpec, target: str | ModelSpec, concepts: str | Path | ConceptSet | list = "sentiment",
+               *, dtype: str = "float32", device: str | None = None, **options) -> BuildPlan:
     """Check every argument, settle the recipe, and choose the blocks (the target-layer sweep loads
     both models where a layer is "auto" and the cache lacks their states).
 
     Args:
         source, target, concepts: as `build_transplants`.
-        recipe: "default", "reference" or a Recipe; the keyword args after it override its fields.
-        source_layer, target_layer: a block index, a depth fraction or "auto"; `x+y` (or a list) gives
-            one value per concept.
-        dtype, source_dtype, device, batch_size: how the build passes run.
-        source_block_path, block_path: the decoder blocks' module path, where discovery needs help.
+        dtype, device: how the build passes run.
+        **options: the steering request's (`request.SteeringRequest.from_kwargs`): `recipe` ("default",
+            "reference" or a Recipe) and the fields that override it (`anchor_tokens`, `map_method`, `ridge`,
+            `center`, `alpha_unit`); `source_layer`, `target_layer` (a block index, a depth fraction or "auto";
+            `x+y` or a list gives one value per concept); `anchors`, `source_dtype`, `batch_size`,
+            `source_block_path`, `block_path`.
 
     Returns:
         A BuildPlan; `plan.build()` records and fits.
 
     Raises:
         ConTransError: an argument is wrong, named; nothing is recorded before every one is checked."""
-    target = parse_model_spec(target, "target", block_path)  # a bad target fails before the slow part
-    source = parse_model_spec(source, "source", source_block_path)
-    recipe = make_recipe(recipe, anchor_tokens=anchor_tokens, map_method=map_method, ridge=ridge, center=center,
-                         alpha_unit=alpha_unit)
-    sets = concept_sets(concepts)
+    from lm_eval_contrans.request import SteeringRequest
+
+    request = SteeringRequest.from_kwargs(source=source, target=target, concepts=concepts, **options)
+    return plan_request(request, dtype=dtype, device=device)
+
+
+def plan_request(request: SteeringRequest, *, dtype: str = "float32", device: str | None = None) -> BuildPlan:
+    """The build a request asks for: its concepts, or its `source_vector` ported (`plan_port`)."""
+    if request.source_vector is not None:
+        return _plan_port(request, dtype, device)
+    target = parse_model_spec(request.target, "target", request.block_path)  # a bad target fails before the slow part
+    source = parse_model_spec(request.source, "source", request.source_block_path)
+    recipe = request.recipe
+    sets = concept_sets(request.concept)
     layers = {name: [value if value is not None else getattr(recipe, name)
-                     for value in per_concept(given, len(sets), name)]
-              for name, given in (("source_layer", source_layer), ("target_layer", target_layer))}
-    anchor_texts, anchors_name = load_anchor_texts(anchors)
+                     for value in request.per_concept(name, len(sets))]
+              for name in ("source_layer", "target_layer")}
+    anchor_texts, anchors_name = load_anchor_texts(request.anchors)
     refuse_repeated_concepts(sets, layers)
-    batch_size = check_batch_size(batch_size)
+    batch_size = request.build_batch_size
     check_build_texts(source, target, sets, anchor_texts, anchors_name)
     recipe, anchor_note = settle_anchor_tokens(recipe, source, target)
     plan = BuildPlan(source=source, target=target, concepts=sets, recipe=recipe,
                      source_layers=layers["source_layer"], target_layers=layers["target_layer"],
                      anchor_texts=anchor_texts, anchors_name=anchors_name,
                      target_num_layers=config_layer_count(target), dtype=dtype,
-                     source_dtype=source_dtype or dtype, device=device or default_device(), batch_size=batch_size,
-                     notes=[dict(anchor_note) for _ in sets])
+                     source_dtype=request.source_dtype or dtype, device=device or default_device(),
+                     batch_size=batch_size, notes=[dict(anchor_note) for _ in sets])
     automatic = [position for position, layer in enumerate(plan.target_layers) if is_auto(layer)]
     if automatic:
         if plan.target_num_layers is None:
@@ -180,15 +161,22 @@ def plan_build(
     return plan
 
 
-def plan_port(
-    source: str | ModelSpec, target: str | ModelSpec, vector: str | Path | ForeignVector, *,
-    source_layer: int | str | None = None, target_layer=None, source_block_path: str | None = None, **options,
-) -> BuildPlan:
+def plan_port(source: str | ModelSpec, target: str | ModelSpec, vector: str | Path | ForeignVector, *,
+              dtype: str = "float32", device: str | None = None, **options) -> BuildPlan:
     """Plan the transplant of a steering vector another tool made for `source` (see `vectors.py`):
     the same anchors, recipe and map as a concept build, one map per block the file carries. Each
     block lands on the target block of the same relative depth, or on `target_layer` if given.
-    `source_layer` places a file that names no block."""
-    source = parse_model_spec(source, "source", source_block_path)
+    `source_layer` places a file that names no block. `options`: `plan_build`'s."""
+    from lm_eval_contrans.request import SteeringRequest
+
+    request = SteeringRequest.from_kwargs(source=source, target=target, source_vector=vector, **options)
+    return plan_request(request, dtype=dtype, device=device)
+
+
+def _plan_port(request: SteeringRequest, dtype: str, device: str | None) -> BuildPlan:
+    source = parse_model_spec(request.source, "source", request.source_block_path)
+    vector = request.source_vector
+    source_layer = request.per_concept("source_layer", 1)[0]  # places a file that names no block
     foreign = vector if isinstance(vector, ForeignVector) else read_vector(vector, source_layer, "source_vector")
     given_blocks = list(foreign.directions)  # as the file or source_layer named them: a fraction keeps its depth
     facts = config_facts(source)
@@ -202,12 +190,20 @@ def plan_port(
         logger.warning("source_vector: %s was made for a %s model (controlvector.model_hint); source %s is a %s",
                        foreign.file, hint, source.name, family)
     directions = [ImportedDirection(foreign, block) for block in foreign.blocks]
-    if target_layer is None:  # each block at its depth in the source (a fraction as given), resolved in the target
+    target_layer = request.target_layer
+    if target_layer == (None,):  # each block at its depth in the source (a fraction as given), resolved in the target
         source_count = facts["num_layers"] or max(foreign.blocks) + 1
         depths = {resolve_layer(given, source_count, "source_vector"): depth_of(given, source_count) for given in given_blocks}
-        target_layer = [depths[block] for block in foreign.blocks]
-    return plan_build(source, target, directions, source_layer=[direction.block for direction in directions],
-                      target_layer=target_layer, **options)
+        target_layer = tuple(float(depths[block]) for block in foreign.blocks)
+    return plan_request(dataclasses.replace(request, source=source, source_vector=None, concept=tuple(directions),
+                                            source_layer=tuple(direction.block for direction in directions),
+                                            target_layer=target_layer), dtype=dtype, device=device)
+
+
+def build_request(request: SteeringRequest, *, dtype: str = "float32", device: str | None = None) -> list[Transplant]:
+    """The transplants a request asks for: plan, record the source, finish in the target."""
+    plan = plan_request(request, dtype=dtype, device=device)
+    return finish_build(plan, record_sources(plan))
 
 
 def port_vector(source: str | ModelSpec, target: str | ModelSpec, vector: str | Path | ForeignVector,

@@ -21,11 +21,8 @@ def require_vllm(what: str) -> None:
     check_vllm_version()
 
 
-def refuse_what_vllm_cannot_do(args, engine_args: dict) -> None:
-    """`args`: the transplant's (TransplantArgs); `engine_args`: lm-eval's VLLM's (or vllm serve's)."""
-    from lm_eval_contrans.steering import check_positions
-
-    check_positions(args.positions)
+def refuse_what_vllm_cannot_do(engine_args: dict) -> None:
+    """`engine_args`: lm-eval's VLLM's (or vllm serve's)."""
     _check_data_parallel(engine_args)
     _check_cpu_memory(engine_args)
     check_torchvision()

@@ -25,14 +25,10 @@ except ModuleNotFoundError as missing:
 
     raise ConTransError("model", f"--model contrans-vllm {NOT_INSTALLED}") from None
 
-from lm_eval_contrans.artifact import save_transplants
 from lm_eval_contrans.loading import evaluation_device, pretrained_path
 from lm_eval_contrans.pipeline.recipe import as_bool
-from lm_eval_contrans.transplant_args import (
-    TransplantArgs, check_for_target, describe_steering, engine_target_spec, prepare_transplants, target_facts, target_name,
-    transplant_info,
-)
-from lm_eval_contrans.steering import check_positions
+from lm_eval_contrans.request import SteeringRequest
+from lm_eval_contrans.transplant_args import describe_steering, engine_target_spec, prepare, target_name
 from lm_eval_contrans.vllm.checks import refuse_what_vllm_cannot_do, require_vllm
 from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, bank_entry, read_entry
 from lm_eval_contrans.vllm.plugin import NON_FINITE_METHOD, REPORT_METHOD
@@ -41,7 +37,7 @@ logger = logging.getLogger("lm_eval.contrans")
 
 @register_model("contrans-vllm")
 class ConTransVLLM(VLLM):
-    """Model args: `target` (alias `pretrained`), the transplant's (`TransplantArgs`, as for `--model
+    """Model args: `target` (alias `pretrained`), the steering's (`SteeringRequest`, as for `--model
     contrans`), and every arg of lm-eval's `--model vllm` (tensor_parallel_size, data_parallel_size,
     gpu_memory_utilization, max_model_len, dtype, enforce_eager, ...)."""
 
@@ -49,22 +45,18 @@ class ConTransVLLM(VLLM):
                  per_request: bool | str = False, **model_args) -> None:
         require_vllm("--model contrans-vllm")
         self.request_steering: dict | None = None  # the steering every request is tagged with (`use_steering`)
-        args = TransplantArgs.take(model_args, engine_arg_names())  # the rest is lm-eval's VLLM's (and vLLM's)
-        refuse_what_vllm_cannot_do(args, model_args)
-        self.positions = check_positions(args.positions)
-        target_spec = engine_target_spec(target_name(target, pretrained), args.block_path, model_args)
+        request = SteeringRequest.from_model_args(model_args, engine_arg_names(),  # the rest is lm-eval's VLLM's (and vLLM's)
+                                                  target=target_name(target, pretrained))
+        refuse_what_vllm_cannot_do(model_args)
+        target_spec = engine_target_spec(request.target, request.block_path, model_args)
         # the build runs where HFLM would (vLLM ignores `device`; CUDA when present)
         build_device = evaluation_device(model_args.get("device"))
-        prepared = prepare_transplants(target_spec, args, dtype=dtype, device=build_device)
-        self.transplants, self.alphas = prepared.finish(), prepared.alphas  # the cache, or a load of the target
-        facts = target_facts(target_spec)
-        self.directions = check_for_target(self.transplants, self.alphas, target=target_spec.name, facts=facts,
-                                           strict_name=as_bool(args.check_target_name, "check_target_name"))
-        if args.save_vector:
-            save_transplants(self.transplants, args.save_vector, "save_vector")
+        self.ready = prepare(request, target_spec, dtype=dtype, device=build_device).ready()  # the cache, or a load
+        self.transplants, self.alphas, self.directions = self.ready.transplants, self.ready.alphas, self.ready.directions
+        self.positions = self.ready.positions
         # alpha 0 everywhere, and no request to steer otherwise: no bank, so the engine is exactly `--model vllm`'s
         banked = any(self.alphas) or as_bool(per_request, "per_request")
-        self.steering = bank_entry(self.directions, self.alphas, self.positions, facts) if banked else None
+        self.steering = bank_entry(self.directions, self.alphas, self.positions, self.ready.facts) if banked else None
         if self.steering:
             model_args["additional_config"] = {**(model_args.get("additional_config") or {}), CONFIG_KEY: self.steering}
             allow_plugin()
@@ -125,7 +117,7 @@ class ConTransVLLM(VLLM):
         return results
 
     def get_model_info(self) -> dict:
-        return {"contrans": transplant_info(self.transplants, self.alphas, self.positions)}
+        return {"contrans": self.ready.info()}
 
 
 def engine_arg_names() -> tuple[str, ...]:

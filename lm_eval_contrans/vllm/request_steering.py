@@ -82,8 +82,8 @@ def steering_of(bank: Bank, extra_args: dict | None) -> RequestSteering:
         ConTransError: an unknown key of ours (or a near miss of one), a concept the bank does not hold, an alpha
             that is not a finite number or is past the push limit, positions not one of the three.
     """
-    from lm_eval_contrans.pipeline.build import per_concept
-    from lm_eval_contrans.steering import check_alpha, check_positions
+    from lm_eval_contrans.request import parse_alphas, spread
+    from lm_eval_contrans.steering import check_positions
 
     asked = _our_keys(extra_args or {})
     if not asked:
@@ -93,7 +93,7 @@ def steering_of(bank: Bank, extra_args: dict | None) -> RequestSteering:
     if isinstance(alpha, bool) or (isinstance(alpha, list) and any(isinstance(value, bool) for value in alpha)):
         raise ConTransError("vllm_xargs.alpha", f"expected a number, got {alpha!r}")
     try:
-        per_name = dict(zip(concepts, (check_alpha(value) for value in per_concept(alpha, len(concepts), "alpha"))))
+        per_name = dict(zip(concepts, spread(parse_alphas(alpha), len(concepts), "alpha")))
         positions = check_positions(asked.get("positions", bank.positions))
     except ConTransError as error:
         raise ConTransError(f"vllm_xargs.{error.argument}", error.message) from None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 
 if TYPE_CHECKING:
-    from lm_eval_contrans.transplant_args import TransplantArgs
+    from lm_eval_contrans.request import SteeringRequest
 
 logger = logging.getLogger(__name__)
 
@@ -35,31 +35,23 @@ BANK_PATH = "/v1/contrans/steering"
 TOP_LEVEL_FIELDS = ("alpha", "concept", "positions", "steering", "steering_vector", "control_vector")
 
 
-def serve_command(target: str, transplant: TransplantArgs, vllm_arguments: list[str], *,
-                  trust_remote_code: bool = False) -> list[str]:
-    """Obtain the transplants `transplant` asks for (built, ported or read; the bank written to the cache)
-    and return the `vllm serve` command that serves `target` with them, `vllm_arguments` passed on."""
+def serve_command(request: SteeringRequest, vllm_arguments: list[str], *, trust_remote_code: bool = False) -> list[str]:
+    """Obtain the transplants `request` asks for (built, ported or read; the bank written to the cache)
+    and return the `vllm serve` command that serves its target with them, `vllm_arguments` passed on."""
     from lm_eval_contrans.loading import default_device, pretrained_path
-    from lm_eval_contrans.pipeline.recipe import as_bool
-    from lm_eval_contrans.steering import check_positions
-    from lm_eval_contrans.transplant_args import check_for_target, engine_target_spec, prepare_transplants, target_facts
+    from lm_eval_contrans.transplant_args import engine_target_spec, prepare
     from lm_eval_contrans.vllm.checks import check_serve_arguments, refuse_what_vllm_cannot_do, require_vllm
     from lm_eval_contrans.vllm.crossing import CONFIG_KEY, allow_plugin, bank_entry
     from lm_eval_contrans.vllm.plugin import SERVER_VARIABLE
 
     require_vllm("contrans serve")
-    target = engine_target_spec(target, transplant.block_path, {"trust_remote_code": trust_remote_code})
+    target = engine_target_spec(request.target, request.block_path, {"trust_remote_code": trust_remote_code})
     check_serve_arguments(target, vllm_arguments, _option)
     memory = {name.removeprefix("--").replace("-", "_"): _option(vllm_arguments, name)
               for name in ("--gpu-memory-utilization", "--kv-cache-memory-bytes")}
-    refuse_what_vllm_cannot_do(transplant, {name: value for name, value in memory.items() if value is not None})
-    prepared = prepare_transplants(target, transplant, dtype=_option(vllm_arguments, "--dtype") or "auto",
-                                   device=default_device())
-    transplants = prepared.finish()
-    facts = target_facts(target)
-    directions = check_for_target(transplants, prepared.alphas, target=target.name, facts=facts,
-                                  strict_name=as_bool(transplant.check_target_name, "check_target_name"))
-    entry = bank_entry(directions, prepared.alphas, check_positions(transplant.positions), facts)
+    refuse_what_vllm_cannot_do({name: value for name, value in memory.items() if value is not None})
+    ready = prepare(request, target, dtype=_option(vllm_arguments, "--dtype") or "auto", device=default_device()).ready()
+    entry = bank_entry(ready.directions, ready.alphas, ready.positions, ready.facts)
     additional = json.loads(_option(vllm_arguments, "--additional-config") or "{}")
     additional[CONFIG_KEY] = entry
     command = [sys.executable, "-m", __name__, "serve", pretrained_path(target),
