@@ -20,7 +20,7 @@ from types import ModuleType
 
 REGISTRY_MODULE = "lm_eval.api.registry"
 TASK_MANAGER_MODULE = "lm_eval.tasks.manager"
-MODELS = {"contrans": "lm_eval_contrans.lm_eval_model:ConTransLM",
+MODELS = {"contrans": "lm_eval_contrans.hf.lm_eval_model:ConTransLM",
           "contrans-vllm": "lm_eval_contrans.vllm.lm_eval_model:ConTransVLLM"}
 VLLM_MODULE = "lm_eval.models.vllm_causallms"
 

@@ -71,7 +71,7 @@ def test_the_base_row_is_the_unsteered_target(grid):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_contrans.scoring import FastScoringHFLM
+    from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
     plan, rows = grid
     plain = FastScoringHFLM(pretrained=plan.target, device="cpu", batch_size=4)
@@ -136,7 +136,7 @@ def test_the_prompt_baseline_puts_the_instruction_before_every_context(tiny_gpt2
     from lm_eval.api.instance import Instance
 
     from lm_eval_contrans.experiments.prompt_baseline import PromptBaselineLM
-    from lm_eval_contrans.scoring import FastScoringHFLM
+    from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
     pairs = [("The hotel room was", " clean"), ("We walked along the river", " slowly")]
     prefix = "Answer kindly.\n\n"
@@ -209,7 +209,7 @@ def test_table_of_lm_eval_output_from_model_contrans(tiny_llama_dir, tiny_gpt2_d
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     concept, anchors = small_inputs
     lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept=concept, anchors=anchors, alpha=3,

@@ -64,7 +64,7 @@ def test_rows_are_reused_only_under_the_same_settings(tiny_gpt2_dir, transplant,
 
 
 def test_the_steered_rows_share_one_target_load_and_steer_as_asked(tiny_gpt2_dir, transplant, tmp_path, monkeypatch):
-    import lm_eval_contrans.lm_eval_model as adapter
+    import lm_eval_contrans.hf.lm_eval_model as adapter
 
     loads = []
     real_init = adapter.ConTransLM.__init__

@@ -65,7 +65,7 @@ def test_use_cache_never_returns_another_steerings_answers(artifact, tiny_gpt2_d
     """alpha 2, then alpha -50, through the real command line with one --use_cache: each run's numbers are its own
     steering's (equal to an uncached run's); then alpha 2 again (in this process: lm-eval's same simple_evaluate
     path) reads the first run's answers back without a forward pass."""
-    from lm_eval_contrans.scoring import FastScoringHFLM
+    from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
     database = tmp_path / "responses"
     found = {}
@@ -114,7 +114,7 @@ def test_lm_eval_refuses_limit_0_before_any_build(
 SLOW_MODEL_CALL = """
 import sys, time
 sys.argv = ["lm_eval", *sys.argv[1:]]  # the real command line, with every forward pass slowed down
-from lm_eval_contrans.scoring import FastScoringHFLM
+from lm_eval_contrans.hf.scoring import FastScoringHFLM
 real = FastScoringHFLM._model_call
 def slow(self, *args, **kwargs):
     print("EVALUATING", file=sys.stderr, flush=True)
@@ -195,7 +195,7 @@ def test_the_response_cache_file_is_the_steerings_own(artifact, tiny_gpt2_dir, t
     import lm_eval.evaluator  # noqa: F401 (simple_evaluate's module: its import installs the keyed cache)
     from lm_eval.api.instance import Instance
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
     from lm_eval_contrans.response_cache import SteeringKeyedCachingLM, steering_digest
 
     assert lm_eval.api.model.CachingLM is SteeringKeyedCachingLM

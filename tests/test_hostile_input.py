@@ -15,7 +15,7 @@ import torch
 
 from lm_eval_contrans import cli
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.lm_eval_model import ConTransLM
+from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
 PAIRS = [("The hotel room", " was spotless."), ("The concert", " was awful.")]
 

@@ -116,7 +116,7 @@ def test_each_revision_is_built_from_its_own_weights(offline_hub, small_inputs):
 
 
 def test_lm_eval_revision_arg_steers_that_revision(offline_hub, small_inputs):
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     concept, anchors = small_inputs
     lm = ConTransLM(source=SOURCE, target=TARGET, revision="v1", concept=concept, anchors=anchors, source_layer=2,
@@ -180,7 +180,7 @@ def test_a_revision_or_model_that_is_not_there_is_named_in_one_line(offline_hub,
     """Before, transformers' traceback ("couldn't connect to the hub ..." offline), from deep in a load."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     concept, anchors = small_inputs
     with pytest.raises(ConTransError, match=rf"^target: {TARGET}@v9: the hub cannot be reached, and the local hub cache holds "

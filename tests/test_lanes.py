@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-import lm_eval_contrans.lm_eval_model as adapter
+import lm_eval_contrans.hf.lm_eval_model as adapter
 from conftest import OPENINGS, _byte_bpe_tokenizer
 from lm_eval_contrans.blocks import decoder_blocks
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow, slug
-from lm_eval_contrans.lanes import lanes_work
-from lm_eval_contrans.lm_eval_model import ConTransLM
+from lm_eval_contrans.hf.lanes import lanes_work
+from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 from model_families import save_tiny_model
 
 # one-token continuations of one context (one input row in HFLM), several-token ones, contexts of other lengths

@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from lm_eval_contrans.lm_eval_model import ConTransLM
+from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from lm_eval.api.instance import Instance
 from conftest import OPENINGS
 from lm_eval_contrans.artifact import load_transplant, save_transplant
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.lm_eval_model import ConTransLM
+from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
 PAIRS = [("The hotel room", " was spotless and lovely."), ("The hotel room", " was filthy and awful."),
          ("The concert last night", " was wonderful."), ("The concert last night", " was terrible."),
@@ -259,7 +259,7 @@ def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_d
     import gc
     import weakref
 
-    import lm_eval_contrans.lm_eval_model as adapter
+    import lm_eval_contrans.hf.lm_eval_model as adapter
     import lm_eval_contrans.pipeline.states as states
 
     sources, alive_at_target_load = [], []

@@ -38,7 +38,7 @@ def _logits(model, ids):
 def test_family_as_target(family_dir, tiny_gpt2_dir, small_inputs, task_manager):
     import lm_eval
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     concept, anchors = small_inputs
     lm = ConTransLM(source=str(tiny_gpt2_dir), target=str(family_dir), concept=concept, anchors=anchors, alpha=8.0,
@@ -150,7 +150,7 @@ def remote_code_dir(tiny_llama_dir, tmp_path):
 def test_a_remote_code_model_as_source_and_target_with_trust_remote_code(remote_code_dir, small_inputs):
     """lm-eval's trust_remote_code=True reaches the build's own loads of both models, not only HFLM's."""
     from lm_eval_contrans.errors import ConTransError
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     concept, anchors = small_inputs
     lm = ConTransLM(source=str(remote_code_dir), target=str(remote_code_dir), trust_remote_code="True", concept=concept,

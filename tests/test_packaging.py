@@ -39,7 +39,7 @@ def test_the_wheel_carries_every_task_concept_set_and_data_file_where_the_packag
     assert "lm_eval_contrans_plugin.pth" in files  # `--model contrans` on lm-eval 0.4.13
     assert "lm_eval_contrans/data/neutral_anchors.txt" in files
     entry_points = wheel.read(next(name for name in files if name.endswith(".dist-info/entry_points.txt"))).decode()
-    assert "contrans = lm_eval_contrans.lm_eval_model:ConTransLM" in entry_points  # lm-eval > 0.4.13 finds it here
+    assert "contrans = lm_eval_contrans.hf.lm_eval_model:ConTransLM" in entry_points  # lm-eval > 0.4.13 finds it here
     assert "contrans-vllm = lm_eval_contrans.vllm.lm_eval_model:ConTransVLLM" in entry_points
     assert "contrans = lm_eval_contrans.cli:main" in entry_points
 

@@ -20,7 +20,7 @@ from lm_eval_contrans.errors import ConTransError
 def test_contrans_is_declared_in_lm_evals_entry_point_group():
     from importlib.metadata import entry_points
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     (entry,) = [entry for entry in entry_points(group="lm_eval.models") if entry.name == "contrans"]
     assert entry.load() is ConTransLM
@@ -46,7 +46,7 @@ def test_untested_lm_eval_scores_exactly_as_hflm(monkeypatch, tiny_gpt2_dir, cap
     from lm_eval.models.huggingface import HFLM
 
     from conftest import OPENINGS
-    from lm_eval_contrans import scoring
+    from lm_eval_contrans.hf import scoring
 
     requests = [Instance("loglikelihood", {}, (opening, ending), index)
                 for index, (opening, ending) in enumerate((o, e) for o in OPENINGS for e in (" was warm.", " was not."))]
@@ -118,7 +118,7 @@ def test_no_block_list_names_the_class_and_the_way_out():
 
 
 def test_block_path_model_arg_reaches_the_build_and_the_steer(tiny_llama_dir, tiny_gpt2_dir, small_inputs):
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     concept, anchors = small_inputs
     lm = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept=concept, anchors=anchors,

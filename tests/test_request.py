@@ -71,7 +71,7 @@ def test_each_string_form_is_read_once_and_the_request_holds_no_strings_where_nu
 def test_the_engines_and_the_build_receive_typed_values(monkeypatch, tiny_llama_dir, tiny_gpt2_dir):
     """What crosses the boundary: the service gets a request of floats, the build a request of parsed layers."""
     from lm_eval_contrans import transplant_args
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
     from lm_eval_contrans.pipeline import build
 
     seen = {}
@@ -80,7 +80,7 @@ def test_the_engines_and_the_build_receive_typed_values(monkeypatch, tiny_llama_
         seen["request"] = request
         raise ConTransError("source", "stopped here")
 
-    monkeypatch.setattr("lm_eval_contrans.lm_eval_model.prepare", prepare)
+    monkeypatch.setattr("lm_eval_contrans.hf.lm_eval_model.prepare", prepare)
     with pytest.raises(ConTransError, match="stopped here"):
         ConTransLM(target=str(tiny_gpt2_dir), source=str(tiny_llama_dir), alpha="1.5+2", concept="sentiment+honesty",
                    target_layer="1+-1", device="cpu")

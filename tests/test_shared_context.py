@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import OPENINGS, load
-from lm_eval_contrans.shared_context import group_by_context, score_continuations
+from lm_eval_contrans.hf.shared_context import group_by_context, score_continuations
 
 CONTEXT = [5, 9, 3, 7, 11, 4, 12, 13, 14, 6]
 # one-token, several tokens, longer than a 4-token sliding window, a repeated token, a trailing 0 (HFLM's pad id)
@@ -70,7 +70,7 @@ def test_fast_scoring_hflm_scores_as_hflm_does(tiny_gpt2_dir):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_contrans.scoring import FastScoringHFLM
+    from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
     answers = [" it rained.", " we saw herons.", " the light was soft and the water was very still.", " ok"]
     requests = [Instance("loglikelihood", {}, (opening, answer), index)
@@ -89,7 +89,7 @@ def test_a_shared_score_off_by_more_than_rounding_is_refused_in_bfloat16_too(mon
     from transformers import AutoModelForCausalLM
 
     from model_families import tiny_config
-    from lm_eval_contrans import shared_context
+    from lm_eval_contrans.hf import shared_context
 
     model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=64, special_id=0)).eval().to(torch.bfloat16)
     real = shared_context.score_continuations
@@ -113,7 +113,7 @@ def test_whether_a_cache_can_be_shared_is_read_from_the_models_own_cache(family,
     from transformers import AutoModelForCausalLM
 
     from model_families import tiny_config
-    from lm_eval_contrans.shared_context import cache_can_be_shared
+    from lm_eval_contrans.hf.shared_context import cache_can_be_shared
 
     model = AutoModelForCausalLM.from_config(tiny_config(family, vocab_size=64, special_id=0)).eval()
     # state-space layers keep recurrent state that a copied cache does not carry (Falcon-H1's copies

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.lm_eval_model import ConTransLM
+from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 from lm_eval_contrans.pipeline import build_transplant, port_vector
 from lm_eval_contrans.vectors import read_vector
 

@@ -129,7 +129,7 @@ def measured(lm) -> dict:
 
 
 def hf_measured(target, artifact, alpha) -> dict:
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     return measured(ConTransLM(target=target, vector=artifact, alpha=alpha, device="cpu", batch_size=8))
 
@@ -209,7 +209,7 @@ def per_request(lm, steerings: list, *, contexts=CONTEXTS, tokens=8, salts=None)
 
 
 def hf_lm(target, artifact, alpha, positions="all"):
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     return ConTransLM(target=target, vector=artifact, alpha=alpha, positions=positions, device="cpu", batch_size=8)
 
@@ -573,7 +573,7 @@ def test_lm_eval_cli_data_parallel_2_scores_as_one_process(artifacts, task_dir, 
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     hf = lm_eval.simple_evaluate(model=ConTransLM(target=target, vector=artifact, alpha=ALPHA, dtype="float32",
                                                   device="cpu", batch_size=8),
@@ -598,7 +598,7 @@ def test_the_packaged_pair_scores_and_generates_as_the_hf_path(packaged_sentimen
     import lm_eval
 
     from conftest import PACKAGED_PAIR, skip_without_the_packaged_pair
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
     from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM
 
     skip_without_the_packaged_pair()

@@ -41,9 +41,9 @@ def main() -> None:
 
     from lm_eval_contrans.artifact import save_transplant
     from lm_eval_contrans.pipeline import build_transplant
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
-    from lm_eval_contrans.scoring import FastScoringHFLM
+    from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
     fresh_cache_with_gguf()
     artifact = os.path.join(tempfile.mkdtemp(), "sentiment.safetensors")

@@ -38,7 +38,7 @@ def compare_scoring(description: str, settings: dict[str, dict]) -> None:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
 
     task_manager = TaskManager(metadata=task_metadata(data_folder(args.data)))
     print(f"machine: {machine()}; concept {args.concept}, alpha 1, batch {args.batch_size}", flush=True)

@@ -2,7 +2,7 @@
 
 With `share_context=True`, `ConTransLM` (and FastScoringHFLM) runs a context shared by several
 multi-token choices once and reuses its key/value cache for each choice (see
-lm_eval_contrans/shared_context.py); without it, HFLM runs context + choice in full for every choice. Both settings keep the
+lm_eval_contrans/hf/shared_context.py); without it, HFLM runs context + choice in full for every choice. Both settings keep the
 scored-position window.
 
 Default: the shipped tasks on the packaged pair, steered at alpha 1, each task both ways in one
@@ -62,7 +62,7 @@ def full_passes(model, documents, batch_size: int) -> list[float]:
 def synthetic(args) -> None:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from lm_eval_contrans.shared_context import score_continuations
+    from lm_eval_contrans.hf.shared_context import score_continuations
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,

@@ -40,7 +40,7 @@ def main() -> None:
     from lm_eval.models.vllm_causallms import VLLM
 
     from lm_eval_contrans.artifact import save_transplant
-    from lm_eval_contrans.lm_eval_model import ConTransLM
+    from lm_eval_contrans.hf.lm_eval_model import ConTransLM
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
     from lm_eval_contrans.pipeline import build_transplant
     from lm_eval_contrans.vllm.lm_eval_model import ConTransVLLM

@@ -362,9 +362,9 @@ class Grid:
 
     def _model(self, row: GridRow, artifact: Path | None):
         from lm_eval_contrans.experiments.prompt_baseline import PromptBaselineLM
-        from lm_eval_contrans.lm_eval_model import ConTransLM
+        from lm_eval_contrans.hf.lm_eval_model import ConTransLM
         from lm_eval_contrans.loading import parse_model_spec, pretrained_path
-        from lm_eval_contrans.scoring import FastScoringHFLM
+        from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
         if row.steered and self.settings.engine == "vllm":
             return self._vllm_model(row, artifact)

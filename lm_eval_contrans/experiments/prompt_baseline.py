@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lm_eval.api.instance import Instance
 
-from lm_eval_contrans.scoring import FastScoringHFLM
+from lm_eval_contrans.hf.scoring import FastScoringHFLM
 
 
 def _prefixed(requests: list[Instance], prefix: str) -> list[Instance]:

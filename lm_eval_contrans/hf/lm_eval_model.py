@@ -22,12 +22,12 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval_contrans.blocks import use_block_path
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.direction import Direction
-from lm_eval_contrans.lanes import BROKEN, lane_vectors, lanes_work, score_lanes
+from lm_eval_contrans.hf.lanes import BROKEN, lane_vectors, lanes_work, score_lanes
 from lm_eval_contrans.loading import (
     evaluation_device, pretrained_path, release_read_only_tokenizers,
 )
 from lm_eval_contrans.pipeline.recipe import as_bool
-from lm_eval_contrans.scoring import FastScoringHFLM, check_share_context
+from lm_eval_contrans.hf.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.request import SteeringRequest
 from lm_eval_contrans.steering import not_finite, stop_if_not_finite
 from lm_eval_contrans.transplant import Transplant

@@ -28,7 +28,7 @@ from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.shared_context import cache_can_be_shared, group_by_context, score_continuations
+from lm_eval_contrans.hf.shared_context import cache_can_be_shared, group_by_context, score_continuations
 
 logger = logging.getLogger(__name__)
 

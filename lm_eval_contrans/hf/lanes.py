@@ -107,7 +107,7 @@ def lanes_work(model: nn.Module, block: int) -> bool:
     """Whether `steer_lanes` at `block` gives this model's own steered passes, each lane as `steer` alone gives it
     (to rounding: `shared_context.rounding_tolerance`), on a right-padded batch of two and on a batch of one; decided
     once per model and block."""
-    from lm_eval_contrans.shared_context import rounding_tolerance
+    from lm_eval_contrans.hf.shared_context import rounding_tolerance
 
     known = _WORKS.setdefault(model, {})
     if block not in known:
