@@ -173,7 +173,8 @@ def test_a_huge_band_says_what_it_would_cost_and_how_to_go_ahead(tmp_path, capsy
     assert main(["compare", "--source", "a", "--target", "b", "--tasks", "t", "--alphas", "1", "2", "--out",
                  str(tmp_path / "out"), "--random-directions", "100"]) == 2
     assert capsys.readouterr().err == ("contrans: error: random_directions: 100 directions at 2 alpha(s) run 200 random "
-                                       "rows, each as long as a transplant row (100x the transplant rows' time); give "
+                                       "rows, up to 100x the transplant rows' time (a generation task, or vLLM, runs each row whole; "
+                                       "on HF loglikelihood rows share the passes before the steered block); give "
                                        "--allow-large-band to run them, or fewer directions\n")
     check_random_directions(100, [1.0, 2.0], allow_large=True)  # asked for: allowed
     check_random_directions(64, [1.0])

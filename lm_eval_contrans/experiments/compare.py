@@ -87,7 +87,8 @@ def check_random_directions(count: int, alphas: list[float], allow_large: bool =
     if count > MAX_RANDOM_DIRECTIONS and not allow_large:
         rows = count * len(alphas)
         raise ConTransError("random_directions", f"{count} directions at {len(alphas)} alpha(s) run {rows} random rows, "
-                                                 f"each as long as a transplant row ({count}x the transplant rows' time); "
+                                                 f"up to {count}x the transplant rows' time (a generation task, or vLLM, runs each "
+                                                 "row whole; on HF loglikelihood rows share the passes before the steered block); "
                                                  "give --allow-large-band to run them, or fewer directions")
 
 
