@@ -1,4 +1,4 @@
-"""Artifacts: transplants (`transplant.Transplant`: a direction and how it was made), or bare directions, in one
+"""Artifacts: transplants (`provenance.Transplant`: a direction and how it was made), or bare directions, in one
 safetensors file.
 
 No pickle anywhere. A transplant's tensors: `vector` (target hidden size; what is added, before alpha),
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from lm_eval_contrans.cache import publish
 from lm_eval_contrans.direction import Direction, check_direction
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.transplant import Transplant, check_transplant
+from lm_eval_contrans.provenance import Transplant, check_transplant
 
 FORMAT = "lm_eval_contrans.transplant/1"
 METADATA_KEY = "lm_eval_contrans"

@@ -180,7 +180,7 @@ def _recipe_options(args) -> dict:
 def _check_before_work(args) -> None:
     """What a command writes and the numbers it is given, checked before any model loads."""
     from lm_eval_contrans.paths import writable_output
-    from lm_eval_contrans.steering import check_alpha
+    from lm_eval_contrans.transplant import check_alpha
 
     for alpha in [getattr(args, "alpha", None)] + list(getattr(args, "alphas", None) or []):
         if alpha is not None and args.command != "serve":  # serve's alpha: one per concept, read with the others
@@ -316,7 +316,7 @@ def _engine_args(args) -> dict:
 def _run_export(args, rest) -> None:
     from lm_eval_contrans.artifact import load_steering
     from lm_eval_contrans.export import export_gguf, export_steered
-    from lm_eval_contrans.transplant import directions_of
+    from lm_eval_contrans.provenance import directions_of
 
     transplants = load_steering(args.artifact, "artifact")
     if args.format == "steered":

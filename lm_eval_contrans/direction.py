@@ -1,7 +1,7 @@
 """What steers a model: a vector added to the output of one decoder block, and what alpha means for it.
 
 Every engine steers with `Direction`s (`--model contrans`'s hook, vLLM's workers, the exports). A fitted
-transplant is a direction with the record of how it was made (`transplant.Transplant`: map, held-out R²,
+transplant is a direction with the record of how it was made (`provenance.Transplant`: map, held-out R²,
 hashes; `transplant.direction`); another tool's vector made for the target is a direction and nothing
 more (`vectors.target_directions`): no map, no R² it does not have.
 
@@ -46,7 +46,7 @@ class Direction:
 
     def steering_vector(self) -> torch.Tensor:
         """What alpha multiplies: in residual units, rescaled to its share of the block's residual norm."""
-        from lm_eval_contrans.steering import unit_vector
+        from lm_eval_contrans.transplant import unit_vector
 
         vector = unit_vector(self.vector, self.alpha_unit, self.residual_norm)
         return vector * self.alpha_share if self.alpha_unit == "residual" and self.alpha_share != 1.0 else vector
@@ -63,14 +63,14 @@ class Direction:
             positions: "all", "prompt" (passes that read input) or "generated" (decoding steps).
 
         Returns:
-            The context manager (`steering.steer`).
+            The context manager (`transplant.steer`).
 
         Raises:
             ConTransError: alpha is not a finite number (a bool or a string is refused), or positions is not
                 one of the three.
         """
         from lm_eval_contrans.blocks import decoder_blocks
-        from lm_eval_contrans.steering import steer
+        from lm_eval_contrans.transplant import steer
 
         block = decoder_blocks(model)[self.block]
         device = next(block.parameters(), self.vector).device
@@ -166,7 +166,7 @@ def check_direction(direction: Direction, argument: str, where: str) -> Directio
         raise ConTransError(argument, f"{where}: the vector of {direction.name!r} has shape {tuple(direction.vector.shape)}")
     if not (isinstance(direction.block, int) and not isinstance(direction.block, bool) and direction.block >= 0):
         raise ConTransError(argument, f"{where}: block {direction.block!r} of {direction.name!r} is not a block index")
-    from lm_eval_contrans.steering import check_alpha_unit
+    from lm_eval_contrans.transplant import check_alpha_unit
 
     check_alpha_unit(direction.alpha_unit)
     for name in ("residual_norm", "alpha_share"):

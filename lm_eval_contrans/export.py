@@ -18,7 +18,7 @@ import torch
 from lm_eval_contrans.direction import Direction, added_by_block
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, parse_model_spec
-from lm_eval_contrans.transplant import Steering, Transplant, directions_of
+from lm_eval_contrans.provenance import Steering, Transplant, directions_of
 
 FORMATS = ("steered", "gguf")
 

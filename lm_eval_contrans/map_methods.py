@@ -3,10 +3,10 @@
 An entry holds the method's fit, what a ridge value makes of it, whether it needs an over-determined fit, its
 line of `--map` help, and the recipe fields its fit is given (with its name, they key a fitted map). The CLI's
 choices and help, `Recipe`'s check (and through it `TransplantArgs`' `map=`), `fit_linear_map` and the fit's
-key all read the table: a new method is one entry plus its fit (the contract: `alignment.FitRows`).
+key all read the table: a new method is one entry plus its fit (the contract: `reformulate.FitRows`).
 
 Nothing here imports torch, so the command line lists the methods without it: a built-in fit is named by its
-function in `alignment`, imported when a fit runs.
+function in `reformulate`, imported when a fit runs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ class MapMethod:
     """One way to fit the map between residual spaces: all that the rest of the package knows of it."""
 
     name: str
-    # (rows: alignment.FitRows, part: "train" | "all", ridge: float, center: bool) -> float64 (W, source mean,
-    # target mean), with target ≈ (source - source mean) @ W + target mean; a str names a function in alignment
+    # (rows: reformulate.FitRows, part: "train" | "all", ridge: float, center: bool) -> float64 (W, source mean,
+    # target mean), with target ≈ (source - source mean) @ W + target mean; a str names a function in reformulate
     fit: Callable | str
     help: str  # its line in `--map`'s help
     with_ridge: str | None = None  # the method a ridge value (> 0 or auto) makes it; None: a ridge is refused
@@ -35,7 +35,7 @@ class MapMethod:
     def fitter(self) -> Callable:
         """The fit function (a built-in one imported from alignment now)."""
         if isinstance(self.fit, str):
-            return getattr(importlib.import_module("lm_eval_contrans.alignment"), self.fit)
+            return getattr(importlib.import_module("lm_eval_contrans.reformulate"), self.fit)
         return self.fit
 
     def options(self, recipe) -> dict:

@@ -26,7 +26,7 @@ Layer = Union[int, float, str, tuple, None]
 
 RECIPE_NAMES = ("default", "reference")  # pipeline.recipe.RECIPES' keys (a test holds them equal)
 ANCHOR_TOKENS = ("dense", "last")  # anchors.ANCHOR_TOKENS
-ALPHA_UNITS = ("residual", "raw")  # steering.ALPHA_UNITS
+ALPHA_UNITS = ("residual", "raw")  # transplant.ALPHA_UNITS
 POSITIONS = ("all", "prompt", "generated")  # steering.POSITIONS
 
 
@@ -243,7 +243,7 @@ class SteeringRequest:
         """The one reading of every value: `given` by option name (model arg names)."""
         from lm_eval_contrans.pipeline.inputs import check_batch_size
         from lm_eval_contrans.pipeline.recipe import Recipe, as_bool, make_recipe
-        from lm_eval_contrans.steering import check_positions
+        from lm_eval_contrans.transplant import check_positions
 
         values = {}
         recipe = given.get("recipe")
@@ -341,7 +341,7 @@ def split_plus(value) -> list:
 
 def parse_alphas(value) -> tuple[float, ...]:
     """`1.5`, `1.5+2`, 2, [1.5, 2] -> finite floats (text is read as a number; a bool is not one)."""
-    from lm_eval_contrans.steering import check_alpha
+    from lm_eval_contrans.transplant import check_alpha
 
     return tuple(check_alpha(part) for part in split_plus(value))
 

@@ -1,189 +1,231 @@
-"""A fitted transplant: the direction ConTrans adds to the target, and how it was made.
+"""Transplant: add alpha * vector to the output of one decoder block (every position, or the prompt's
+or the generated tokens').
 
-`Transplant.direction` is what steers (`direction.Direction`: block, vector, alpha unit, residual norm, share;
-its name is the concept). Everything else is provenance: the source vector and the map that carried it, the two
-models, their sizes and blocks, the concept's and anchors' hashes, the map's method and held-out R², the
-recipe, and `extra` (the sweeps a build ran, the file a ported vector came from). Bare directions (another tool's
-vector made for the target, the controls) have none of it. Files: `artifact.py`.
+The hook lives only inside the `steer` context manager and is removed on every exit path,
+exceptions included. The vector is moved to the block output's own device and dtype, so sharded
+(`device_map`) and half-precision models work.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import torch
+from torch import nn
 
-from lm_eval_contrans import __version__
-from lm_eval_contrans.direction import Direction, check_direction
+from lm_eval_contrans.activations import block_output_tensor
+from lm_eval_contrans.blocks import decoder_blocks
 from lm_eval_contrans.errors import ConTransError
 
-# the direction's fields by the flat names an artifact's metadata has always used for them
-STEERING_FIELDS = {"vector": "vector", "target_layer": "block", "concept": "name", "alpha_unit": "alpha_unit",
-                   "residual_norm": "residual_norm", "alpha_share": "alpha_share"}
+logger = logging.getLogger(__name__)
 
 
-class _SteeringField:
-    """A field of a transplant's direction, read flat (`transplant.target_layer` is `transplant.direction.block`)."""
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.field = STEERING_FIELDS[name]
-
-    def __get__(self, transplant, owner=None):
-        return self if transplant is None else getattr(transplant.direction, self.field)
-
-    def __set__(self, transplant, value) -> None:  # a set copy would steer as the direction it shadows does not
-        raise AttributeError(f"a transplant's {self.field} is its direction's: transplant.with_steering(...) makes a "
-                             "copy that steers otherwise")
-
-
-@dataclass
-class Transplant:
-    """A direction fitted by ConTrans and its provenance. Build one with `Transplant.from_fields` (flat, as an
-    artifact stores it) or from a Direction; read its steering fields flat too (`transplant.target_layer`)."""
-
-    direction: Direction
-    source_vector: torch.Tensor
-    map_weight: torch.Tensor
-    source: str
-    target: str
-    source_hidden_size: int
-    target_hidden_size: int
-    source_num_layers: int
-    target_num_layers: int
-    source_layer: int
-    target_model_type: str
-    concept_hash: str
-    concept_pairs: int
-    anchors: str
-    anchors_hash: str
-    anchor_count: int
-    map_method: str
-    ridge: float
-    heldout_r2: float
-    anchor_tokens: str = "last"
-    center: bool = False
-    version: str = __version__
-    extra: dict = field(default_factory=dict)
-
-    _TENSORS = ("vector", "source_vector", "map_weight")
-
-    @classmethod
-    def from_fields(cls, **values) -> Transplant:
-        """A transplant from flat fields, as an artifact's metadata and tensors hold them: `vector`, `target_layer`,
-        `concept`, `alpha_unit`, `residual_norm` and `alpha_share` make its direction, the rest its provenance."""
-        steering = {STEERING_FIELDS[name]: values.pop(name) for name in list(values) if name in STEERING_FIELDS}
-        return cls(direction=Direction(**steering), **values)
-
-    def with_steering(self, **changes) -> Transplant:
-        """A copy that steers otherwise, with the same provenance: changes by the flat names (`vector`,
-        `target_layer`, `alpha_unit`, `residual_norm`, `alpha_share`)."""
-        return dataclasses.replace(self, direction=dataclasses.replace(
-            self.direction, **{STEERING_FIELDS[name]: value for name, value in changes.items()}))
-
-    # the direction's fields, read flat as everywhere before the split: transplant.target_layer is direction.block
-    vector = _SteeringField()  # what alpha multiplies before its unit's scaling
-    target_layer = _SteeringField()  # the target block it is added to
-    concept = _SteeringField()
-    alpha_unit = _SteeringField()
-    residual_norm = _SteeringField()  # the median norm of the target block's anchor states: the alpha unit's scale
-    # in residual units, the share of alpha it adds: 1/N for each of the N blocks of one ported vector, so that
-    # alpha 1 pushes the target, over all of them, as much as one concept transplant does
-    alpha_share = _SteeringField()
-
-    def metadata(self) -> dict:
-        """Its fields, flat and without tensors, as an artifact stores them."""
-        described = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("direction", *self._TENSORS)}
-        described.update({name: getattr(self, name) for name in STEERING_FIELDS if name not in self._TENSORS})
-        if self.alpha_share == 1.0:  # written only where it matters, so artifacts without a share keep their bytes
-            del described["alpha_share"]
-        return described
-
-    def describe(self) -> dict:
-        """What results record about it (lm-eval's `config.model_info`, `contrans inspect --json`): every field
-        but the tensors."""
-        return {**self.metadata(), "alpha_share": self.alpha_share}
-
-    def steering_vector(self) -> torch.Tensor:
-        """What alpha multiplies when steering (`Direction.steering_vector`)."""
-        return self.direction.steering_vector()
-
-    def apply(self, model, alpha: float = 1.0, positions: str = "all"):
-        """A context manager: within it, `model` (the target) is steered by alpha times this transplant,
-        in the transplant's alpha unit, at its target block (`Direction.apply`)::
-
-            with transplant.apply(model, alpha=2.0):
-                model.generate(...)
-        """
-        return self.direction.apply(model, alpha, positions)
-
-    def summary(self) -> str:
-        lines = [
-            f"concept        {self.concept} ({self.concept_pairs} pairs, sha256 {self.concept_hash[:12]})",
-            f"source         {self.source}  layer {self.source_layer} of {self.source_num_layers}, hidden {self.source_hidden_size}",
-            f"target         {self.target}  layer {self.target_layer} of {self.target_num_layers}, hidden {self.target_hidden_size} ({self.target_model_type})",
-            f"anchors        {self.anchors} ({self.anchor_count} texts, {self.anchor_tokens} tokens, sha256 {self.anchors_hash[:12]})",
-            f"map            {self.map_method}" + (f" (ridge {self.ridge:g})" if self.ridge else "")
-            + (", centred" if self.center else ", no centring"),
-            f"held-out R^2   {self.heldout_r2:.3f}",
-            f"|source v|     {self.source_vector.norm():.4g}",
-            f"|transplanted| {self.vector.norm():.4g}",
-            f"alpha unit     {self.alpha_unit}" + (f" (alpha 1 = norm {self.steering_vector().norm():.4g}; "
-                                                   f"median residual norm {self.residual_norm:.4g}"
-                                                   + (f"; this block's share of alpha {self.alpha_share:.4g}"
-                                                      if self.alpha_share != 1.0 else "") + ")"
-                                                   if self.alpha_unit == "residual" else ""),
-            f"version        {self.version}",
-        ]
-        lines += [f"{key:<14} {value}" for key, value in sorted(self.extra.items())]
-        return "\n".join(lines)
+def check_alpha(alpha, *, text: bool = True) -> float:
+    """Alpha as a finite float. `text=True` where alpha may come as text (a model arg, one part of `1.5+2`);
+    from Python (`Direction.apply`, `steer`) only a number is one: "2" there is a slip, not a strength. A bool
+    is never one (float(True) would steer at 1)."""
+    if isinstance(alpha, bool) or (not text and isinstance(alpha, (str, bytes))):
+        raise ConTransError("alpha", f"expected a number, got {alpha!r}")
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ConTransError("alpha", f"expected a number, got {alpha!r}") from None
+    if not math.isfinite(value):
+        raise ConTransError("alpha", f"must be finite, got {alpha!r}")
+    return value
 
 
-Steering = Transplant | Direction  # what an engine is given to steer with: a fitted transplant, or a bare direction
+POSITIONS = ("all", "prompt", "generated")
+ALPHA_UNITS = ("residual", "raw")
+# alpha_unit=residual: alpha 1 adds a vector of this fraction of the steered block's median
+# residual-state norm (measured on the anchors), whatever the concept or model; see docs/RESULTS.md.
+ALPHA_UNIT_FRACTION = 0.1
 
 
-def directions_of(given: list[Steering]) -> list[Direction]:
-    """What each given transplant or direction adds, and where."""
-    return [item.direction if isinstance(item, Transplant) else item for item in given]
+def check_alpha_unit(unit: str) -> str:
+    if unit not in ALPHA_UNITS:
+        raise ConTransError("alpha_unit", f"expected one of {', '.join(ALPHA_UNITS)}, got {unit!r}")
+    return unit
 
 
-def check_transplant(transplant: Transplant, argument: str, where: str) -> Transplant:
-    """Refuse a transplant that cannot steer as its metadata says (read from a file, or about to be written)."""
-    for side in ("source", "target"):
-        layer, count = getattr(transplant, f"{side}_layer"), getattr(transplant, f"{side}_num_layers")
-        # a JSON `true` is a Python int (1): metadata saying `target_layer: true` names no block
-        if not (_is_index(layer) and _is_index(count) and 0 <= layer < count):
-            raise ConTransError(argument, f"{where}: {side} block {layer!r} is not one of the {count!r} blocks it "
-                                          f"names for {transplant.concept!r}")
-    check_direction(transplant.direction, argument, where)
-    for name in ("source_vector", "map_weight"):
-        if not bool(torch.isfinite(getattr(transplant, name)).all()):
-            raise ConTransError(argument, f"{where}: the {name} of {transplant.concept!r} holds non-finite values")
-    return transplant
+def unit_vector(vector: torch.Tensor, alpha_unit: str, residual_norm: float) -> torch.Tensor:
+    """The vector that alpha multiplies: as transplanted ("raw"), or rescaled so that alpha 1 has
+    norm ALPHA_UNIT_FRACTION * residual_norm ("residual"), which means the same for every concept."""
+    check_alpha_unit(alpha_unit)
+    if alpha_unit == "raw":
+        return vector
+    norm = vector.double().norm()
+    if not (residual_norm > 0 and norm > 0):
+        raise ConTransError("alpha_unit", "alpha_unit=residual needs a non-zero vector and a recorded residual norm; "
+                                          "this artifact has none (rebuild it, or use alpha_unit=raw)")
+    return (vector.double() * (ALPHA_UNIT_FRACTION * residual_norm / norm)).to(vector.dtype)
 
 
-def _is_index(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise ConTransError("positions", f"expected one of {', '.join(POSITIONS)}, got {positions!r}")
+    return positions
 
 
-def _short_name(name: str) -> str:
-    base = name.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1].lower()
-    return base[: -len(".gguf")] if base.endswith(".gguf") else base
+CACHE_ARGUMENTS = ("cache", "past_key_values", "cache_params")
 
 
-def check_against_target(
-    transplant: Transplant, *, target: str, hidden_size: int, num_layers: int, model_type: str,
-    strict_name: bool = True, argument: str = "vector",
-) -> None:
-    """Refuse an artifact built for another target, with the reason."""
-    problems = []
-    if transplant.target_hidden_size != hidden_size:
-        problems.append(f"hidden size {transplant.target_hidden_size} != {hidden_size}")
-    if transplant.target_num_layers != num_layers:
-        problems.append(f"{transplant.target_num_layers} decoder blocks != {num_layers}")
-    if transplant.target_model_type != model_type:
-        problems.append(f"architecture {transplant.target_model_type} != {model_type}")
-    if strict_name and _short_name(transplant.target) != _short_name(target):
-        problems.append(f"built for {transplant.target!r}, evaluating {target!r} (pass check_target_name=False if they are the same weights)")
-    if problems:
-        raise ConTransError(argument, "this artifact was built for another target: " + "; ".join(problems))
+def continues_a_cache(kwargs: dict) -> bool:
+    """Whether a model's forward pass extends a KV cache (a decoding step of `generate`) rather than
+    reading a prompt: its cache positions start after 0, or the cache it is given already holds state."""
+    position = kwargs.get("cache_position")
+    if isinstance(position, torch.Tensor) and position.numel():
+        return int(position.reshape(-1)[0]) > 0
+    # transformers 5.x calls the cache `cache` (earlier `past_key_values`); Mamba-style models `cache_params`
+    past = next((kwargs[name] for name in CACHE_ARGUMENTS if kwargs.get(name) is not None), None)
+    if past is None:
+        return False
+    try:
+        return int(past.get_seq_length()) > 0
+    except (AttributeError, ValueError, TypeError):  # a state-space cache has no length, only a state
+        pass
+    if callable(getattr(past, "has_previous_state", None)):
+        return bool(past.has_previous_state())
+    try:  # the legacy tuple of (key, value) per layer
+        return past[0][0].shape[-2] > 0
+    except (TypeError, IndexError, AttributeError):
+        return True
+
+
+@functools.cache
+def _warn_no_cache(model_class: str, positions: str) -> None:
+    logger.warning("positions=%s tells prompt passes from cached decoding steps, but %s generates without a KV "
+                   "cache: each of its passes re-reads the whole sequence and counts as a prompt pass", positions,
+                   model_class)
+
+
+def add_vector_hook(vector: torch.Tensor, steer_this_pass=lambda: True):
+    """A forward hook that adds `vector` to a block's hidden-state output when `steer_this_pass()`."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def hook(module: nn.Module, inputs, output):
+        if not steer_this_pass():
+            return output
+        hidden = block_output_tensor(output)
+        key = (hidden.device, hidden.dtype)
+        if key not in cache:
+            cache[key] = vector.to(device=hidden.device, dtype=hidden.dtype)
+        steered = hidden + cache[key]
+        if isinstance(output, tuple):
+            return (steered, *output[1:])
+        return [steered, *output[1:]] if isinstance(output, list) else steered  # OpenAI GPT's blocks return lists
+
+    return hook
+
+
+@contextmanager
+def steer(model: nn.Module, layer: int, vector: torch.Tensor, alpha: float = 1.0,
+          positions: str = "all") -> Iterator[None]:
+    """A context manager: within it, block `layer` of `model` outputs (its output + alpha * vector);
+    the hook is removed on every way out.
+
+    Args:
+        model: a causal LM whose decoder blocks are found (`blocks.decoder_blocks`).
+        layer: the 0-based block whose output is steered.
+        vector: 1-D, the block's output width; moved to the block's device and dtype in each pass.
+        alpha: the multiplier; 0 leaves the forward pass bit for bit as it was.
+        positions: "all" (the paper), "prompt" (passes that read input: the prompt of `generate`, the
+            whole input of a scoring call) or "generated" (the one-token decoding steps that extend a KV
+            cache). Which one a pass is comes from the pass's own input, not from how often the caller
+            entered this block.
+
+    Yields:
+        Nothing; the model is steered until the block exits.
+
+    Raises:
+        ConTransError: alpha is not a finite number, or positions is not one of the three.
+        ValueError: the vector is not 1-D.
+    """
+    alpha = check_alpha(alpha, text=False)
+    positions = check_positions(positions)
+    blocks = decoder_blocks(model)
+    if vector.ndim != 1:
+        raise ValueError(f"steering vector must be 1-D, got shape {tuple(vector.shape)}")
+    if alpha == 0.0:
+        yield  # nothing to add: keep the forward pass bit-for-bit the unhooked one
+        return
+    with ExitStack() as hooks:
+        steer_this_pass = lambda: True  # noqa: E731
+        if positions != "all":
+            decoding = [False]
+
+            def read_the_input(module, args, kwargs):
+                decoding[0] = continues_a_cache(kwargs)
+                if kwargs.get("use_cache") and not any(kwargs.get(name) is not None for name in CACHE_ARGUMENTS):
+                    _warn_no_cache(type(model).__name__, positions)
+
+            hooks.callback(model.register_forward_pre_hook(read_the_input, with_kwargs=True).remove)
+            steer_this_pass = (lambda: decoding[0]) if positions == "generated" else (lambda: not decoding[0])
+        hooks.callback(blocks[layer].register_forward_hook(add_vector_hook(alpha * vector.detach(), steer_this_pass)).remove)
+        yield
+
+
+def broken_outputs(states: torch.Tensor) -> bool:
+    """Whether a position's final states (or logits) are non-finite, or the same in every dimension: a steer
+    whose sum overflows float range gives NaN in some models and, through an RMS norm (x / inf), an all-zero
+    state in others, whose scores are a uniform distribution. No model gives a constant row unsteered."""
+    if not bool(torch.isfinite(states).all()):
+        return True
+    return states.shape[-1] > 1 and bool((states.amax(dim=-1) == states.amin(dim=-1)).any())
+
+
+def not_finite(steered: str) -> ConTransError:
+    """The error of a steered pass whose outputs are broken (`broken_outputs`), naming what steered it."""
+    return ConTransError("alpha", f"the steered model's outputs are not finite (NaN or inf), or constant at a "
+                                  f"position, with {steered}: lower alpha")
+
+
+@contextmanager
+def stop_if_not_finite(model: nn.Module, steered: Callable[[], str]) -> Iterator[None]:
+    """Within the block, a forward pass of `model` whose final hidden states hold NaN or inf stops with an error
+    naming `steered()` (what steers, at which block and alpha; said only then), instead of scores computed from them.
+
+    The output layer's input is checked, not its output: a state that turns non-finite stays so through the final
+    norm, and reading every logit (262,144 a position for Gemma 3) cost 10 % of a loglikelihood evaluation on a CPU
+    (bench/perf/eval_overhead.py). A pass in which the output layer is not called as a module (a model that
+    multiplies by its embedding matrix itself) gets its logits checked instead.
+    """
+    def check(states: torch.Tensor) -> None:
+        if broken_outputs(states):
+            raise not_finite(steered())
+
+    with watch_final_states(model, check):
+        yield
+
+
+@contextmanager
+def watch_final_states(model: nn.Module, check: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Within the block, `check` is given each forward pass's input of the output layer (or, where the output layer
+    is not called as a module, its logits): what `stop_if_not_finite` checks, and the lanes of a shared pass
+    (lanes.py) check each lane's rows of."""
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    head_called = [False]
+
+    def start_pass(module: nn.Module, args) -> None:
+        head_called[0] = False
+
+    def check_head_input(module: nn.Module, args) -> None:
+        head_called[0] = True
+        if args and isinstance(args[0], torch.Tensor):
+            check(args[0])
+
+    def check_logits_unless_checked(module: nn.Module, inputs, output) -> None:
+        logits = getattr(output, "logits", None)
+        if not head_called[0] and isinstance(logits, torch.Tensor):
+            check(logits)
+
+    with ExitStack() as hooks:
+        hooks.callback(model.register_forward_pre_hook(start_pass).remove)
+        if isinstance(head, nn.Module):
+            hooks.callback(head.register_forward_pre_hook(check_head_input).remove)
+        hooks.callback(model.register_forward_hook(check_logits_unless_checked).remove)
+        yield

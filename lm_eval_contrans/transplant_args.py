@@ -23,7 +23,7 @@ from lm_eval_contrans.paths import writable_output
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.pipeline.build import BuildPlan, finish_build, plan_request, record_sources
 from lm_eval_contrans.request import SteeringRequest, parse_alphas, spread
-from lm_eval_contrans.transplant import Steering, Transplant, check_against_target, directions_of
+from lm_eval_contrans.provenance import Steering, Transplant, check_against_target, directions_of
 from lm_eval_contrans.vectors import ForeignVector, read_vector, target_directions
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ def check_family(family: str, extra: dict) -> dict:
 
     from lm_eval_contrans.blocks import decoder_blocks
     from lm_eval_contrans.pipeline.depth import residual_width
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
 
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)

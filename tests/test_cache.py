@@ -48,8 +48,8 @@ def test_new_concept_for_the_same_pair_skips_the_anchor_passes(tiny_llama_dir, t
         return real(*args, progress=progress, **kwargs)
 
     monkeypatch.setattr(states, "last_token_states", spy)
-    import lm_eval_contrans.extract as extract
-    monkeypatch.setattr(extract, "last_token_states", spy)
+    import lm_eval_contrans.refine as refine
+    monkeypatch.setattr(refine, "last_token_states", spy)
     transplant = build.build_transplant(str(tiny_llama_dir), str(tiny_gpt2_dir), str(flipped), device="cpu")
     assert passes == ["concept 'flipped' in source"]
     assert transplant.concept == "flipped"

@@ -12,7 +12,7 @@ import torch
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.hf.lm_eval_model import ConTransLM
-from lm_eval_contrans.steering import steer
+from lm_eval_contrans.transplant import steer
 
 from test_vectors import write_control_vector
 

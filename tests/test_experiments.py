@@ -143,7 +143,7 @@ def test_the_shuffled_label_control_keeps_every_text_and_pair_and_swaps_about_ha
 def test_paired_token_states_are_the_rows_the_map_was_fitted_on(transplant, small_inputs):
     import torch
 
-    from lm_eval_contrans.alignment import fit_linear_map
+    from lm_eval_contrans.reformulate import fit_linear_map
     from lm_eval_contrans.anchors import load_anchor_texts
     from states import paired_token_states
 

@@ -12,7 +12,7 @@ from lm_eval_contrans.pipeline import build_transplant
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.export import export_gguf, export_steered, read_gguf_control_vector
 from lm_eval_contrans.hf.lm_eval_model import ConTransLM
-from lm_eval_contrans.steering import steer
+from lm_eval_contrans.transplant import steer
 
 PAIRS = [("The hotel room", " was lovely."), ("The concert", " was terrible."), ("Rice", " and barley.")]
 

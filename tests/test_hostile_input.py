@@ -341,7 +341,7 @@ def test_non_finite_states_stop_the_pass_at_the_output_layer_or_in_the_logits(ou
     """The check reads the output layer's input; a model that never calls its output layer as a module (it
     multiplies by the embedding matrix itself) has its logits read instead, so neither kind scores NaN."""
     from lm_eval_contrans.loading import load_model
-    from lm_eval_contrans.steering import steer, stop_if_not_finite
+    from lm_eval_contrans.transplant import steer, stop_if_not_finite
 
     model, _ = load_model(str(tiny_gpt2_dir), dtype="float32", device="cpu")
     head, head_runs = model.get_output_embeddings(), []
@@ -528,7 +528,7 @@ def test_layer_args_as_lm_eval_hands_them_over_are_block_indices(tmp_path):
 def test_alpha_from_python_is_a_number(artifact, tiny_gpt2_dir):
     from lm_eval_contrans.artifact import load_transplant
     from lm_eval_contrans.loading import load_model
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
     from lm_eval_contrans.transplant_args import alphas_for
 
     model, _ = load_model(str(tiny_gpt2_dir), dtype="float32", device="cpu")

@@ -285,7 +285,7 @@ def test_source_is_freed_before_the_target_is_loaded(tiny_llama_dir, tiny_gpt2_d
 
 def test_several_concepts_at_once(tiny_llama_dir, tiny_gpt2_dir, tmp_path):
     from lm_eval_contrans.artifact import load_transplants
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
 
     path = tmp_path / "two.safetensors"
     both = ConTransLM(source=str(tiny_llama_dir), target=str(tiny_gpt2_dir), concept="sentiment+honesty",
@@ -379,7 +379,7 @@ def test_source_dtype_records_the_source_in_that_precision(tiny_llama_dir, tiny_
 
 
 def test_apply_steers_in_the_transplants_alpha_unit(built, tiny_gpt2_dir):
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
 
     lm, _ = built
     transplant = lm.transplant

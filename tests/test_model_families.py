@@ -10,7 +10,7 @@ import torch
 from conftest import _byte_bpe_tokenizer
 from model_families import FAMILIES, save_tiny_model
 from lm_eval_contrans.blocks import decoder_blocks
-from lm_eval_contrans.steering import continues_a_cache, steer
+from lm_eval_contrans.transplant import continues_a_cache, steer
 
 @pytest.fixture(scope="module")
 def shared_tokenizer():

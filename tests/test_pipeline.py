@@ -7,12 +7,12 @@ import torch
 
 from conftest import load
 from lm_eval_contrans.activations import last_token_states
-from lm_eval_contrans.alignment import fit_linear_map
+from lm_eval_contrans.reformulate import fit_linear_map
 from lm_eval_contrans.blocks import decoder_blocks, resolve_layer
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.extract import concept_vector
-from lm_eval_contrans.steering import steer
+from lm_eval_contrans.refine import concept_vector
+from lm_eval_contrans.transplant import steer
 
 
 def reference_last_states(model, tokenizer, texts, layer):

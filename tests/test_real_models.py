@@ -90,7 +90,7 @@ def test_a_gguf_file_in_a_hub_repository_is_downloaded_and_dequantized(tmp_path,
 def _margins(model, tokenizer, rows, layer=None, vector=None, alpha=0.0):
     """log p(positive verdict) - log p(negative verdict) after each prompt: every prompt and ending in one
     left-padded batch, so that each ending sits at the end of its row, where `logits_to_keep` reads."""
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
 
     sequences, ending_lengths = [], []
     for row in rows:

@@ -9,12 +9,12 @@ import torch
 
 from conftest import load
 from lm_eval_contrans.activations import last_token_states, token_states
-from lm_eval_contrans.alignment import fit_linear_map, heldout_split
+from lm_eval_contrans.reformulate import fit_linear_map, heldout_split
 from lm_eval_contrans.anchors import matched_token_pairs, tokenize_with_ends
 from lm_eval_contrans.pipeline import REFERENCE, build_transplant, make_recipe
 from lm_eval_contrans.pipeline.depth import source_layer_candidates, target_layer_candidates
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION, unit_vector
+from lm_eval_contrans.transplant import ALPHA_UNIT_FRACTION, unit_vector
 
 TEXTS = ["The river runs past the old mill.", "A quiet street, two shops and a bakery!", "Numbers: 1234 and 56."]
 
@@ -163,13 +163,13 @@ def test_default_build_picks_the_source_block_by_heldout_r2(tiny_llama_dir, tiny
 
 
 def test_chunked_normal_equations_equal_a_direct_least_squares_fit(monkeypatch):
-    import lm_eval_contrans.alignment as alignment
+    import lm_eval_contrans.reformulate as reformulate
 
     generator = torch.Generator().manual_seed(3)
     source = torch.randn(500, 6, generator=generator) + 3.0
     target = source @ torch.randn(6, 4, generator=generator) + 0.1 * torch.randn(500, 4, generator=generator) - 7.0
     whole = fit_linear_map(source, target, center=True)
-    monkeypatch.setattr(alignment, "CHUNK_ROWS", 7)  # many chunks, a ragged last one
+    monkeypatch.setattr(reformulate, "CHUNK_ROWS", 7)  # many chunks, a ragged last one
     chunked = fit_linear_map(source, target, center=True)
     x, y = source.double() - source.double().mean(0), target.double() - target.double().mean(0)
     direct = torch.linalg.lstsq(x, y).solution.float()

@@ -143,8 +143,8 @@ def test_the_cli_recipe_flags_are_the_request_options():
 
 
 def test_the_choices_the_flags_list_are_the_checks():
-    from lm_eval_contrans import anchors, steering
+    from lm_eval_contrans import anchors, transplant
     from lm_eval_contrans.request import ALPHA_UNITS, ANCHOR_TOKENS, POSITIONS
 
-    assert ALPHA_UNITS == steering.ALPHA_UNITS and POSITIONS == steering.POSITIONS
+    assert ALPHA_UNITS == transplant.ALPHA_UNITS and POSITIONS == transplant.POSITIONS
     assert ANCHOR_TOKENS == tuple(anchors.ANCHOR_TOKENS)

@@ -130,7 +130,7 @@ def test_a_vector_on_several_blocks_lands_at_the_same_relative_depths(tiny_llama
     assert (first.source_layer, first.target_layer) == (1, 1) and (last.source_layer, last.target_layer) == (3, 2)
     assert first.concept == "two@1" and last.concept == "two@3"
     # one vector on two blocks: each adds half of its block's residual unit, so that alpha 1 is, in all, one push
-    from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
+    from lm_eval_contrans.transplant import ALPHA_UNIT_FRACTION
 
     assert first.alpha_share == last.alpha_share == 0.5
     for transplant in (first, last):
@@ -214,7 +214,7 @@ def test_bad_input_gets_one_clear_error_each(tiny_llama_dir, tiny_gpt2_dir, smal
 def test_a_vector_made_for_the_target_steers_it_as_it_is(tiny_gpt2_dir, tiny_llama_dir, tmp_path):
     from lm_eval.api.instance import Instance
 
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
 
     direction = torch.randn(48, generator=torch.Generator().manual_seed(3))
     file = write_control_vector(tmp_path / "for-gpt2.gguf", {1: direction}, model_hint="gpt2")

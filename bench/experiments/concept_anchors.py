@@ -72,7 +72,7 @@ def evaluation_texts(shared: Path, count: int = 300, seed: int = 7) -> dict[str,
 
 def map_r2(transplant, texts: list[str]) -> float:
     """R^2 of the transplant's map on `texts` (dense token pairs), each side centred on these texts' means."""
-    from lm_eval_contrans.alignment import r_squared
+    from lm_eval_contrans.reformulate import r_squared
     from states import paired_token_states
 
     source, target, _ = paired_token_states(transplant, texts)

@@ -38,7 +38,7 @@ def main() -> None:
     if args is None:
         return
 
-    from lm_eval_contrans.alignment import heldout_split, r_squared
+    from lm_eval_contrans.reformulate import heldout_split, r_squared
     from lm_eval_contrans.experiments.controls import cosine
 
     watch = emotions.Stopwatch()

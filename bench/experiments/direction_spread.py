@@ -36,7 +36,7 @@ def main() -> None:
     from lm_eval_contrans.pipeline.depth import model_type_of
     from lm_eval_contrans.pipeline.states import target_anchor_states
     from lm_eval_contrans.loading import parse_model_spec, pretrained_path
-    from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
+    from lm_eval_contrans.transplant import ALPHA_UNIT_FRACTION
 
     print(f"machine: {machine()}", flush=True)
     anchor_texts, _ = load_anchor_texts(None)

@@ -37,7 +37,7 @@ def effect_size(transplant) -> dict:
     (on the anchor tokens the map is fitted on: those that end at the same character in both models)."""
     from lm_eval_contrans.anchors import load_anchor_texts
     from states import paired_token_states
-    from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
+    from lm_eval_contrans.transplant import ALPHA_UNIT_FRACTION
 
     source, target, _ = paired_token_states(transplant, load_anchor_texts(None)[0])
     v, u = transplant.source_vector.double(), transplant.vector.double()

@@ -81,7 +81,7 @@ def kl_curves(vectors: dict) -> dict[str, list[float]]:
 
     from lm_eval_contrans.anchors import load_anchor_texts
     from lm_eval_contrans.loading import free_model, load_model
-    from lm_eval_contrans.transplant import directions_of
+    from lm_eval_contrans.provenance import directions_of
 
     texts = random.Random(0).sample(load_anchor_texts(None)[0], TEXTS)
     model, tokenizer = load_model(TARGET, argument="target", device="cpu")

@@ -97,7 +97,7 @@ def measure(args) -> dict:
     from lm_eval_contrans.experiments.controls import cosine, own_control, random_control, target_own_vector
     from lm_eval_contrans.experiments.grid import EvalSettings, Grid, GridRow
     from lm_eval_contrans.pipeline import build_transplant
-    from lm_eval_contrans.steering import ALPHA_UNIT_FRACTION
+    from lm_eval_contrans.transplant import ALPHA_UNIT_FRACTION
 
     started = time.time()
     torch.manual_seed(0)

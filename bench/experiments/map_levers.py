@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from emotion_steering import EMOTIONS, FACTS, base_row, cell, emotion_task, steered
-from lm_eval_contrans.transplant import Transplant
+from lm_eval_contrans.provenance import Transplant
 from lm_eval_contrans.experiments.grid import GridRow
 
 SELECTION = ["sentiment", "honesty", "toxicity"]

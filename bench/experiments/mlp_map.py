@@ -62,7 +62,7 @@ def fit_mlp(source, target, groups, log) -> tuple[ResidualMLP, dict]:
     """The MLP (width, epoch) with the best held-out R^2, refitted on every row; the scores of each."""
     import torch
 
-    from lm_eval_contrans.alignment import heldout_split, r_squared
+    from lm_eval_contrans.reformulate import heldout_split, r_squared
 
     train, test = heldout_split(groups, seed=0)
     scores, best = {}, (None, -1.0, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lm_eval_contrans.transplant import Transplant
+from lm_eval_contrans.provenance import Transplant
 from lm_eval_contrans.concepts import load_concept_set
 from lm_eval_contrans.pipeline.fit import paired_indices
 from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states

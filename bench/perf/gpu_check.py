@@ -101,7 +101,7 @@ def checks(source: str, target: str, target_folder: Path, tokenizer) -> dict:
 
     from lm_eval_contrans.blocks import decoder_blocks
     from lm_eval_contrans.pipeline import build_transplant
-    from lm_eval_contrans.steering import steer
+    from lm_eval_contrans.transplant import steer
 
     start = time.perf_counter()
     transplant = build_transplant(source, target, "sentiment", dtype="bfloat16", device="cuda")

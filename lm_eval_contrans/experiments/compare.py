@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_eval_contrans.artifact import load_transplant, save_transplant
-from lm_eval_contrans.transplant import Transplant
+from lm_eval_contrans.provenance import Transplant
 from lm_eval_contrans.cache import content_key
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.concepts import load_concept_set

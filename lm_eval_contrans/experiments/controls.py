@@ -21,7 +21,7 @@ from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.loading import ModelSpec
 from lm_eval_contrans.pipeline.states import StateRequest, record_concept_states
-from lm_eval_contrans.transplant import Transplant, directions_of
+from lm_eval_contrans.provenance import Transplant, directions_of
 
 
 def random_control(steering: Transplant | Direction, seed: int = 0) -> Direction:

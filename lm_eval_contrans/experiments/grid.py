@@ -38,7 +38,7 @@ from lm_eval_contrans.direction import Direction
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.experiments.report import Row, main_metrics_of, read_json
 from lm_eval_contrans.paths import safe_name
-from lm_eval_contrans.transplant import Steering, Transplant, directions_of
+from lm_eval_contrans.provenance import Steering, Transplant, directions_of
 from lm_eval_contrans.transplant_args import alphas_for
 
 logger = logging.getLogger(__name__)

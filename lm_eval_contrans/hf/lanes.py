@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lm_eval_contrans.activations import block_output_tensor, input_device
 from lm_eval_contrans.blocks import decoder_blocks
-from lm_eval_contrans.steering import broken_outputs, steer, watch_final_states
+from lm_eval_contrans.transplant import broken_outputs, steer, watch_final_states
 
 # What one pass may hold beyond today's batch, so that many lanes still share their rows' early blocks: logits
 # (lanes x rows x scored window x vocabulary, float32: an upper bound, as the output layer projects only each row's

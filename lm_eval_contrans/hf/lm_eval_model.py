@@ -1,7 +1,7 @@
 """`lm_eval --model contrans`: HFLM with a transplanted concept added at one target block.
 
 Thin by design: loading, batching and generation are HFLM's; the transplant is built (or loaded)
-by the plain-Python pipeline at construction and applied by `steering.steer` around every forward
+by the plain-Python pipeline at construction and applied by `transplant.steer` around every forward
 pass (`_model_call` serves loglikelihood and loglikelihood_rolling, `_model_generate` serves
 generate_until). Loglikelihood requests take FastScoringHFLM's shortcuts (scoring.py): only scored
 positions go through the output layer, and on a CPU a shared context runs once (share_context).
@@ -29,8 +29,8 @@ from lm_eval_contrans.loading import (
 from lm_eval_contrans.pipeline.recipe import as_bool
 from lm_eval_contrans.hf.scoring import FastScoringHFLM, check_share_context
 from lm_eval_contrans.request import SteeringRequest
-from lm_eval_contrans.steering import not_finite, stop_if_not_finite
-from lm_eval_contrans.transplant import Transplant
+from lm_eval_contrans.transplant import not_finite, stop_if_not_finite
+from lm_eval_contrans.provenance import Transplant
 from lm_eval_contrans.transplant_args import (
     Steering, alphas_for, check_for_target, describe_steering, engine_target_spec, prepare, target_facts, target_name,
     transplant_info,

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from lm_eval_contrans.alignment import check_anchor_count
+from lm_eval_contrans.reformulate import check_anchor_count
 from lm_eval_contrans.anchors import load_anchor_texts
 from lm_eval_contrans.blocks import resolve_layer
-from lm_eval_contrans.transplant import Transplant
+from lm_eval_contrans.provenance import Transplant
 from lm_eval_contrans.concepts import ARGUMENT, ConceptSet, load_concept_set
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import (

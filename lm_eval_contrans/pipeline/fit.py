@@ -11,10 +11,10 @@ import logging
 
 import torch
 
-from lm_eval_contrans.alignment import fit_linear_map
+from lm_eval_contrans.reformulate import fit_linear_map
 from lm_eval_contrans.map_methods import MAP_METHODS
 from lm_eval_contrans.anchors import anchors_hash, matched_token_pairs
-from lm_eval_contrans.transplant import Transplant
+from lm_eval_contrans.provenance import Transplant
 from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.vectors import ImportedDirection
 from lm_eval_contrans.pipeline.recipe import REFERENCE, Recipe

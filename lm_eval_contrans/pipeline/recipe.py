@@ -13,7 +13,7 @@ from lm_eval_contrans.map_methods import check_ridge, settled_method
 from lm_eval_contrans.anchors import check_anchor_tokens
 from lm_eval_contrans.errors import ConTransError
 from lm_eval_contrans.loading import ModelSpec, read_only_tokenizer
-from lm_eval_contrans.steering import check_alpha_unit
+from lm_eval_contrans.transplant import check_alpha_unit
 
 logger = logging.getLogger(__name__)
 

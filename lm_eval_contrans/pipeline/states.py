@@ -20,7 +20,7 @@ from lm_eval_contrans.anchors import anchors_hash, check_anchor_tokens, tokenize
 from lm_eval_contrans.cache import cache_root, cached_tensor, content_key, fill_entries
 from lm_eval_contrans.concepts import ConceptSet
 from lm_eval_contrans.errors import ConTransError
-from lm_eval_contrans.extract import concept_vector
+from lm_eval_contrans.refine import concept_vector
 from lm_eval_contrans.loading import (
     ModelSpec, default_device, free_model, load_model, model_identity, parse_model_spec,
     read_only_tokenizer,

@@ -164,12 +164,12 @@ def non_finite_report(worker) -> bool:
 
 
 def _watch_logits(model: nn.Module) -> None:
-    """Flag broken outputs: non-finite, or constant at a position (`steering.broken_outputs`, as the HF path
+    """Flag broken outputs: non-finite, or constant at a position (`transplant.broken_outputs`, as the HF path
     stops on). `compute_logits` runs outside the compiled graph, so a check there is possible in every mode; the
     driver reads the flag after each batch of requests. What is checked is the final hidden states it is given,
     where a steered pass that overflowed shows: a 640-wide row instead of a 262,144-wide row of logits (Gemma's
     vocabulary), a 400th of the work on every prompt position and decoding step."""
-    from lm_eval_contrans.steering import broken_outputs
+    from lm_eval_contrans.transplant import broken_outputs
 
     compute_logits = model.compute_logits
 

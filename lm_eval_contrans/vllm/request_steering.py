@@ -83,7 +83,7 @@ def steering_of(bank: Bank, extra_args: dict | None) -> RequestSteering:
             that is not a finite number or is past the push limit, positions not one of the three.
     """
     from lm_eval_contrans.request import parse_alphas, spread
-    from lm_eval_contrans.steering import check_positions
+    from lm_eval_contrans.transplant import check_positions
 
     asked = _our_keys(extra_args or {})
     if not asked:
