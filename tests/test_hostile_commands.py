@@ -112,7 +112,10 @@ def test_lm_eval_refuses_limit_0_before_any_build(
 
 
 SLOW_MODEL_CALL = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as a terminal delivers it, also where the tests run in a background job (which starts with SIGINT ignored,
+# and Python then keeps it ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.argv = ["lm_eval", *sys.argv[1:]]  # the real command line, with every forward pass slowed down
 from lm_eval_contrans.hf.scoring import FastScoringHFLM
 real = FastScoringHFLM._model_call
